@@ -1,0 +1,1 @@
+"""The cloud inference endpoint: Open Inference Protocol over gRPC with TLS."""

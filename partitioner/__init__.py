@@ -1,0 +1,1 @@
+"""ONNX graph analysis, candidate cuts, head/tail extraction and plans."""

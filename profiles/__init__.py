@@ -1,0 +1,1 @@
+"""Device, network, cloud and fleet profiles (filled in by the profiling issue)."""

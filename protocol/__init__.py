@@ -1,0 +1,1 @@
+"""The channel between device and cloud: the Open Inference Protocol stubs, tensor codecs, TLS."""

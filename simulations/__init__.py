@@ -1,0 +1,1 @@
+"""Fleet simulator (filled in by the simulator issue)."""
