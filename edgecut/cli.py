@@ -1,0 +1,258 @@
+"""The `edgecut` command: parses arguments, calls the library, prints. No logic of its own.
+
+User errors (EdgecutError, bad arguments) print one line on stderr and exit 2; an endpoint that
+cannot be reached or a check that fails exits 1. Tracebacks are only for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from edgecut.errors import CloudUnavailableError, EdgecutError, RemoteError
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_input_shape(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
+                   help="concrete shape for an input with symbolic dimensions (repeatable)")
+
+
+def _add_tls(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls", type=Path, metavar="DIR",
+                   help="folder from `edgecut certs` (ca.crt, and a device certificate for mTLS)")
+    p.add_argument("--device", metavar="NAME",
+                   help="device certificate NAME.crt/NAME.key in the --tls folder (default: the only one)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="edgecut", description="Split ONNX models between a device and the cloud.")
+    parser.add_argument("--version", action="version", version=f"edgecut {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+
+    p = sub.add_parser("cuts", help="list a model's candidate cuts")
+    p.add_argument("model", type=Path, metavar="MODEL.onnx")
+    _add_input_shape(p)
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.set_defaults(func=_cmd_cuts)
+
+    p = sub.add_parser("plan", help="write a plan folder (head, tail, full model, plan.json)")
+    p.add_argument("model", type=Path, metavar="MODEL.onnx")
+    p.add_argument("--cut", required=True, action="append", metavar="ID",
+                   help="cut id from `edgecut cuts` (repeatable; the first is chosen), or 'all'")
+    _add_input_shape(p)
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("verify", help="check head→tail against the full model")
+    p.add_argument("plan", type=Path, metavar="DIR")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
+    _add_input_shape(p)
+    p.add_argument("--cut", type=int, action="append", metavar="ID",
+                   help="check only this cut (repeatable; default: every cut in the plan)")
+    p.add_argument("--endpoint", metavar="HOST:PORT", help="run the tails on this endpoint")
+    p.add_argument("--codec", default="raw", help="tensor codec on the channel (default: raw)")
+    _add_tls(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser("certs", help="make a CA, server and device certificates")
+    certs = p.add_subparsers(dest="certs_command", required=True, metavar="ACTION",
+                             parser_class=_Parser)
+    c = certs.add_parser("init", help="write ca.crt, ca.key, server.crt, server.key")
+    c.add_argument("dir", type=Path, metavar="DIR")
+    c.add_argument("--host", action="append", default=[],
+                   help="extra server name or IP for the certificate (repeatable)")
+    c.add_argument("--force", action="store_true", help="replace an existing CA")
+    c.set_defaults(func=_cmd_certs_init)
+    c = certs.add_parser("device", help="write NAME.crt, NAME.key signed by the CA in --dir")
+    c.add_argument("name", metavar="NAME")
+    c.add_argument("--dir", type=Path, required=True, metavar="DIR")
+    c.set_defaults(func=_cmd_certs_device)
+
+    p = sub.add_parser("serve", help="run the cloud inference endpoint")
+    p.add_argument("--repository", type=Path, required=True, metavar="REPO")
+    p.add_argument("--address", default="127.0.0.1:8001", metavar="HOST:PORT")
+    p.add_argument("--tls", type=Path, metavar="DIR", help="serve TLS with DIR/server.crt")
+    p.add_argument("--mtls", action="store_true", help="require a device certificate (needs --tls)")
+    p.add_argument("--max-message-mb", type=int, default=256,
+                   help="largest request or response in MiB (default 256)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("deploy", help="install a plan's full model and tails into a repository")
+    p.add_argument("plan", type=Path, metavar="DIR")
+    p.add_argument("--repository", type=Path, required=True, metavar="REPO")
+    p.set_defaults(func=_cmd_deploy)
+
+    p = sub.add_parser("run", help="one inference from the device side")
+    p.add_argument("plan", type=Path, metavar="DIR")
+    p.add_argument("--endpoint", metavar="HOST:PORT")
+    _add_tls(p)
+    p.add_argument("--input", action="append", default=[], required=True, metavar="NAME=FILE.npy")
+    p.add_argument("--output", type=Path, required=True, metavar="OUT.npz")
+    p.add_argument("--mode", choices=("split", "offload", "local"), default="split")
+    p.add_argument("--cut", type=int, metavar="ID", help="default: the plan's chosen cut")
+    p.add_argument("--codec", default="auto", help="tensor codec: auto, raw, zstd, shuffle_zstd, fp16")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("demo", help="plan, deploy, serve with mTLS and run split/offload/local")
+    p.add_argument("--keep", type=Path, metavar="DIR", help="keep the demo's files in DIR")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CloudUnavailableError as exc:
+        print(f"edgecut {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except RemoteError as exc:
+        print(f"edgecut {args.command}: error: endpoint answered {exc.code}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except EdgecutError as exc:
+        print(f"edgecut {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("edgecut")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+# Each command imports what it needs when it runs: `edgecut run` on a device must not pay
+# for (or need) onnx and the partitioner.
+
+def _cmd_cuts(args: argparse.Namespace) -> int:
+    from edgecut import report
+    from edgecut.inputs import parse_input_shapes
+    from edgecut.partitioner import list_cuts, load_model
+
+    cuts = list_cuts(load_model(args.model), parse_input_shapes(args.input_shape))
+    if args.json:
+        print(json.dumps([report.cut_json(c) for c in cuts], indent=1))
+    else:
+        report.print_cuts(cuts, title=f"{args.model}: {len(cuts)} candidate cuts")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from edgecut.errors import UnknownCutError
+    from edgecut.inputs import parse_input_shapes
+    from edgecut.partitioner import list_cuts, load_model, write_plan
+
+    shapes = parse_input_shapes(args.input_shape)
+    known = [c.id for c in list_cuts(load_model(args.model), shapes)]
+    if args.cut == ["all"]:
+        cut_ids = known
+    else:
+        try:
+            cut_ids = [int(c) for c in args.cut]
+        except ValueError as exc:
+            raise UnknownCutError(f"--cut takes cut ids (integers) or 'all', got {args.cut}") from exc
+    plan = write_plan(args.model, args.out, cut_ids=cut_ids, input_shapes=shapes, chosen=cut_ids[0])
+    print(f"wrote {args.out}/plan.json: model {plan['model']['name']!r}, "
+          f"cuts {[c['id'] for c in plan['cuts']]}, chosen {plan['chosen']}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from edgecut import report
+    from edgecut.edge.plan import load_plan
+    from edgecut.inputs import load_input_files, parse_input_shapes
+    from edgecut.verify import random_inputs, verify_plan
+
+    inputs = load_input_files(args.input)
+    if not inputs:
+        inputs = random_inputs(load_plan(args.plan), parse_input_shapes(args.input_shape))
+    checks = verify_plan(args.plan, inputs, endpoint=args.endpoint, tls_dir=args.tls,
+                         device=args.device, cut_ids=args.cut, codec=args.codec)
+    if args.json:
+        print(json.dumps([{"cut": c.cut, "max_abs_diff": c.max_abs_diff, "ok": c.ok} for c in checks]))
+    else:
+        report.print_checks(checks, where=args.endpoint or "locally")
+    return 0 if all(c.ok for c in checks) else EXIT_FAILED
+
+
+def _cmd_certs_init(args: argparse.Namespace) -> int:
+    from edgecut.protocol.pki import init_ca
+
+    paths = init_ca(args.dir, hosts=args.host, overwrite=args.force)
+    print(f"wrote CA and server certificate in {args.dir} ({paths})")
+    return 0
+
+
+def _cmd_certs_device(args: argparse.Namespace) -> int:
+    from edgecut.protocol.pki import issue_device_certificate
+
+    paths = issue_device_certificate(args.dir, args.name)
+    print(f"wrote device certificate {args.name!r} in {args.dir} ({paths})")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from edgecut.cloud.server import serve
+    from edgecut.errors import TLSConfigError
+
+    if args.mtls and args.tls is None:
+        raise TLSConfigError("--mtls needs --tls DIR (the folder from `edgecut certs init`)")
+    serve(args.repository, address=args.address, tls_dir=args.tls, mutual_tls=args.mtls,
+          max_message_bytes=args.max_message_mb << 20)
+    return 0
+
+
+def _cmd_deploy(args: argparse.Namespace) -> int:
+    from edgecut.deploy import deploy_plan
+
+    for model in deploy_plan(args.plan, args.repository):
+        state = "unchanged" if model.unchanged else "installed"
+        print(f"{state}: {model.name} version {model.version} ({model.path})")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edgecut.edge import Config, Predictor
+    from edgecut.inputs import load_input_files
+
+    config = Config(plan=args.plan, mode=args.mode, endpoint=args.endpoint, tls_dir=args.tls,
+                    device=args.device, cut=args.cut, codec=args.codec)
+    with Predictor(config) as predictor:
+        names = [o.name for o in predictor.get_outputs()]
+        outputs = predictor.run(names, load_input_files(args.input))
+        stats = predictor.last_run()
+    np.savez(args.output, **dict(zip(names, outputs, strict=True)))
+    print(f"wrote {args.output}: {', '.join(names)} ({stats.total_ms:.1f} ms, mode {args.mode})")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from edgecut.demo import run_demo
+
+    return 0 if run_demo(keep=args.keep) else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""Check that a plan's head→tail reproduces its full model, locally or through an endpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecut.edge import Config, Predictor
+from edgecut.edge.plan import Plan, load_plan
+from edgecut.errors import BadInputError
+from edgecut.partitioner import compare_outputs, run_split_locally, within_tolerance
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CutCheck:
+    cut: int
+    max_abs_diff: dict[str, float]
+    ok: bool
+
+
+def random_inputs(plan: Plan, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                  *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs of the plan's declared dtypes, at `input_shapes` or the plan's own shapes."""
+    rng = np.random.default_rng(seed)
+    shapes = {**plan.input_shapes, **(input_shapes or {})}
+    feed = {}
+    for spec in plan.model.inputs:
+        if spec.name not in shapes:
+            raise BadInputError(
+                f"input {spec.name!r} has no concrete shape; give --input-shape {spec.name}=..."
+            )
+        shape = tuple(shapes[spec.name])
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            feed[spec.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype.kind == "b":
+            feed[spec.name] = rng.integers(0, 2, shape).astype(dtype)
+        else:
+            feed[spec.name] = rng.integers(0, 4, shape).astype(dtype)
+    return feed
+
+
+def verify_plan(
+    plan_dir: Path,
+    inputs: Mapping[str, np.ndarray],
+    *,
+    endpoint: str | None = None,
+    tls_dir: Path | None = None,
+    device: str | None = None,
+    cut_ids: Sequence[int] | None = None,
+    codec: str = "raw",
+) -> list[CutCheck]:
+    """Run the full model and every (or the given) cut's head→tail on `inputs`; compare outputs.
+
+    Without `endpoint` the tail runs here in onnxruntime; with it, the tail runs on the endpoint
+    (deployed with `edgecut deploy`) through the device runtime, exactly as `edgecut run` would.
+    """
+    plan = load_plan(plan_dir)
+    reference = run_split_locally(None, plan.directory / plan.model.file, inputs)
+    checks = []
+    for cut in [plan.cut(i) for i in cut_ids] if cut_ids else plan.cuts:
+        if endpoint is None:
+            head = plan.directory / cut.head if cut.head else None
+            tail = plan.directory / cut.tail if cut.tail else None
+            outputs = run_split_locally(head, tail, inputs)
+        else:
+            config = Config(plan=plan.directory, mode="split", endpoint=endpoint, tls_dir=tls_dir,
+                            device=device, cut=cut.id, codec=codec)
+            with Predictor(config) as predictor:
+                names = [o.name for o in predictor.get_outputs()]
+                outputs = dict(zip(names, predictor.run(names, dict(inputs)), strict=True))
+        diffs = compare_outputs(reference, outputs)
+        checks.append(CutCheck(cut=cut.id, max_abs_diff=diffs,
+                               ok=within_tolerance(reference, outputs)))
+    return checks
