@@ -217,8 +217,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if args.mtls and args.tls is None:
         raise TLSConfigError("--mtls needs --tls DIR (the folder from `edgecut certs init`)")
-    serve(args.repository, address=args.address, tls_dir=args.tls, mutual_tls=args.mtls,
-          max_message_bytes=args.max_message_mb << 20)
+    def announce(server) -> None:  # flushed at once: scripts wait for this line to connect
+        security = "mutual TLS" if args.mtls else "TLS" if args.tls else "plaintext"
+        ready = sorted({m.name for m in server.repository.models() if m.ready})
+        models = f"{len(ready)} models" if ready else "no models"
+        print(f"edgecut endpoint listening on {server.address} ({security}); serving {models}",
+              flush=True)
+
+    stats = serve(args.repository, address=args.address, tls_dir=args.tls, mutual_tls=args.mtls,
+                  max_message_bytes=args.max_message_mb << 20, on_started=announce)
+    print(f"stopped after {stats.infer_requests} inference requests "
+          f"({stats.total_failures} failed)", flush=True)
     return 0
 
 

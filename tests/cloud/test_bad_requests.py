@@ -1,0 +1,190 @@
+"""Every kind of bad request gets its own status code and a message that names the problem,
+and the endpoint keeps serving good requests afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from edgecut.cloud.server import EndpointServer
+from edgecut.protocol import grpc_service_pb2 as pb
+from edgecut.protocol.codecs import CODEC_PARAMETER, encode_tensor
+from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+
+Stub = GRPCInferenceServiceStub
+GoodCheck = Callable[[Stub], None]
+CODE = grpc.StatusCode
+
+
+def _request(model: str, *, version: str = "", data: bytes, datatype: str = "FP32",
+             shape: tuple[int, ...] = (1, 3, 32, 32), codec: str | None = None,
+             name: str = "x") -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model, model_version=version)
+    tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
+    if codec is not None:
+        tensor.parameters[CODEC_PARAMETER].string_param = codec
+    request.raw_input_contents.append(data)
+    return request
+
+
+def _refused(stub: Stub, request: pb.ModelInferRequest, timeout_s: float) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ModelInfer(request, timeout=timeout_s)
+    return info.value
+
+
+@pytest.fixture(scope="module")
+def cnn_zstd(cnn_input: np.ndarray) -> bytes:
+    return encode_tensor(cnn_input, "zstd").data
+
+
+def test_wrong_shape(tls_stub: Stub, serves_good_request: GoodCheck,
+                     call_timeout_s: float) -> None:
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    error = _refused(tls_stub, _request("tiny_cnn", data=x.tobytes(), shape=x.shape),
+                     call_timeout_s)
+    assert error.code() == CODE.INVALID_ARGUMENT
+    assert "input 'x': expected FP32 [1,3,32,32] (-1 = any), got FP32 [1,3,16,16]" in (
+        error.details())
+    serves_good_request(tls_stub)
+
+
+def test_wrong_dtype(tls_stub: Stub, serves_good_request: GoodCheck,
+                     call_timeout_s: float) -> None:
+    x = np.zeros((1, 3, 32, 32), np.float64)
+    error = _refused(tls_stub, _request("tiny_cnn", data=x.tobytes(), datatype="FP64"),
+                     call_timeout_s)
+    assert error.code() == CODE.INVALID_ARGUMENT
+    assert "input 'x': expected FP32 [1,3,32,32] (-1 = any), got FP64 [1,3,32,32]" in (
+        error.details())
+    serves_good_request(tls_stub)
+
+
+def test_unknown_input_and_missing_input(tls_stub: Stub, serves_good_request: GoodCheck,
+                                         cnn_input: np.ndarray, call_timeout_s: float) -> None:
+    request = _request("tiny_cnn", data=cnn_input.tobytes(), name="image")
+    error = _refused(tls_stub, request, call_timeout_s)
+    assert error.code() == CODE.INVALID_ARGUMENT
+    assert "unknown input 'image'" in error.details()
+    assert "missing input 'x' FP32 [1,3,32,32]" in error.details()
+    serves_good_request(tls_stub)
+
+
+def test_unknown_model(tls_stub: Stub, serves_good_request: GoodCheck, cnn_input: np.ndarray,
+                       call_timeout_s: float) -> None:
+    error = _refused(tls_stub, _request("resnet9000", data=cnn_input.tobytes()), call_timeout_s)
+    assert error.code() == CODE.NOT_FOUND
+    assert "unknown model 'resnet9000'" in error.details() and "tiny_cnn" in error.details()
+    serves_good_request(tls_stub)
+
+
+def test_unknown_version(tls_stub: Stub, serves_good_request: GoodCheck, cnn_input: np.ndarray,
+                         call_timeout_s: float) -> None:
+    error = _refused(tls_stub, _request("tiny_cnn", version="9", data=cnn_input.tobytes()),
+                     call_timeout_s)
+    assert error.code() == CODE.NOT_FOUND
+    assert "model 'tiny_cnn' has no version 9; available versions: 1, 2" in error.details()
+    serves_good_request(tls_stub)
+
+
+def test_model_that_failed_to_load(tls_stub: Stub, serves_good_request: GoodCheck,
+                                   cnn_input: np.ndarray, call_timeout_s: float) -> None:
+    error = _refused(tls_stub, _request("broken", data=cnn_input.tobytes()), call_timeout_s)
+    assert error.code() == CODE.NOT_FOUND
+    assert "'broken'" in error.details() and "failed to load" in error.details()
+    serves_good_request(tls_stub)
+
+
+def test_truncated_zstd_frame(tls_stub: Stub, serves_good_request: GoodCheck, cnn_zstd: bytes,
+                              call_timeout_s: float) -> None:
+    request = _request("tiny_cnn", data=cnn_zstd[: len(cnn_zstd) // 2], codec="zstd")
+    error = _refused(tls_stub, request, call_timeout_s)
+    assert error.code() == CODE.INVALID_ARGUMENT
+    assert "input 'x'" in error.details() and "zstd frame" in error.details()
+    serves_good_request(tls_stub)
+
+
+def test_corrupted_zstd_frame(tls_stub: Stub, serves_good_request: GoodCheck, cnn_zstd: bytes,
+                              call_timeout_s: float) -> None:
+    corrupted = b"\x00\x01\x02\x03" + cnn_zstd[4:]  # the frame's magic number destroyed
+    error = _refused(tls_stub, _request("tiny_cnn", data=corrupted, codec="zstd"),
+                     call_timeout_s)
+    assert error.code() == CODE.INVALID_ARGUMENT
+    assert "input 'x'" in error.details() and "corrupted zstd frame" in error.details()
+    serves_good_request(tls_stub)
+
+
+def test_zstd_frame_declaring_more_than_the_shape(tls_stub: Stub,
+                                                  serves_good_request: GoodCheck,
+                                                  call_timeout_s: float) -> None:
+    bigger = encode_tensor(np.zeros((4, 3, 32, 32), np.float32), "zstd").data
+    error = _refused(tls_stub, _request("tiny_cnn", data=bigger, codec="zstd"), call_timeout_s)
+    assert error.code() == CODE.INVALID_ARGUMENT
+    assert "zstd frame declares 49152 bytes but shape [1, 3, 32, 32] FP32 needs 12288" in (
+        error.details())
+    serves_good_request(tls_stub)
+
+
+def test_raw_size_mismatch(tls_stub: Stub, serves_good_request: GoodCheck,
+                           cnn_input: np.ndarray, call_timeout_s: float) -> None:
+    error = _refused(tls_stub, _request("tiny_cnn", data=cnn_input.tobytes()[:-100]),
+                     call_timeout_s)
+    assert error.code() == CODE.INVALID_ARGUMENT
+    assert "input 'x'" in error.details() and "should be 12288 bytes, got 12188" in (
+        error.details())
+    serves_good_request(tls_stub)
+
+
+def test_unknown_codec(tls_stub: Stub, serves_good_request: GoodCheck, cnn_input: np.ndarray,
+                       call_timeout_s: float) -> None:
+    error = _refused(tls_stub, _request("tiny_cnn", data=cnn_input.tobytes(), codec="lz4"),
+                     call_timeout_s)
+    assert error.code() == CODE.INVALID_ARGUMENT
+    assert "unknown tensor codec 'lz4'" in error.details()
+    serves_good_request(tls_stub)
+
+
+def test_shapes_the_graph_rejects(tls_stub: Stub, serves_good_request: GoodCheck,
+                                  call_timeout_s: float) -> None:
+    x, k = np.ones((2, 4), np.float32), np.ones((3, 4), np.int64)
+    request = _request("scale_by", data=x.tobytes(), shape=x.shape)
+    request.inputs.add(name="k", datatype="INT64", shape=k.shape)
+    request.raw_input_contents.append(k.tobytes())
+    error = _refused(tls_stub, request, call_timeout_s)
+    assert error.code() == CODE.INVALID_ARGUMENT
+    assert "model 'scale_by' version 1: the model rejected the inputs" in error.details()
+    assert "Mul" in error.details()
+    serves_good_request(tls_stub)
+
+
+def test_message_over_the_limit(small_limit_server: EndpointServer,
+                                open_channel: Callable[..., grpc.Channel],
+                                serves_good_request: GoodCheck, call_timeout_s: float) -> None:
+    stub = GRPCInferenceServiceStub(open_channel(small_limit_server))
+    x = np.zeros((2 * 16384, 16), np.float32)  # 2 MiB against a 1 MiB limit
+    error = _refused(stub, _request("dyn_mlp", data=x.tobytes(), shape=x.shape),
+                     call_timeout_s)
+    assert error.code() == CODE.RESOURCE_EXHAUSTED
+    assert "larger than max" in error.details()
+    serves_good_request(stub)
+
+
+def test_internal_errors_hide_details(tls_server: EndpointServer, tls_stub: Stub,
+                                      serves_good_request: GoodCheck,
+                                      monkeypatch: pytest.MonkeyPatch,
+                                      call_timeout_s: float) -> None:
+    def explode(*args: Any, **kwargs: Any) -> None:
+        raise KeyError("secret internals")
+
+    monkeypatch.setattr("edgecut.cloud.server.infer", explode)
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    error = _refused(tls_stub, _request("tiny_cnn", data=x.tobytes()), call_timeout_s)
+    assert error.code() == CODE.INTERNAL
+    assert "secret" not in error.details() and "ModelInfer" in error.details()
+    monkeypatch.undo()
+    serves_good_request(tls_stub)
+    assert tls_server.statistics().failures["INTERNAL"] >= 1

@@ -1,0 +1,91 @@
+"""create_server's settings, start/stop/wait, and serve() stopping on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from edgecut.cloud.repository import ModelRepository
+from edgecut.cloud.server import create_server
+from edgecut.errors import TLSConfigError, UserInputError
+from edgecut.protocol import grpc_service_pb2 as pb
+from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+
+
+def test_bad_settings_are_reported_together(model_repo: Path) -> None:
+    with pytest.raises(UserInputError) as info:
+        create_server(model_repo, address="localhost", workers=0, mutual_tls=True)
+    message = str(info.value)
+    assert "workers must be >= 1, got 0" in message
+    assert "mutual_tls needs tls_dir" in message
+    assert "address must be HOST:PORT" in message
+
+
+def test_port_in_use(model_repo: Path) -> None:
+    repository = ModelRepository(model_repo)
+    with create_server(repository) as first:
+        address = f"127.0.0.1:{first.port}"
+        with pytest.raises(UserInputError, match=f"cannot listen on {address}"):
+            create_server(repository, address=address)
+
+
+def test_missing_tls_files(model_repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(TLSConfigError, match=r"server\.crt not found"):
+        create_server(model_repo, tls_dir=tmp_path)
+
+
+def test_plaintext_server_start_stop_wait(model_repo: Path, call_timeout_s: float) -> None:
+    server = create_server(model_repo, workers=2, intra_op_threads=1)
+    assert not server.wait(0)
+    server.start()
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = GRPCInferenceServiceStub(channel)
+            assert stub.ServerReady(pb.ServerReadyRequest(), timeout=call_timeout_s).ready
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ModelMetadata(pb.ModelMetadataRequest(name="nope"), timeout=call_timeout_s)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "unknown model 'nope'" in info.value.details()
+    finally:
+        server.stop(grace_s=1.0)
+    assert server.wait(timeout_s=1.0)
+    stats = server.statistics()
+    assert stats.requests == 2 and stats.failures == {"NOT_FOUND": 1}
+    assert stats.repository is not None and stats.repository.ready_versions == 4
+
+
+SERVE_SCRIPT = textwrap.dedent("""
+    import sys
+    from pathlib import Path
+    from edgecut.cloud.server import serve
+
+    stats = serve(Path(sys.argv[1]), address="127.0.0.1:0", workers=2, grace_s=1.0,
+                  on_started=lambda s: print(s.port, flush=True))
+    print("requests", stats.requests, flush=True)
+""")
+
+
+def test_serve_stops_gracefully_on_sigterm(model_repo: Path, call_timeout_s: float) -> None:
+    process = subprocess.Popen([sys.executable, "-c", SERVE_SCRIPT, str(model_repo)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub: Any = GRPCInferenceServiceStub(channel)
+            assert stub.ServerLive(pb.ServerLiveRequest(), timeout=call_timeout_s).live
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    assert out.strip() == "requests 1"
