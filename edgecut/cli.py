@@ -141,15 +141,27 @@ def _version() -> str:
         return "unknown"
 
 
+def _input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    from edgecut.errors import BadShapeError
+    from edgecut.partitioner import parse_input_shape
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        name, shape = parse_input_shape(spec)
+        if name in shapes:
+            raise BadShapeError(f"--input-shape {spec!r}: input {name!r} is given twice")
+        shapes[name] = shape
+    return shapes
+
+
 # Each command imports what it needs when it runs: `edgecut run` on a device must not pay
 # for (or need) onnx and the partitioner.
 
 def _cmd_cuts(args: argparse.Namespace) -> int:
     from edgecut import report
-    from edgecut.inputs import parse_input_shapes
     from edgecut.partitioner import list_cuts, load_model
 
-    cuts = list_cuts(load_model(args.model), parse_input_shapes(args.input_shape))
+    cuts = list_cuts(load_model(args.model), _input_shapes(args.input_shape))
     if args.json:
         print(json.dumps([report.cut_json(c) for c in cuts], indent=1))
     else:
@@ -159,10 +171,9 @@ def _cmd_cuts(args: argparse.Namespace) -> int:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from edgecut.errors import UnknownCutError
-    from edgecut.inputs import parse_input_shapes
     from edgecut.partitioner import list_cuts, load_model, write_plan
 
-    shapes = parse_input_shapes(args.input_shape)
+    shapes = _input_shapes(args.input_shape)
     known = [c.id for c in list_cuts(load_model(args.model), shapes)]
     if args.cut == ["all"]:
         cut_ids = known
@@ -180,12 +191,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from edgecut import report
     from edgecut.edge.plan import load_plan
-    from edgecut.inputs import load_input_files, parse_input_shapes
+    from edgecut.inputs import load_input_files
     from edgecut.verify import random_inputs, verify_plan
 
     inputs = load_input_files(args.input)
     if not inputs:
-        inputs = random_inputs(load_plan(args.plan), parse_input_shapes(args.input_shape))
+        inputs = random_inputs(load_plan(args.plan), _input_shapes(args.input_shape))
     checks = verify_plan(args.plan, inputs, endpoint=args.endpoint, tls_dir=args.tls,
                          device=args.device, cut_ids=args.cut, codec=args.codec)
     if args.json:

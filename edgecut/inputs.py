@@ -1,4 +1,4 @@
-"""Parsing of the CLI's `NAME=VALUE` arguments: input shapes and input files."""
+"""Loading of the CLI's `--input NAME=FILE.npy` arguments (light: `edgecut run` uses it on devices)."""
 
 from __future__ import annotations
 
@@ -8,33 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecut.errors import BadInputError, BadShapeError
+from edgecut.errors import BadInputError
 
 _NAME_VALUE = re.compile(r"^(?P<name>[^=]+)=(?P<value>.+)$")
-
-
-def parse_input_shapes(specs: Iterable[str]) -> dict[str, tuple[int, ...]]:
-    """Parse `NAME=1x3x224x224` strings into {name: shape}.
-
-    >>> parse_input_shapes(["x=1x3x32x32"])
-    {'x': (1, 3, 32, 32)}
-    """
-    shapes: dict[str, tuple[int, ...]] = {}
-    for spec in specs:
-        match = _NAME_VALUE.match(spec)
-        if not match:
-            raise BadShapeError(f"--input-shape {spec!r}: expected NAME=DIMxDIMx..., e.g. x=1x3x224x224")
-        name, value = match["name"], match["value"]
-        dims = value.lower().split("x")
-        if not all(d.isdigit() for d in dims):
-            raise BadShapeError(
-                f"--input-shape {spec!r}: dimensions must be non-negative integers separated by 'x',"
-                f" e.g. {name}=1x3x224x224"
-            )
-        if name in shapes:
-            raise BadShapeError(f"--input-shape {spec!r}: input {name!r} given twice")
-        shapes[name] = tuple(int(d) for d in dims)
-    return shapes
 
 
 def load_input_files(specs: Iterable[str]) -> dict[str, np.ndarray]:
