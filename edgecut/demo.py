@@ -56,7 +56,10 @@ class DemoRow:
 
 def run_demo(*, keep: Path | None = None, console: Console | None = None) -> bool:
     """Run the demo; return True when every mode matched the full model."""
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped or captured: don't squeeze the table into 80 columns
+            console = Console(width=160)
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
         return _run_in(keep, console)
@@ -92,7 +95,7 @@ def _run_in(work: Path, console: Console) -> bool:
         reference = run_split_locally(None, model_path, inputs)
         rows = [
             _measure(plan_dir, "split", endpoint, tls, inputs, reference, cut=chosen.id,
-                     codec="shuffle_zstd"),
+                     codec="auto"),
             _measure(plan_dir, "offload", endpoint, tls, inputs, reference, cut=None, codec="zstd"),
             _measure(plan_dir, "local", None, None, inputs, reference, cut=None, codec="raw"),
         ]
@@ -133,7 +136,7 @@ def _measure(plan_dir: Path, mode: str, endpoint: str | None, tls: Path | None,
     last = samples[-1]
     return DemoRow(
         mode=mode, cut="-" if cut is None else str(cut), codec=codec if endpoint else "-",
-        up_raw=last.up_raw_bytes, up_wire=last.up_wire_bytes, down_wire=last.down_wire_bytes,
+        up_raw=last.raw_bytes_up, up_wire=last.wire_bytes_up, down_wire=last.wire_bytes_down,
         head_ms=median("head_ms"), encode_ms=median("encode_ms"), rpc_ms=median("rpc_ms"),
         decode_ms=median("decode_ms"), total_ms=median("total_ms"),
         max_abs_diff=diff, ok=within_tolerance(reference, outputs),
