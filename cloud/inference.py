@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
+import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from edgecut.errors import BadInputError, PayloadTooLargeError, ProtocolError
@@ -49,6 +52,8 @@ from .repository import LoadedModel, format_shape
 __all__ = [
     "InferOutcome",
     "RequestedOutput",
+    "RunResult",
+    "Runner",
     "decode_inputs",
     "encode_outputs",
     "infer",
@@ -92,21 +97,58 @@ class InferOutcome:
     wire_bytes_in: int
     raw_bytes_out: int
     wire_bytes_out: int
+    queue_s: float = 0.0
+    compute_s: float = 0.0
+    batch_rows: int = 1  # rows of the model run this request was part of
 
 
-def infer(request: ModelInferRequest, model: LoadedModel, *,
-          max_decoded_bytes: int) -> InferOutcome:
+class RunResult(Protocol):
+    """What a runner returns: the outputs in the order asked, and how they were computed
+    (edgecut.cloud.scheduler.BatchResult is one)."""
+
+    @property
+    def outputs(self) -> Sequence[np.ndarray]: ...
+    @property
+    def queue_s(self) -> float: ...
+    @property
+    def compute_s(self) -> float: ...
+    @property
+    def batch_rows(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _DirectRun:
+    outputs: Sequence[np.ndarray]
+    compute_s: float
+    queue_s: float = 0.0
+    batch_rows: int = 1
+
+
+Runner = Callable[[dict[str, np.ndarray], list[str]], RunResult]
+
+
+def infer(request: ModelInferRequest, model: LoadedModel, *, max_decoded_bytes: int,
+          runner: Runner | None = None) -> InferOutcome:
     """Check, decode, run and encode one request against `model`.
 
     `max_decoded_bytes` bounds the decoded size of all of the request's inputs together
-    (PayloadTooLargeError beyond it), whatever codec or shape they declare.
+    (PayloadTooLargeError beyond it), whatever codec or shape they declare. `runner` runs the
+    decoded inputs (the server passes its scheduler, which may batch them with other
+    requests); by default the model's session runs them here, at once.
     """
     outputs = requested_outputs(request, model)
     inputs, raw_in, wire_in = decode_inputs(request, model, max_decoded_bytes=max_decoded_bytes)
-    arrays = run_model(model, inputs, [o.name for o in outputs])
-    response, raw_out, wire_out = encode_outputs(request, model, outputs, arrays)
+    names = [o.name for o in outputs]
+    if runner is None:
+        started = time.perf_counter()
+        arrays = run_model(model, inputs, names)
+        run = _DirectRun(outputs=arrays, compute_s=time.perf_counter() - started)
+    else:
+        run = runner(inputs, names)
+    response, raw_out, wire_out = encode_outputs(request, model, outputs, run.outputs)
     return InferOutcome(response=response, raw_bytes_in=raw_in, wire_bytes_in=wire_in,
-                        raw_bytes_out=raw_out, wire_bytes_out=wire_out)
+                        raw_bytes_out=raw_out, wire_bytes_out=wire_out, queue_s=run.queue_s,
+                        compute_s=run.compute_s, batch_rows=run.batch_rows)
 
 
 def requested_outputs(request: ModelInferRequest, model: LoadedModel
@@ -191,15 +233,17 @@ def decode_inputs(request: ModelInferRequest, model: LoadedModel, *,
 
 
 def run_model(model: LoadedModel, inputs: Mapping[str, np.ndarray],
-              output_names: Sequence[str]) -> list[np.ndarray]:
-    """Run the session; errors the graph raises on these inputs become BadInputError.
+              output_names: Sequence[str], *,
+              session: ort.InferenceSession | None = None) -> list[np.ndarray]:
+    """Run `session` (default: the model's); errors the graph raises on these inputs become
+    BadInputError.
 
     The inputs already match the model's declared dtypes and shapes, so what onnxruntime
     still rejects depends on their values or on how dynamic dims combine (two batch sizes
     that do not broadcast, a reshape that does not divide): the caller's to fix.
     """
     try:
-        return list(model.session.run(list(output_names), dict(inputs)))
+        return list((session or model.session).run(list(output_names), dict(inputs)))
     except (InvalidArgument, Fail, RuntimeException) as exc:
         # onnxruntime's message names the node and the problem; drop its source paths.
         lines = _ORT_SOURCE_PATH.sub("", str(exc)).strip().splitlines()

@@ -10,34 +10,62 @@ RPCs the protocol requires, answer with raw outputs, accept gzip/deflate-compres
 (gRPC core decompresses them before a handler runs) and messages up to `max_message_bytes`.
 The work of a call is in edgecut.cloud.inference; the status codes in edgecut.cloud.status.
 Under mutual TLS each call is attributed to the device named by its certificate.
+
+Around the handlers (each piece in its own module):
+
+    scheduler.py   a bounded queue and instance threads per model; dynamic batching
+    health.py      grpc.health.v1 on the same port: "" and "inference.<model>"
+    metrics.py     Prometheus /metrics on `metrics_port`, one registry per server
+    logs.py        one JSON line per inference call on `edgecut.cloud.requests`
+    auth.py        which models each device may use (`auth_file`), re-read on change
+    protocol/tls   certificates re-read on change (ReloadingServerCertificates)
+
+`stop()` drains: ServerReady and health go false, new inference calls get UNAVAILABLE, queued
+batches run at once, and the server stops when the calls in flight are answered (or `grace_s`
+runs out).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeoutError
 from pathlib import Path
 from types import FrameType
 from typing import NoReturn, TypeVar
 
 import grpc
+import numpy as np
 
-from edgecut.errors import UserInputError
+from edgecut.errors import (
+    CloudUnavailableError,
+    DeadlineExceededError,
+    OverloadedError,
+    UserInputError,
+)
 from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.codecs import SERVER_EXTENSIONS
 from edgecut.protocol.grpc_service_pb2_grpc import (
     GRPCInferenceServiceServicer,
     add_GRPCInferenceServiceServicer_to_server,
 )
-from edgecut.protocol.tls import peer_identity, server_credentials
+from edgecut.protocol.tls import ReloadingServerCertificates, peer_identity, server_credentials
 
-from .inference import infer
-from .repository import ModelRepository, TensorSpec
+from . import management
+from .auth import AuthorizationFile
+from .batching import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_SIZE, SchedulingPolicy
+from .health import EndpointHealth
+from .inference import InferOutcome, RunResult, infer
+from .logs import RequestLog
+from .metrics import EndpointMetrics, MetricsHTTPServer
+from .repository import LoadedModel, ModelRepository, TensorSpec
+from .scheduler import BatchObservation, Scheduler
 from .statistics import EndpointStatistics, StatisticsRecorder, Traffic
 from .status import status_for
 
@@ -59,6 +87,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_DECODED_BYTES = 1024 * 1024 * 1024
 PLATFORM = "onnxruntime_onnx"
 SERVER_NAME = "edgecut"
+DEFAULT_WORKERS = 16
+DEFAULT_POLL_INTERVAL_S = 2.0
+RETRY_AFTER_KEY = "retry-after-ms"
 
 _Response = TypeVar("_Response")
 
@@ -74,12 +105,23 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     """`inference.GRPCInferenceService` over a ModelRepository."""
 
     def __init__(self, repository: ModelRepository, *, recorder: StatisticsRecorder,
-                 max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> None:
+                 max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+                 scheduler: Scheduler | None = None, metrics: EndpointMetrics | None = None,
+                 authorization: AuthorizationFile | None = None,
+                 request_log: RequestLog | None = None) -> None:
         self._repository = repository
         self._recorder = recorder
         self._max_decoded_bytes = max_decoded_bytes
+        self._scheduler = scheduler or Scheduler()
+        self._metrics = metrics
+        self._authorization = authorization
+        self._request_log = request_log or RequestLog()
         self._ready = threading.Event()
         self._version = _server_version()
+        # Inference calls in flight, and whether new ones are refused (draining).
+        self._flight = threading.Condition()
+        self._inflight = 0
+        self._draining = False
 
     def set_ready(self, ready: bool) -> None:
         """ServerReady's answer: true while serving, false before start and while draining."""
@@ -87,6 +129,38 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             self._ready.set()
         else:
             self._ready.clear()
+
+    def begin_drain(self) -> None:
+        """Answer new inference calls UNAVAILABLE from now on; running ones go on."""
+        self.set_ready(False)
+        with self._flight:
+            self._draining = True
+
+    def wait_idle(self, timeout_s: float | None) -> bool:
+        """Block until no inference call is in flight; False if `timeout_s` ran out first."""
+        with self._flight:
+            return self._flight.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
+
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        with self._flight:
+            if self._draining:
+                raise CloudUnavailableError(
+                    "the endpoint is shutting down; retry on another replica"
+                )
+            self._inflight += 1
+        try:
+            yield
+        finally:
+            with self._flight:
+                self._inflight -= 1
+                self._flight.notify_all()
+
+    def _authorize(self, device: str | None, model: str) -> None:
+        """PermissionDeniedError unless the auth file lets `device` use `model` (the hook
+        every model-scoped RPC calls once the model name is resolved)."""
+        if self._authorization is not None:
+            self._authorization.check(device, model)
 
     def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext
                    ) -> pb.ServerLiveResponse:
@@ -99,6 +173,11 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.ServicerContext
                    ) -> pb.ModelReadyResponse:
+        device = peer_identity(context)
+        try:
+            self._authorize(device, request.name)
+        except Exception as exc:
+            self._abort("ModelReady", context, exc, device=device)
         try:
             self._repository.get(request.name, request.version)
             ready = self._ready.is_set()
@@ -118,6 +197,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                       ) -> pb.ModelMetadataResponse:
         device = peer_identity(context)
         try:
+            self._authorize(device, request.name)
             model = self._repository.get(request.name, request.version)
         except Exception as exc:
             self._abort("ModelMetadata", context, exc, device=device)
@@ -129,41 +209,159 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             outputs=[_tensor_metadata(s) for s in model.outputs],
         )
         self._recorder.record(rpc="ModelMetadata", code="OK", device=device)
+        if self._metrics is not None:
+            self._metrics.record_rpc(rpc="ModelMetadata", code="OK", device=device)
         return response
 
     def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext
                    ) -> pb.ModelInferResponse:
+        started = time.perf_counter()
         device = peer_identity(context)
-        model_name: str | None = None
+        model: LoadedModel | None = None
         try:
-            model = self._repository.get(request.model_name, request.model_version)
-            model_name = model.name
-            started = time.perf_counter()
-            outcome = infer(request, model, max_decoded_bytes=self._max_decoded_bytes)
-            elapsed_s = time.perf_counter() - started
+            with self._admitted():
+                model = self._repository.route(request.model_name, request.model_version)
+                self._authorize(device, model.name)
+                outcome = infer(request, model, max_decoded_bytes=self._max_decoded_bytes,
+                                runner=self._runner(model, context))
         except Exception as exc:
-            self._abort("ModelInfer", context, exc, device=device, model=model_name)
+            self._abort("ModelInfer", context, exc, device=device, model=model,
+                        started=started, request_id=request.id)
+        self._observe_infer(model, outcome, device=device, started=started,
+                            request_id=request.id)
+        return outcome.response
+
+    def _runner(self, model: LoadedModel, context: grpc.ServicerContext
+                ) -> Callable[[dict[str, np.ndarray], list[str]], RunResult]:
+        """Run decoded inputs through the model's scheduler, within the call's deadline."""
+        scheduler = self._scheduler.for_model(model)
+
+        def run(inputs: dict[str, np.ndarray], names: list[str]) -> RunResult:
+            future = scheduler.submit(inputs, names)
+            # The caller went away (or its deadline passed): leave the queue.
+            context.add_callback(future.cancel)
+            try:
+                return future.result(timeout=context.time_remaining())
+            except FutureTimeoutError as exc:
+                future.cancel()
+                raise DeadlineExceededError(
+                    f"model {model.name!r} version {model.version}: no answer by the call's "
+                    f"deadline ({scheduler.pending()} requests queued)"
+                ) from exc
+            except CancelledError as exc:
+                raise CloudUnavailableError(
+                    f"model {model.name!r} version {model.version}: the call was cancelled "
+                    f"before the model ran"
+                ) from exc
+
+        return run
+
+    def _observe_infer(self, model: LoadedModel, outcome: InferOutcome, *,
+                       device: str | None, started: float, request_id: str) -> None:
+        request_s = time.perf_counter() - started
         traffic = Traffic(
             raw_bytes_in=outcome.raw_bytes_in, wire_bytes_in=outcome.wire_bytes_in,
             raw_bytes_out=outcome.raw_bytes_out, wire_bytes_out=outcome.wire_bytes_out,
-            compute_s=elapsed_s,
+            compute_s=outcome.compute_s,
         )
-        self._recorder.record(rpc="ModelInfer", code="OK", device=device, model=model_name,
+        self._recorder.record(rpc="ModelInfer", code="OK", device=device, model=model.name,
                               traffic=traffic)
-        return outcome.response
+        if self._metrics is not None:
+            self._metrics.record_rpc(rpc="ModelInfer", code="OK", device=device)
+            self._metrics.record_infer(
+                model=model.name, version=model.version, code="OK", request_s=request_s,
+                queue_s=outcome.queue_s, compute_s=outcome.compute_s,
+                raw_bytes_in=outcome.raw_bytes_in, wire_bytes_in=outcome.wire_bytes_in,
+                raw_bytes_out=outcome.raw_bytes_out, wire_bytes_out=outcome.wire_bytes_out,
+            )
+        self._request_log.log(
+            model=model.name, version=model.version, device=device, status="OK",
+            queue_ms=outcome.queue_s * 1e3, compute_ms=outcome.compute_s * 1e3,
+            request_ms=request_s * 1e3, batch_rows=outcome.batch_rows,
+            wire_bytes_in=outcome.wire_bytes_in, wire_bytes_out=outcome.wire_bytes_out,
+            id=request_id or None,
+        )
 
     def _answer(self, rpc: str, context: grpc.ServicerContext,
                 response: _Response) -> _Response:
-        self._recorder.record(rpc=rpc, code="OK", device=peer_identity(context))
+        device = peer_identity(context)
+        self._recorder.record(rpc=rpc, code="OK", device=device)
+        if self._metrics is not None:
+            self._metrics.record_rpc(rpc=rpc, code="OK", device=device)
         return response
 
     def _abort(self, rpc: str, context: grpc.ServicerContext, exc: Exception, *,
-               device: str | None, model: str | None = None) -> NoReturn:
+               device: str | None, model: LoadedModel | None = None,
+               started: float | None = None, request_id: str = "") -> NoReturn:
         code, message = status_for(exc, rpc=rpc)
-        self._recorder.record(rpc=rpc, code=code.name, device=device, model=model)
+        name = model.name if model is not None else None
+        self._recorder.record(rpc=rpc, code=code.name, device=device, model=name)
+        if self._metrics is not None:
+            self._metrics.record_rpc(rpc=rpc, code=code.name, device=device)
+            if model is not None and rpc == "ModelInfer":
+                self._metrics.record_infer(model=model.name, version=model.version,
+                                           code=code.name)
+        if rpc == "ModelInfer":
+            self._request_log.log(
+                model=name, version=model.version if model else None,
+                device=device, status=code.name,
+                request_ms=None if started is None else (time.perf_counter() - started) * 1e3,
+                id=request_id or None, message=message,
+            )
+        if isinstance(exc, OverloadedError):
+            context.set_trailing_metadata(((RETRY_AFTER_KEY, str(exc.retry_after_ms)),))
         context.abort(code, message)
         raise AssertionError("unreachable: grpc's context.abort raises")  # for type checkers
 
+
+    # Triton's extensions: model configuration, statistics, repository (edgecut.cloud.management).
+
+    def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.ServicerContext
+                    ) -> pb.ModelConfigResponse:
+        device = peer_identity(context)
+        try:
+            self._authorize(device, request.name)
+            response = management.model_config(self._repository, request.name, request.version)
+        except Exception as exc:
+            self._abort("ModelConfig", context, exc, device=device)
+        return self._answer("ModelConfig", context, response)
+
+    def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.ServicerContext
+                        ) -> pb.ModelStatisticsResponse:
+        device = peer_identity(context)
+        try:
+            if request.name:
+                self._authorize(device, request.name)
+            response = management.model_statistics(self._repository, request.name,
+                                                   request.version)
+        except Exception as exc:
+            self._abort("ModelStatistics", context, exc, device=device)
+        return self._answer("ModelStatistics", context, response)
+
+    def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.ServicerContext
+                        ) -> pb.RepositoryIndexResponse:
+        response = management.repository_index(self._repository, ready_only=request.ready)
+        return self._answer("RepositoryIndex", context, response)
+
+    def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
+                            context: grpc.ServicerContext) -> pb.RepositoryModelLoadResponse:
+        device = peer_identity(context)
+        try:
+            self._authorize(device, request.model_name)
+            management.apply_load(self._repository, request.model_name, request.parameters)
+        except Exception as exc:
+            self._abort("RepositoryModelLoad", context, exc, device=device)
+        return self._answer("RepositoryModelLoad", context, pb.RepositoryModelLoadResponse())
+
+    def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
+                              context: grpc.ServicerContext) -> pb.RepositoryModelUnloadResponse:
+        device = peer_identity(context)
+        try:
+            self._authorize(device, request.model_name)
+            management.apply_unload(self._repository, request.model_name, request.parameters)
+        except Exception as exc:
+            self._abort("RepositoryModelUnload", context, exc, device=device)
+        return self._answer("RepositoryModelUnload", context, pb.RepositoryModelUnloadResponse())
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
     return pb.ModelMetadataResponse.TensorMetadata(
@@ -176,7 +374,12 @@ class EndpointServer:
 
     def __init__(self, *, server: grpc.Server, executor: ThreadPoolExecutor,
                  servicer: InferenceServicer, repository: ModelRepository,
-                 recorder: StatisticsRecorder, host: str, port: int, tls: bool) -> None:
+                 recorder: StatisticsRecorder, host: str, port: int, tls: bool,
+                 scheduler: Scheduler | None = None, health: EndpointHealth | None = None,
+                 metrics: EndpointMetrics | None = None, metrics_port: int | None = None,
+                 authorization: AuthorizationFile | None = None,
+                 certificates: ReloadingServerCertificates | None = None,
+                 poll_interval_s: float = DEFAULT_POLL_INTERVAL_S) -> None:
         self._server = server
         self._executor = executor
         self._servicer = servicer
@@ -185,6 +388,17 @@ class EndpointServer:
         self._host = host
         self._port = port
         self._tls = tls
+        self._scheduler = scheduler
+        self._health = health
+        self._metrics = metrics
+        self._metrics_port = metrics_port
+        self._metrics_http: MetricsHTTPServer | None = None
+        self._authorization = authorization
+        self._certificates = certificates
+        self._poll_interval_s = poll_interval_s
+        self._poller: threading.Thread | None = None
+        self._stop_polling = threading.Event()
+        self._stop_lock = threading.Lock()
         self._stopped = threading.Event()
 
     @property
@@ -200,27 +414,90 @@ class EndpointServer:
     def repository(self) -> ModelRepository:
         return self._repository
 
+    @property
+    def metrics(self) -> EndpointMetrics | None:
+        return self._metrics
+
+    @property
+    def metrics_url(self) -> str | None:
+        """`http://host:port/metrics` once started with a metrics_port, else None."""
+        return None if self._metrics_http is None else self._metrics_http.url
+
     def start(self) -> None:
+        if self._metrics is not None and self._metrics_port is not None:
+            self._metrics_http = MetricsHTTPServer(self._metrics.registry, host=self._host,
+                                                   port=self._metrics_port)
         self._server.start()
         self._servicer.set_ready(True)
-        logger.info("edgecut endpoint listening on %s (%s)", self.address,
-                    "TLS" if self._tls else "plaintext")
+        if self._health is not None:
+            self._health.set_serving(True)
+        self.refresh()
+        self._poller = threading.Thread(target=self._poll, name="edgecut-poll", daemon=True)
+        self._poller.start()
+        logger.info("edgecut endpoint listening on %s (%s)%s", self.address,
+                    "TLS" if self._tls else "plaintext",
+                    f", metrics at {self.metrics_url}" if self.metrics_url else "")
+
+    def refresh(self) -> None:
+        """Re-read what may change while serving: model readiness (health) and the auth file.
+
+        Runs every `poll_interval_s`; call it after loading or unloading a model to update
+        health at once. Certificates are checked at each new TLS handshake instead.
+        """
+        if self._health is not None:
+            ready: dict[str, bool] = {}
+            for row in self._repository.models():
+                ready[row.name] = ready.get(row.name, False) or row.ready
+            self._health.update_models(ready.items())
+        if self._authorization is not None:
+            self._authorization.reload_if_changed()
 
     def stop(self, grace_s: float | None = 5.0) -> None:
-        """Refuse new calls, let running ones finish for up to `grace_s`, then cancel them."""
-        self._servicer.set_ready(False)
-        done = self._server.stop(grace_s)
-        # grpc sets `done` once every call is finished or cancelled; bound the wait anyway.
-        done.wait(None if grace_s is None else grace_s + 5.0)
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._stopped.set()
+        """Drain, then stop: refuse new inference calls (UNAVAILABLE), run what is queued at
+        once, wait up to `grace_s` for calls in flight, then cancel what is left."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            deadline = None if grace_s is None else time.monotonic() + grace_s
+
+            def left() -> float | None:
+                return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+            self._servicer.begin_drain()
+            if self._health is not None:
+                self._health.set_serving(False)
+            if self._scheduler is not None:
+                self._scheduler.drain(left())
+            if not self._servicer.wait_idle(left()):
+                logger.warning("grace period over with inference calls still running; "
+                               "cancelling them")
+            done = self._server.stop(left())
+            # grpc sets `done` once every call is finished or cancelled; bound the wait anyway.
+            remaining = left()
+            done.wait(None if remaining is None else remaining + 5.0)
+            self._stop_polling.set()
+            if self._scheduler is not None:
+                self._scheduler.close(timeout_s=1.0)
+            if self._metrics_http is not None:
+                self._metrics_http.close()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._stopped.set()
 
     def wait(self, timeout_s: float | None = None) -> bool:
         """Block until the server stops or `timeout_s` passes; True if it stopped."""
         return self._stopped.wait(timeout_s)
 
     def statistics(self) -> EndpointStatistics:
-        return self._recorder.snapshot(repository=self._repository.statistics())
+        queues = self._scheduler.statistics() if self._scheduler is not None else ()
+        return self._recorder.snapshot(repository=self._repository.statistics(), queues=queues)
+
+    def _poll(self) -> None:
+        while not self._stop_polling.wait(self._poll_interval_s):
+            try:
+                self.refresh()
+            except Exception:
+                logger.exception("periodic refresh failed; trying again in %.1f s",
+                                 self._poll_interval_s)
 
     def __enter__(self) -> EndpointServer:
         self.start()
@@ -237,20 +514,48 @@ def create_server(
     tls_dir: Path | None = None,
     mutual_tls: bool = False,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    workers: int = 8,
+    workers: int = DEFAULT_WORKERS,
     intra_op_threads: int = 0,
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    scheduling: Mapping[str, SchedulingPolicy] | None = None,
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+    separate_sessions: bool = False,
+    max_concurrent_rpcs: int | None = None,
+    metrics_port: int | None = None,
+    auth_file: Path | None = None,
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+    reload_certificates: bool = True,
+    request_log_level: int | str | None = logging.DEBUG,
 ) -> EndpointServer:
     """Load `repository` and bind an endpoint on `address` (port 0: any free port).
 
     With `tls_dir` (written by `edgecut certs`) the endpoint speaks TLS only; with
-    `mutual_tls` too, it admits only clients whose certificate the fleet's CA signed.
+    `mutual_tls` too, it admits only clients whose certificate the fleet's CA signed. With
+    `reload_certificates` the files are re-read when they change, without a restart.
     `max_message_bytes` bounds each request and response (gRPC answers RESOURCE_EXHAUSTED
     beyond it); `max_decoded_bytes` bounds a request's inputs once decoded. `workers` calls
-    run at once; `intra_op_threads` is onnxruntime's per-session thread count (0: its default).
+    are handled at once (a call waiting for its batch holds one); `max_concurrent_rpcs`
+    bounds calls accepted, running or waiting for a worker (default 4 x workers; gRPC answers
+    RESOURCE_EXHAUSTED beyond it). `intra_op_threads` is onnxruntime's per-session thread
+    count (0: its default).
+
+    Scheduling follows each model's settings (config.pbtxt: max_batch_size, dynamic_batching,
+    instance_group); `scheduling` overrides them per model name. A queue the settings leave
+    unbounded holds at most `max_queue_size` requests and `max_queue_bytes` decoded bytes;
+    past that a call gets RESOURCE_EXHAUSTED with a `retry-after-ms` trailer.
+    `separate_sessions` gives each instance its own onnxruntime session (see
+    edgecut.cloud.providers for when that pays).
+
+    `metrics_port` serves Prometheus metrics on the gRPC address's host (0: any free port,
+    None: off). `auth_file` (TOML, see edgecut.cloud.auth; needs `mutual_tls`) says which
+    models each device may use. Model health and the auth file are re-read every
+    `poll_interval_s`. `request_log_level` is the level of the per-call JSON log lines
+    (None: none).
 
     Raises UserInputError for bad settings or an address it cannot listen on, TLSConfigError
-    for missing or mismatched certificate files, BadModelError if `repository` is no folder.
+    for missing or mismatched certificate files, BadModelError if `repository` is no folder,
+    BadProfileError for a malformed auth file.
     """
     problems = []
     if workers < 1:
@@ -261,18 +566,52 @@ def create_server(
         problems.append(f"max_decoded_bytes must be >= 1, got {max_decoded_bytes}")
     if mutual_tls and tls_dir is None:
         problems.append("mutual_tls needs tls_dir (the folder written by `edgecut certs init`)")
+    if max_queue_size < 1:
+        problems.append(f"max_queue_size must be >= 1, got {max_queue_size}")
+    if max_queue_bytes < 1:
+        problems.append(f"max_queue_bytes must be >= 1, got {max_queue_bytes}")
+    if max_concurrent_rpcs is not None and max_concurrent_rpcs < 1:
+        problems.append(f"max_concurrent_rpcs must be >= 1, got {max_concurrent_rpcs}")
+    if metrics_port is not None and not 0 <= metrics_port <= 65535:
+        problems.append(f"metrics_port must be in 0..65535 (0: any free port), got {metrics_port}")
+    if auth_file is not None and not mutual_tls:
+        problems.append("auth_file needs mutual_tls: devices are known by their certificates")
+    if not poll_interval_s > 0:
+        problems.append(f"poll_interval_s must be > 0, got {poll_interval_s}")
     host, sep, port_text = address.rpartition(":")
     if not sep or not host or not port_text.isdigit():
         problems.append(f"address must be HOST:PORT (port 0 = any free port), got {address!r}")
     if problems:
         raise UserInputError("; ".join(problems))
 
-    credentials = server_credentials(Path(tls_dir), mutual=mutual_tls) if tls_dir else None
+    certificates: ReloadingServerCertificates | None = None
+    credentials: grpc.ServerCredentials | None = None
+    if tls_dir is not None and reload_certificates:
+        certificates = ReloadingServerCertificates(Path(tls_dir), mutual=mutual_tls)
+        credentials = certificates.credentials()
+    elif tls_dir is not None:
+        credentials = server_credentials(Path(tls_dir), mutual=mutual_tls)
+    authorization = AuthorizationFile(Path(auth_file)) if auth_file is not None else None
     if not isinstance(repository, ModelRepository):
         repository = ModelRepository(Path(repository), intra_op_threads=intra_op_threads)
     recorder = StatisticsRecorder()
+    metrics: EndpointMetrics | None = None
+    scheduler_box: list[Scheduler] = []
+    if metrics_port is not None:
+        metrics = EndpointMetrics(pending_source=lambda: (
+            (q.model, q.version, q.pending) for q in scheduler_box[0].statistics()
+        ))
+    scheduler = Scheduler(
+        overrides=scheduling, max_queue_size=max_queue_size, max_queue_bytes=max_queue_bytes,
+        separate_sessions=separate_sessions, intra_op_threads=intra_op_threads,
+        on_batch=_batch_observer(metrics),
+    )
+    scheduler_box.append(scheduler)
     servicer = InferenceServicer(repository, recorder=recorder,
-                                 max_decoded_bytes=max_decoded_bytes)
+                                 max_decoded_bytes=max_decoded_bytes, scheduler=scheduler,
+                                 metrics=metrics, authorization=authorization,
+                                 request_log=RequestLog(request_log_level))
+    health = EndpointHealth()
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgecut-rpc")
     server = grpc.server(
         executor,
@@ -282,8 +621,11 @@ def create_server(
             # Without this a second server on the same port would bind silently and share it.
             ("grpc.so_reuseport", 0),
         ],
+        # Calls waiting for a worker hold their request message: bound them too.
+        maximum_concurrent_rpcs=max_concurrent_rpcs or 4 * workers,
     )
     add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    health.register(server)
     try:
         if credentials is None:
             port = server.add_insecure_port(address)
@@ -296,43 +638,74 @@ def create_server(
         cause = None
     if port == 0:
         executor.shutdown(wait=False)
+        scheduler.close(timeout_s=0)
         raise UserInputError(
             f"cannot listen on {address}: the port is in use or the host is not an address "
             f"of this machine; choose another address"
         ) from cause
     return EndpointServer(server=server, executor=executor, servicer=servicer,
                           repository=repository, recorder=recorder, host=host, port=port,
-                          tls=credentials is not None)
+                          tls=credentials is not None, scheduler=scheduler, health=health,
+                          metrics=metrics, metrics_port=metrics_port,
+                          authorization=authorization, certificates=certificates,
+                          poll_interval_s=poll_interval_s)
+
+
+def _batch_observer(metrics: EndpointMetrics | None
+                    ) -> Callable[[BatchObservation], None] | None:
+    if metrics is None:
+        return None
+
+    def observe(batch: BatchObservation) -> None:
+        metrics.record_batch(model=batch.model, version=batch.version, rows=batch.rows,
+                             requests=batch.requests)
+
+    return observe
 
 
 def serve(
     repository: Path | ModelRepository,
     *,
     address: str = "127.0.0.1:8001",
+    grace_s: float = 5.0,
+    on_started: Callable[[EndpointServer], None] | None = None,
     tls_dir: Path | None = None,
     mutual_tls: bool = False,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    workers: int = 8,
+    workers: int = DEFAULT_WORKERS,
     intra_op_threads: int = 0,
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
-    grace_s: float = 5.0,
-    on_started: Callable[[EndpointServer], None] | None = None,
+    scheduling: Mapping[str, SchedulingPolicy] | None = None,
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+    separate_sessions: bool = False,
+    max_concurrent_rpcs: int | None = None,
+    metrics_port: int | None = None,
+    auth_file: Path | None = None,
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+    reload_certificates: bool = True,
+    request_log_level: int | str | None = logging.DEBUG,
 ) -> EndpointStatistics:
-    """Run an endpoint until SIGINT or SIGTERM, then stop gracefully; return its statistics.
+    """Run an endpoint until SIGINT or SIGTERM, then drain and stop; return its statistics.
 
-    Signal handlers are installed only when called from the main thread (Python's rule) and
-    restored on return. `on_started` is called with the running server (e.g. to print the
-    port when `address` ends in :0).
+    The keywords after `on_started` are create_server's. Signal handlers are installed only
+    when called from the main thread (Python's rule) and restored on return. `on_started` is
+    called with the running server (e.g. to print the port when `address` ends in :0).
+    `grace_s` bounds the drain.
     """
     server = create_server(
         repository, address=address, tls_dir=tls_dir, mutual_tls=mutual_tls,
         max_message_bytes=max_message_bytes, workers=workers,
         intra_op_threads=intra_op_threads, max_decoded_bytes=max_decoded_bytes,
+        scheduling=scheduling, max_queue_size=max_queue_size, max_queue_bytes=max_queue_bytes,
+        separate_sessions=separate_sessions, max_concurrent_rpcs=max_concurrent_rpcs,
+        metrics_port=metrics_port, auth_file=auth_file, poll_interval_s=poll_interval_s,
+        reload_certificates=reload_certificates, request_log_level=request_log_level,
     )
     stop_requested = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        logger.info("received %s; stopping (grace %.1f s)", signal.Signals(signum).name, grace_s)
+        logger.info("received %s; draining (grace %.1f s)", signal.Signals(signum).name, grace_s)
         stop_requested.set()
 
     previous = {}

@@ -21,8 +21,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from .repository import RepositoryStatistics
+
+if TYPE_CHECKING:
+    from .scheduler import SchedulerStatistics
 
 __all__ = ["EndpointStatistics", "ModelTrafficStatistics", "StatisticsRecorder", "Traffic"]
 
@@ -75,6 +79,7 @@ class EndpointStatistics:
     requests_by_device: Mapping[str, int]  # device name -> RPCs; mutual TLS only
     models: Mapping[str, ModelTrafficStatistics] = field(default_factory=dict)
     repository: RepositoryStatistics | None = None
+    queues: tuple[SchedulerStatistics, ...] = ()  # per model version that has served
 
     @property
     def total_failures(self) -> int:
@@ -122,7 +127,8 @@ class StatisticsRecorder:
                     compute_s=old.compute_s + traffic.compute_s,
                 )
 
-    def snapshot(self, repository: RepositoryStatistics | None = None) -> EndpointStatistics:
+    def snapshot(self, repository: RepositoryStatistics | None = None,
+                 queues: tuple[SchedulerStatistics, ...] = ()) -> EndpointStatistics:
         with self._lock:
             t = self._traffic
             return EndpointStatistics(
@@ -137,4 +143,5 @@ class StatisticsRecorder:
                 requests_by_device=MappingProxyType(dict(self._by_device)),
                 models=MappingProxyType(dict(self._models)),
                 repository=repository,
+                queues=queues,
             )

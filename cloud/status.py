@@ -3,6 +3,9 @@
     UserInputError, ProtocolError   INVALID_ARGUMENT     the caller sent something wrong
     PayloadTooLargeError            RESOURCE_EXHAUSTED   over a size limit (checked first:
                                                          it is also a ProtocolError)
+    OverloadedError                 RESOURCE_EXHAUSTED   a model's queue is full (the server
+                                                         adds trailing `retry-after-ms`)
+    PermissionDeniedError           PERMISSION_DENIED    the device may not use the model
     ModelNotFoundError              NOT_FOUND            no such model or version
     DeadlineExceededError           DEADLINE_EXCEEDED
     CloudUnavailableError           UNAVAILABLE
@@ -26,7 +29,9 @@ from edgecut.errors import (
     DeadlineExceededError,
     ModelNotFoundError,
     NoFeasibleCutError,
+    OverloadedError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     ProtocolError,
     UserInputError,
 )
@@ -40,6 +45,8 @@ _STATUS_BY_ERROR: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (PayloadTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ProtocolError, grpc.StatusCode.INVALID_ARGUMENT),
     (UserInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (ModelNotFoundError, grpc.StatusCode.NOT_FOUND),
     (DeadlineExceededError, grpc.StatusCode.DEADLINE_EXCEEDED),
     (CloudUnavailableError, grpc.StatusCode.UNAVAILABLE),

@@ -14,6 +14,8 @@
     ├── ModelNotFoundError         no such model or version on the endpoint
     ├── NoFeasibleCutError         no cut satisfies the device's constraints
     ├── CloudUnavailableError      the endpoint cannot be reached or refused the call
+    ├── OverloadedError            the endpoint's queue for a model is full; retry later
+    ├── PermissionDeniedError      this device may not use this model (authorisation)
     ├── DeadlineExceededError      a request did not finish by its deadline
     └── RemoteError                the endpoint answered with an error status
 
@@ -79,6 +81,18 @@ class NoFeasibleCutError(EdgecutError):
 
 class CloudUnavailableError(EdgecutError):
     """The cloud endpoint cannot be reached, or refused the connection (TLS, auth)."""
+
+
+class OverloadedError(EdgecutError):
+    """A model's queue is full; `retry_after_ms` is the endpoint's estimate of when to retry."""
+
+    def __init__(self, message: str, *, retry_after_ms: int) -> None:
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
+
+
+class PermissionDeniedError(EdgecutError):
+    """The caller is known (its certificate is valid) but may not use this model."""
 
 
 class DeadlineExceededError(EdgecutError):

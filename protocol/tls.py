@@ -13,6 +13,9 @@ raised here rather than as an opaque handshake failure later.
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from pathlib import Path
 
 import grpc
@@ -23,7 +26,15 @@ from edgecut.errors import TLSConfigError
 
 from .pki import RESERVED_NAMES, validate_device_name
 
-__all__ = ["channel_credentials", "device_names", "peer_identity", "server_credentials"]
+__all__ = [
+    "ReloadingServerCertificates",
+    "channel_credentials",
+    "device_names",
+    "peer_identity",
+    "server_credentials",
+]
+
+logger = logging.getLogger(__name__)
 
 _FIX = (
     "create it with `edgecut certs init {dir}` (CA and server) "
@@ -44,6 +55,68 @@ def server_credentials(tls_dir: Path, *, mutual: bool) -> grpc.ServerCredentials
     return grpc.ssl_server_credentials(
         [(key, cert)], root_certificates=ca, require_client_auth=True
     )
+
+
+class ReloadingServerCertificates:
+    """Server credentials that pick up new server.crt/server.key/ca.crt without a restart.
+
+    gRPC asks `fetch` before each new TLS handshake; it re-reads the files when any of their
+    modification times or sizes changed and hands gRPC the new configuration. Connections
+    already open keep the certificates they were made with. A half-written or mismatched set
+    (the key of the old pair beside the new certificate) is logged and the previous
+    configuration stays in force until the files are consistent again.
+
+        watcher = ReloadingServerCertificates(tls_dir, mutual=True)
+        server.add_secure_port(address, watcher.credentials())
+    """
+
+    _NAMES = ("server.crt", "server.key", "ca.crt")
+
+    def __init__(self, tls_dir: Path, *, mutual: bool) -> None:
+        self._dir = Path(tls_dir)
+        self._mutual = mutual
+        self._lock = threading.Lock()
+        self._stamp = self._stamps()
+        self._initial = self._configuration()  # raises TLSConfigError at startup
+        self.reloads = 0
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self._initial, self.fetch, require_client_authentication=self._mutual
+        )
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """gRPC's fetcher: a new configuration if the files changed, else None (keep)."""
+        stamp = self._stamps()
+        with self._lock:
+            if stamp == self._stamp:
+                return None
+            try:
+                configuration = self._configuration()
+            except TLSConfigError as exc:
+                logger.error("TLS files in %s changed but cannot be used yet; the previous "
+                             "certificates stay in force: %s", self._dir, exc)
+                return None
+            self._stamp = stamp
+            self.reloads += 1
+        logger.info("reloaded TLS certificates from %s", self._dir)
+        return configuration
+
+    def _configuration(self) -> grpc.ServerCertificateConfiguration:
+        cert, key = _read_pair(self._dir, "server")
+        ca = _read(self._dir / "ca.crt", self._dir) if self._mutual else None
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    def _stamps(self) -> tuple[tuple[int, int] | None, ...]:
+        stamps: list[tuple[int, int] | None] = []
+        for name in self._NAMES:
+            try:
+                st = os.stat(self._dir / name)
+            except OSError:
+                stamps.append(None)
+            else:
+                stamps.append((st.st_mtime_ns, st.st_size))
+        return tuple(stamps)
 
 
 def channel_credentials(tls_dir: Path, *, device: str | None = None) -> grpc.ChannelCredentials:

@@ -15,6 +15,7 @@ tests/ is not a package, so helpers reach test modules as fixtures.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,8 +124,10 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("models")
     _save(repo, "tiny_cnn", 1, tiny_cnn(1))
     _save(repo, "tiny_cnn", 2, tiny_cnn(2))
-    # A config the loader does not read yet, and a non-version folder: both ignored.
-    (repo / "tiny_cnn" / "config.pbtxt").write_text('platform: "onnxruntime_onnx"\n')
+    # Both versions served (Triton's default policy would serve only the latest), and a
+    # non-version folder, which is ignored.
+    (repo / "tiny_cnn" / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx"\nversion_policy: { all {} }\n')
     (repo / "tiny_cnn" / "notes").mkdir()
     _save(repo, "dyn_mlp", 1, dyn_mlp())
     _save(repo, "scale_by", 1, scale_by())
@@ -264,3 +267,121 @@ def serves_good_request(
 @pytest.fixture(scope="session")
 def call_timeout_s() -> float:
     return CALL_TIMEOUT_S
+
+
+# --- Scheduling and operations (batching, back-pressure, drain, metrics, auth) -------------
+#
+#   wide_mlp    v1   x FP32 [batch,256] -> y FP32 [batch,512]      (row-independent)
+#   batch_cnn   v1   x FP32 [batch,3,16,16] -> y FP32 [batch,8,16,16], pooled [batch,8]
+#   batch_sum   v1   x FP32 [batch,4] -> total FP32 [1,4]           (NOT row-independent)
+#   slow        v1   x FP32 [n,64], iterations INT64 [] -> y: `iterations` rounds of tanh(xW)
+#
+# `slow` is a real model whose run time the caller sets: back-pressure and drain tests need
+# runs that last while other requests arrive.
+
+
+def wide_mlp() -> onnx.ModelProto:
+    rng = np.random.default_rng(11)
+    f32 = np.float32
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w2"], ["y"]),
+        ],
+        "wide_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 512])],
+        [_init("w1", rng.normal(size=(256, 1024)).astype(f32) / 16),
+         _init("w2", rng.normal(size=(1024, 512)).astype(f32) / 32)],
+    )
+    return _model(graph)
+
+
+def batch_cnn() -> onnx.ModelProto:
+    rng = np.random.default_rng(12)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["y"]),
+            helper.make_node("GlobalAveragePool", ["y"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["pooled"]),
+        ],
+        "batch_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 16, 16]),
+         helper.make_tensor_value_info("pooled", TensorProto.FLOAT, ["batch", 8])],
+        [_init("w", rng.normal(size=(8, 3, 3, 3)).astype(np.float32))],
+    )
+    return _model(graph)
+
+
+def batch_sum() -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("ReduceSum", ["x", "axes"], ["total"], keepdims=1)],
+        "batch_sum",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("total", TensorProto.FLOAT, [1, 4])],
+        [_init("axes", np.array([0], np.int64))],
+    )
+    return _model(graph)
+
+
+def slow_model() -> onnx.ModelProto:
+    rng = np.random.default_rng(13)
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("MatMul", ["state", "w"], ["m"]),
+            helper.make_node("Tanh", ["m"], ["state_out"]),
+        ],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("state_out", TensorProto.FLOAT, ["n", 64])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["iterations", "", "x"], ["y"], body=body)],
+        "slow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64]),
+         helper.make_tensor_value_info("iterations", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])],
+        [_init("w", rng.normal(size=(64, 64)).astype(np.float32) / 8)],
+    )
+    return _model(graph)
+
+
+@pytest.fixture(scope="session")
+def ops_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("ops-models")
+    _save(repo, "wide_mlp", 1, wide_mlp())
+    _save(repo, "batch_cnn", 1, batch_cnn())
+    _save(repo, "batch_sum", 1, batch_sum())
+    _save(repo, "slow", 1, slow_model())
+    return repo
+
+
+@pytest.fixture(scope="session")
+def slow_iterations(ops_repo: Path) -> Callable[[float], int]:
+    """iterations(seconds): how many Loop rounds make `slow` run about that long here."""
+    session = ort.InferenceSession(str(ops_repo / "slow" / "1" / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    x = np.ones((1, 64), np.float32)
+    rounds = 2000
+    session.run(None, {"x": x, "iterations": np.array(rounds, np.int64)})
+    started = time.perf_counter()
+    session.run(None, {"x": x, "iterations": np.array(rounds, np.int64)})
+    per_round_s = max((time.perf_counter() - started) / rounds, 1e-7)
+    return lambda seconds: max(1, int(seconds / per_round_s))
+
+
+@pytest.fixture(scope="session")
+def two_devices(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    """A fleet of its own with devices `pi-a` (the Fleet's device) and `pi-b`."""
+    directory = tmp_path_factory.mktemp("fleet-two")
+    init_ca(directory)
+    issue_device_certificate(directory, "pi-a")
+    issue_device_certificate(directory, "pi-b")
+    return Fleet(directory=directory, device="pi-a")

@@ -1,0 +1,195 @@
+"""Prometheus metrics of one endpoint, in its own registry, served over HTTP.
+
+Names follow Triton's (`nv_inference_*`, docs/user_guide/metrics.md) under an `edgecut_`
+prefix; per-model series carry `{model, version}`:
+
+    edgecut_inference_request_success_total       requests answered OK
+    edgecut_inference_request_failure_total       requests that failed, by gRPC `code`
+    edgecut_inference_count_total                 rows inferred (a batch of n counts n)
+    edgecut_inference_exec_count_total            model executions (batches)
+    edgecut_inference_pending_requests            requests waiting in the model's queue
+    edgecut_inference_queue_duration_seconds      histogram: time waiting for a batch
+    edgecut_inference_compute_duration_seconds    histogram: time in the model run
+    edgecut_inference_request_duration_seconds    histogram: handler time, decode to encode
+    edgecut_inference_batch_size                  histogram: rows per execution
+    edgecut_inference_{raw,wire}_bytes_{in,out}_total   tensor payload bytes, decoded / sent
+    edgecut_inference_compression_ratio           raw / wire so far, by `direction`
+    edgecut_rpc_total                             every RPC by `rpc` and `code`
+    edgecut_device_requests_total                 RPCs by `device` (mutual TLS only)
+
+Only names that resolved to a loaded model become label values, so a caller inventing model
+names cannot grow the series; device names come from certificates the fleet's CA signed.
+Each endpoint has its own CollectorRegistry, so several servers in one process never clash.
+
+    >>> metrics = EndpointMetrics()
+    >>> metrics.record_rpc(rpc="ServerLive", code="OK", device=None)
+    >>> b"edgecut_rpc_total" in metrics.exposition()
+    True
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from edgecut.errors import UserInputError
+
+__all__ = ["EndpointMetrics", "MetricsHTTPServer"]
+
+_MODEL = ("model", "version")
+# 100 µs .. ~100 s: a tail on a fast CPU takes well under a millisecond, a queue can take long.
+_SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 100.0)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+PendingSource = Callable[[], Iterable[tuple[str, int, int]]]
+
+
+class _PendingCollector(Collector):
+    """Reads queue lengths at scrape time, from the scheduler."""
+
+    def __init__(self, source: PendingSource) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = self._family()
+        for model, version, pending in self._source():
+            family.add_metric([model, str(version)], pending)
+        yield family
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily("edgecut_inference_pending_requests",
+                                  "Requests waiting in the model's queue", labels=list(_MODEL))
+
+
+class EndpointMetrics:
+    """The endpoint's counters and histograms; thread-safe (prometheus_client locks)."""
+
+    def __init__(self, *, pending_source: PendingSource | None = None) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._success = Counter("edgecut_inference_request_success", "Successful requests",
+                                _MODEL, registry=r)
+        self._failure = Counter("edgecut_inference_request_failure", "Failed requests",
+                                (*_MODEL, "code"), registry=r)
+        self._count = Counter("edgecut_inference_count",
+                              "Rows inferred (a batch of n counts n)", _MODEL, registry=r)
+        self._exec = Counter("edgecut_inference_exec_count", "Model executions (batches)",
+                             _MODEL, registry=r)
+        self._queue = Histogram("edgecut_inference_queue_duration_seconds",
+                                "Time a request waited for its batch", _MODEL,
+                                buckets=_SECONDS, registry=r)
+        self._compute = Histogram("edgecut_inference_compute_duration_seconds",
+                                  "Time in the model run a request was part of", _MODEL,
+                                  buckets=_SECONDS, registry=r)
+        self._request = Histogram("edgecut_inference_request_duration_seconds",
+                                  "Handler time from decoding to encoding", _MODEL,
+                                  buckets=_SECONDS, registry=r)
+        self._batch = Histogram("edgecut_inference_batch_size", "Rows per model execution",
+                                _MODEL, buckets=_BATCH, registry=r)
+        self._bytes = {
+            (form, direction): Counter(
+                f"edgecut_inference_{form}_bytes_{direction}",
+                f"Tensor payload bytes {direction}, "
+                + ("decoded" if form == "raw" else "as sent after codecs"),
+                _MODEL, registry=r)
+            for form in ("raw", "wire") for direction in ("in", "out")
+        }
+        self._ratio = Gauge("edgecut_inference_compression_ratio",
+                            "Raw bytes / wire bytes so far (codec gain)",
+                            (*_MODEL, "direction"), registry=r)
+        self._rpc = Counter("edgecut_rpc", "RPCs by method and status code", ("rpc", "code"),
+                            registry=r)
+        self._device = Counter("edgecut_device_requests", "RPCs by calling device (mTLS)",
+                               ("device",), registry=r)
+        self._lock = threading.Lock()
+        self._totals: dict[tuple[str, str, str], list[int]] = {}
+        if pending_source is not None:
+            r.register(_PendingCollector(pending_source))
+
+    def record_rpc(self, *, rpc: str, code: str, device: str | None) -> None:
+        self._rpc.labels(rpc, code).inc()
+        if device is not None:
+            self._device.labels(device).inc()
+
+    def record_infer(self, *, model: str, version: int, code: str, request_s: float = 0.0,
+                     queue_s: float = 0.0, compute_s: float = 0.0, raw_bytes_in: int = 0,
+                     wire_bytes_in: int = 0, raw_bytes_out: int = 0,
+                     wire_bytes_out: int = 0) -> None:
+        """One ModelInfer call that reached `model` (OK or not)."""
+        labels = (model, str(version))
+        if code != "OK":
+            self._failure.labels(*labels, code).inc()
+            return
+        self._success.labels(*labels).inc()
+        self._queue.labels(*labels).observe(queue_s)
+        self._compute.labels(*labels).observe(compute_s)
+        self._request.labels(*labels).observe(request_s)
+        for (form, direction), value in (
+            (("raw", "in"), raw_bytes_in), (("wire", "in"), wire_bytes_in),
+            (("raw", "out"), raw_bytes_out), (("wire", "out"), wire_bytes_out),
+        ):
+            self._bytes[form, direction].labels(*labels).inc(value)
+        with self._lock:
+            for direction, raw, wire in (("in", raw_bytes_in, wire_bytes_in),
+                                         ("out", raw_bytes_out, wire_bytes_out)):
+                totals = self._totals.setdefault((*labels, direction), [0, 0])
+                totals[0] += raw
+                totals[1] += wire
+                if totals[1]:
+                    self._ratio.labels(*labels, direction).set(totals[0] / totals[1])
+
+    def record_batch(self, *, model: str, version: int, rows: int, requests: int) -> None:
+        """One model execution of `rows` rows (joined from `requests` requests)."""
+        labels = (model, str(version))
+        self._count.labels(*labels).inc(rows)
+        self._exec.labels(*labels).inc()
+        self._batch.labels(*labels).observe(rows)
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus' text format (what /metrics serves)."""
+        return generate_latest(self.registry)
+
+
+class MetricsHTTPServer:
+    """`/metrics` of one registry on `host:port` (0: any free port), in a daemon thread."""
+
+    def __init__(self, registry: CollectorRegistry, *, host: str, port: int) -> None:
+        try:
+            self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
+        except OSError as exc:
+            raise UserInputError(
+                f"cannot serve metrics on {host}:{port} ({exc.strerror}); choose another "
+                f"metrics_port"
+            ) from exc
+        self._host = host
+
+    @property
+    def port(self) -> int:
+        server: WSGIServer = self._httpd
+        return int(server.server_port)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5.0)

@@ -1,0 +1,422 @@
+"""Per-model queues and worker threads: the shell around edgecut.cloud.batching.
+
+    handler thread: decode ──submit──▶ ModelScheduler(queue, N instance threads) ──▶ Future
+                                         worker: take batch → concat → session.run → split
+
+Each model version gets one ModelScheduler, created on its first request: a bounded
+BatchQueue and `instance_count` worker threads. A handler submits decoded inputs and waits
+on the returned Future; a full queue answers OverloadedError at once with a retry hint, so
+memory never grows without bound. A cancelled request (the caller went away or its deadline
+passed) leaves the queue.
+
+If a joined batch fails in the model (one caller's values it rejects) or its outputs do not
+split along the batch dimension, its requests are run again one by one: one device's bad
+request must not fail another's.
+
+    >>> scheduler = Scheduler(overrides={"dyn_mlp": SchedulingPolicy(max_batch_size=8,
+    ...                                                              dynamic_batching=True)})
+    >>> result = scheduler.for_model(model).submit({"x": x}, ["y"]).result()  # doctest: +SKIP
+    >>> result.batch_rows                                                     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import onnxruntime as ort
+
+from edgecut.errors import BadInputError, CloudUnavailableError, OverloadedError
+
+from .batching import (
+    DEFAULT_MAX_QUEUE_BYTES,
+    DEFAULT_MAX_QUEUE_SIZE,
+    BatchQueue,
+    Pending,
+    SchedulingPolicy,
+    batch_key,
+    concat_inputs,
+    policy_from_settings,
+    split_outputs,
+)
+from .inference import run_model
+from .providers import create_session
+from .repository import LoadedModel
+
+__all__ = [
+    "BatchObservation",
+    "BatchResult",
+    "ModelScheduler",
+    "Scheduler",
+    "SchedulerStatistics",
+    "effective_policy",
+]
+
+logger = logging.getLogger(__name__)
+
+# Until a model has run, the retry hint assumes this much per batch.
+_INITIAL_BATCH_S = 0.01
+_MAX_RETRY_AFTER_MS = 60_000
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchResult:
+    """What one request gets back: its outputs, and how it was run."""
+
+    outputs: list[np.ndarray] = field(repr=False)
+    queue_s: float
+    compute_s: float
+    batch_rows: int  # rows of the run it was part of (its own included)
+    batch_requests: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchObservation:
+    """One execution of a model, for metrics: `rows` in `requests` requests."""
+
+    model: str
+    version: int
+    rows: int
+    requests: int
+    compute_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerStatistics:
+    model: str
+    version: int
+    policy: SchedulingPolicy
+    pending: int
+    max_queue_size: int
+    queued_bytes: int
+    batches: int
+    rows: int
+    rejected: int
+
+
+@dataclass(slots=True, kw_only=True, eq=False)
+class _Work:
+    inputs: Mapping[str, np.ndarray] = field(repr=False)
+    output_names: tuple[str, ...]
+    future: Future[BatchResult] = field(repr=False)
+
+
+def effective_policy(model: LoadedModel, policy: SchedulingPolicy) -> SchedulingPolicy:
+    """`policy`, with batching turned off where the model has no dynamic first dimension.
+
+    Joining requests along axis 0 is valid only if every input's first dimension is
+    symbolic; a model exported with a fixed batch of 1 would reject the joined tensor.
+    """
+    if not policy.batching:
+        return policy
+    fixed = [s.name for s in model.inputs if not s.shape or s.shape[0] != -1]
+    if fixed:
+        logger.warning(
+            "model %r version %d: max_batch_size %d ignored, inputs %s have no dynamic first "
+            "dimension; requests run one by one", model.name, model.version,
+            policy.max_batch_size, ", ".join(repr(n) for n in fixed),
+        )
+        return replace(policy, dynamic_batching=False)
+    return policy
+
+
+class ModelScheduler:
+    """The queue and instance threads of one model version."""
+
+    def __init__(self, model: LoadedModel, policy: SchedulingPolicy, *,
+                 max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+                 max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+                 separate_sessions: bool = False, intra_op_threads: int = 0,
+                 on_batch: Callable[[BatchObservation], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._model = model
+        self._policy = effective_policy(model, policy)
+        self._queue: BatchQueue[_Work] = BatchQueue(
+            self._policy, max_queue_size=self._policy.max_queue_size or max_queue_size,
+            max_queue_bytes=max_queue_bytes,
+        )
+        self._clock = clock
+        self._on_batch = on_batch
+        self._cond = threading.Condition()
+        self._closing = False
+        self._flush = False
+        self._running = 0
+        self._batches = self._rows = self._rejected = 0
+        self._batch_s = _INITIAL_BATCH_S
+        sessions = [model.session]
+        if separate_sessions:
+            sessions += [create_session(model.path, intra_op_threads=intra_op_threads)
+                         for _ in range(self._policy.instance_count - 1)]
+        self._threads = [
+            threading.Thread(target=self._work, args=(sessions[i % len(sessions)],),
+                             name=f"edgecut-{model.name}-v{model.version}-{i}", daemon=True)
+            for i in range(self._policy.instance_count)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def model(self) -> LoadedModel:
+        return self._model
+
+    @property
+    def policy(self) -> SchedulingPolicy:
+        return self._policy
+
+    def submit(self, inputs: Mapping[str, np.ndarray],
+               output_names: Sequence[str]) -> Future[BatchResult]:
+        """Queue a request; its Future gives a BatchResult or the run's error.
+
+        Raises OverloadedError (with `retry_after_ms`) when the queue is full and
+        CloudUnavailableError once the scheduler is closing.
+        """
+        rows, key = batch_key(inputs, output_names, self._policy)
+        future: Future[BatchResult] = Future()
+        work = _Work(inputs=inputs, output_names=tuple(output_names), future=future)
+        item = Pending(key=key, rows=rows, nbytes=sum(a.nbytes for a in inputs.values()),
+                       enqueued_at=self._clock(), payload=work)
+        with self._cond:
+            if self._closing or self._flush:
+                raise CloudUnavailableError(
+                    f"{self._where()}the endpoint is shutting down; retry on another replica"
+                )
+            if not self._queue.push(item):
+                self._rejected += 1
+                retry_ms = self._retry_after_ms()
+                raise OverloadedError(
+                    f"{self._where()}queue is full ({len(self._queue)} requests, "
+                    f"{self._queue.queued_bytes} bytes waiting; limit "
+                    f"{self._queue.max_queue_size} requests); retry after {retry_ms} ms",
+                    retry_after_ms=retry_ms,
+                )
+            self._cond.notify()
+        future.add_done_callback(lambda f: self._discard(item) if f.cancelled() else None)
+        return future
+
+    def pending(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Refuse new requests, run the queued ones without waiting for delays; True when
+        nothing is queued or running any more (before `timeout_s`)."""
+        with self._cond:
+            self._flush = True
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: not self._queue and not self._running,
+                                       timeout=timeout_s)
+
+    def close(self, timeout_s: float | None = 5.0) -> None:
+        """Drain, then stop the worker threads; requests still queued are cancelled."""
+        self.drain(timeout_s)
+        with self._cond:
+            self._closing = True
+            left = self._queue.remove(lambda p: True)
+            self._cond.notify_all()
+        for item in left:
+            item.payload.future.cancel()
+        for thread in self._threads:
+            thread.join(timeout_s)
+
+    def statistics(self) -> SchedulerStatistics:
+        with self._cond:
+            return SchedulerStatistics(
+                model=self._model.name, version=self._model.version, policy=self._policy,
+                pending=len(self._queue), max_queue_size=self._queue.max_queue_size,
+                queued_bytes=self._queue.queued_bytes, batches=self._batches, rows=self._rows,
+                rejected=self._rejected,
+            )
+
+    def _retry_after_ms(self) -> int:
+        batch = max(1, self._policy.max_batch_size) if self._policy.batching else 1
+        batches_ahead = math.ceil(len(self._queue) / batch)
+        seconds = batches_ahead * self._batch_s / self._policy.instance_count
+        return int(min(_MAX_RETRY_AFTER_MS, max(1, math.ceil(seconds * 1000))))
+
+    def _discard(self, item: Pending[_Work]) -> None:
+        with self._cond:
+            self._queue.remove(lambda p: p is item)
+            self._cond.notify_all()
+
+    def _work(self, session: ort.InferenceSession) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    if self._closing:
+                        return
+                    batch = self._queue.take(self._clock(), flush=self._flush)
+                    if batch:
+                        self._running += 1
+                        break
+                    wake = self._queue.wake_at()
+                    self._cond.wait(None if wake is None else max(0.0, wake - self._clock()))
+            try:
+                self._run(session, batch)
+            except BaseException:  # a worker must survive anything a batch does
+                logger.exception("%sbatch failed unexpectedly", self._where())
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._cond.notify_all()
+
+    def _run(self, session: ort.InferenceSession, batch: list[Pending[_Work]]) -> None:
+        started = self._clock()
+        live = [p for p in batch if p.payload.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        names = live[0].payload.output_names
+        compute_started = time.perf_counter()
+        shares: list[list[np.ndarray]] | None = None
+        try:
+            if len(live) == 1:
+                shares = [run_model(self._model, live[0].payload.inputs, names, session=session)]
+            else:
+                joined = concat_inputs([p.payload.inputs for p in live])
+                outputs = run_model(self._model, joined, names, session=session)
+                shares = split_outputs(outputs, [p.rows for p in live])
+        except BadInputError as exc:
+            if len(live) == 1:
+                live[0].payload.future.set_exception(exc)
+                return
+        except Exception as exc:
+            for p in live:
+                p.payload.future.set_exception(exc)
+            return
+        if shares is None:
+            # The joined run failed or its outputs do not split: run each request alone.
+            for p in live:
+                self._run_alone(session, p, started)
+            return
+        compute_s = time.perf_counter() - compute_started
+        rows = sum(p.rows for p in live)
+        self._observe(rows, len(live), compute_s)
+        for p, outputs in zip(live, shares, strict=True):
+            p.payload.future.set_result(BatchResult(
+                outputs=outputs, queue_s=max(0.0, started - p.enqueued_at),
+                compute_s=compute_s, batch_rows=rows, batch_requests=len(live),
+            ))
+
+    def _run_alone(self, session: ort.InferenceSession, item: Pending[_Work],
+                   started: float) -> None:
+        compute_started = time.perf_counter()
+        try:
+            outputs = run_model(self._model, item.payload.inputs, item.payload.output_names,
+                                session=session)
+        except Exception as exc:
+            item.payload.future.set_exception(exc)
+            return
+        compute_s = time.perf_counter() - compute_started
+        self._observe(item.rows, 1, compute_s)
+        item.payload.future.set_result(BatchResult(
+            outputs=outputs, queue_s=max(0.0, started - item.enqueued_at), compute_s=compute_s,
+            batch_rows=item.rows, batch_requests=1,
+        ))
+
+    def _observe(self, rows: int, requests: int, compute_s: float) -> None:
+        with self._cond:
+            self._batches += 1
+            self._rows += rows
+            self._batch_s = 0.8 * self._batch_s + 0.2 * compute_s
+        if self._on_batch is not None:
+            try:
+                self._on_batch(BatchObservation(model=self._model.name,
+                                                version=self._model.version, rows=rows,
+                                                requests=requests, compute_s=compute_s))
+            except Exception:
+                logger.exception("batch observer failed")
+
+    def _where(self) -> str:
+        return f"model {self._model.name!r} version {self._model.version}: "
+
+
+class Scheduler:
+    """Every model version's ModelScheduler, created on first use.
+
+    The policy of a model is `overrides[name]` if given, else what its settings say
+    (`model.settings`, see policy_from_settings), else the default: no batching, one
+    instance. A model reloaded under the same name and version (a new LoadedModel) gets a
+    new ModelScheduler; the old one drains in the background.
+    """
+
+    def __init__(self, *, overrides: Mapping[str, SchedulingPolicy] | None = None,
+                 max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
+                 max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
+                 separate_sessions: bool = False, intra_op_threads: int = 0,
+                 on_batch: Callable[[BatchObservation], None] | None = None) -> None:
+        self._overrides = dict(overrides or {})
+        self._max_queue_size = max_queue_size
+        self._max_queue_bytes = max_queue_bytes
+        self._separate_sessions = separate_sessions
+        self._intra_op_threads = intra_op_threads
+        self._on_batch = on_batch
+        self._lock = threading.Lock()
+        self._closed = False
+        self._schedulers: dict[tuple[str, int], ModelScheduler] = {}
+
+    def policy_for(self, model: LoadedModel) -> SchedulingPolicy:
+        override = self._overrides.get(model.name)
+        if override is not None:
+            return override
+        return policy_from_settings(getattr(model, "settings", None))
+
+    def for_model(self, model: LoadedModel) -> ModelScheduler:
+        key = (model.name, model.version)
+        with self._lock:
+            if self._closed:
+                raise CloudUnavailableError("the endpoint is shutting down; retry on another "
+                                            "replica")
+            current = self._schedulers.get(key)
+            if current is not None and current.model is model:
+                return current
+            scheduler = ModelScheduler(
+                model, self.policy_for(model), max_queue_size=self._max_queue_size,
+                max_queue_bytes=self._max_queue_bytes,
+                separate_sessions=self._separate_sessions,
+                intra_op_threads=self._intra_op_threads, on_batch=self._on_batch,
+            )
+            self._schedulers[key] = scheduler
+        if current is not None:
+            self._retire_in_background(current)
+        return scheduler
+
+    def retire(self, name: str, version: int | None = None) -> None:
+        """Drain and stop the schedulers of `name` (one version or all), e.g. on unload."""
+        with self._lock:
+            keys = [k for k in self._schedulers if k[0] == name and version in (None, k[1])]
+            retired = [self._schedulers.pop(k) for k in keys]
+        for scheduler in retired:
+            self._retire_in_background(scheduler)
+
+    def drain(self, timeout_s: float | None = None) -> bool:
+        """Flush every queue; True if all emptied within `timeout_s`."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._lock:
+            schedulers = list(self._schedulers.values())
+        ok = True
+        for scheduler in schedulers:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ok = scheduler.drain(left) and ok
+        return ok
+
+    def close(self, timeout_s: float | None = 5.0) -> None:
+        with self._lock:
+            self._closed = True
+            schedulers = list(self._schedulers.values())
+            self._schedulers.clear()
+        for scheduler in schedulers:
+            scheduler.close(timeout_s)
+
+    def statistics(self) -> tuple[SchedulerStatistics, ...]:
+        with self._lock:
+            schedulers = list(self._schedulers.values())
+        return tuple(s.statistics() for s in schedulers)
+
+    def _retire_in_background(self, scheduler: ModelScheduler) -> None:
+        threading.Thread(target=scheduler.close, args=(30.0,), daemon=True,
+                         name=f"edgecut-retire-{scheduler.model.name}").start()

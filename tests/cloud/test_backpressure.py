@@ -1,0 +1,87 @@
+"""Back-pressure: a slow model with a small queue answers RESOURCE_EXHAUSTED with a retry
+hint instead of queueing without bound, and keeps serving."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from edgecut.cloud.batching import SchedulingPolicy
+from edgecut.cloud.server import create_server
+from edgecut.protocol import grpc_service_pb2 as pb
+from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+
+WAIT_S = 60.0
+CLIENTS = 12
+
+
+def slow_request(iterations: int) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="slow")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 64])
+    request.inputs.add(name="iterations", datatype="INT64", shape=[])
+    request.raw_input_contents.append(np.ones((1, 64), np.float32).tobytes())
+    request.raw_input_contents.append(np.array(iterations, np.int64).tobytes())
+    return request
+
+
+def test_full_queue_answers_resource_exhausted_with_retry_hint(
+        ops_repo: Path, slow_iterations: Callable[[float], int]) -> None:
+    policy = SchedulingPolicy(instance_count=1, max_queue_size=2)
+    server = create_server(ops_repo, workers=CLIENTS + 4, scheduling={"slow": policy})
+    request = slow_request(slow_iterations(0.5))
+    with server, grpc.insecure_channel(server.address) as channel:
+        stub = GRPCInferenceServiceStub(channel)
+
+        def call(_: int) -> tuple[grpc.StatusCode, str, dict[str, str]]:
+            try:
+                stub.ModelInfer(request, timeout=WAIT_S)
+            except grpc.RpcError as exc:
+                trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+                return exc.code(), exc.details(), trailers  # type: ignore[attr-defined]
+            return grpc.StatusCode.OK, "", {}
+
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            outcomes = list(pool.map(call, range(CLIENTS)))
+        codes = [code for code, _, _ in outcomes]
+        rejected = [o for o in outcomes if o[0] == grpc.StatusCode.RESOURCE_EXHAUSTED]
+        assert codes.count(grpc.StatusCode.OK) + len(rejected) == CLIENTS, codes
+        # One running and two queued at least; the rest cannot all fit.
+        assert codes.count(grpc.StatusCode.OK) >= 3
+        assert rejected
+        for _, details, trailers in rejected:
+            assert "model 'slow' version 1: queue is full" in details
+            assert "limit 2 requests" in details
+            retry_ms = int(trailers["retry-after-ms"])
+            assert 1 <= retry_ms <= 60_000
+            assert f"retry after {retry_ms} ms" in details
+        stats = server.statistics()
+        (queue,) = [q for q in stats.queues if q.model == "slow"]
+        assert queue.rejected == len(rejected) and queue.pending == 0
+        # Still serving once the burst is over.
+        stub.ModelInfer(slow_request(1), timeout=WAIT_S)
+
+
+def test_rpcs_beyond_the_concurrency_bound_are_refused(
+        ops_repo: Path, slow_iterations: Callable[[float], int]) -> None:
+    """Calls waiting for a worker thread are bounded too (gRPC's maximum_concurrent_rpcs)."""
+    server = create_server(ops_repo, workers=2, max_concurrent_rpcs=3,
+                           scheduling={"slow": SchedulingPolicy(instance_count=1)})
+    request = slow_request(slow_iterations(0.5))
+    with server, grpc.insecure_channel(server.address) as channel:
+        stub = GRPCInferenceServiceStub(channel)
+
+        def call(_: int) -> grpc.StatusCode:
+            try:
+                stub.ModelInfer(request, timeout=WAIT_S)
+            except grpc.RpcError as exc:
+                return exc.code()  # type: ignore[attr-defined, no-any-return]
+            return grpc.StatusCode.OK
+
+        with ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(call, range(8)))
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+    assert codes.count(grpc.StatusCode.OK) >= 1

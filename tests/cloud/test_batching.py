@@ -1,0 +1,306 @@
+"""Dynamic batching: the queue's rules with a controlled clock, batched == unbatched on real
+models, and requests from two mTLS devices joined into one run on a real server."""
+
+from __future__ import annotations
+
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from edgecut.cloud.batching import (
+    BatchQueue,
+    Pending,
+    SchedulingPolicy,
+    batch_key,
+    concat_inputs,
+    policy_from_settings,
+    split_outputs,
+)
+from edgecut.cloud.repository import ModelRepository
+from edgecut.cloud.scheduler import ModelScheduler
+from edgecut.cloud.server import create_server
+from edgecut.errors import UserInputError
+from edgecut.protocol import grpc_service_pb2 as pb
+from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+from edgecut.protocol.tls import channel_credentials
+
+WAIT_S = 30.0  # generous bound on anything that should take milliseconds
+
+
+def _queue(**policy: object) -> BatchQueue[int]:
+    settings = {"max_batch_size": 8, "dynamic_batching": True, **policy}
+    return BatchQueue(SchedulingPolicy(**settings), max_queue_size=16)  # type: ignore[arg-type]
+
+
+def _push(queue: BatchQueue[int], payload: int, *, at: float, rows: int = 1,
+          key: object = "k") -> None:
+    assert queue.push(Pending(key=key, rows=rows, nbytes=4, enqueued_at=at, payload=payload))
+
+
+def _payloads(batch: list[Pending[int]] | None) -> list[int] | None:
+    return None if batch is None else [p.payload for p in batch]
+
+
+# --- the pure rules ---------------------------------------------------------------------
+
+
+def test_waits_for_the_delay_then_sends_what_it_has() -> None:
+    queue = _queue(max_queue_delay_us=10_000)
+    _push(queue, 0, at=1.0)
+    _push(queue, 1, at=1.004)
+    assert queue.take(now=1.005) is None
+    assert queue.wake_at() == pytest.approx(1.010)
+    assert _payloads(queue.take(now=1.010)) == [0, 1]
+    assert len(queue) == 0 and queue.wake_at() is None
+
+
+def test_a_preferred_size_goes_before_the_delay() -> None:
+    queue = _queue(preferred_batch_sizes=(2, 4), max_queue_delay_us=1_000_000)
+    for i in range(3):
+        _push(queue, i, at=0.0)
+    assert _payloads(queue.take(now=0.0)) == [0, 1]  # 3 rows: the largest preferred is 2
+    assert queue.take(now=0.0) is None
+    for i in range(3, 6):
+        _push(queue, i, at=0.1)
+    assert _payloads(queue.take(now=0.1)) == [2, 3, 4, 5]
+
+
+def test_a_full_batch_goes_at_once_and_rows_count() -> None:
+    queue = _queue(max_queue_delay_us=1_000_000)
+    _push(queue, 0, at=0.0, rows=5)
+    _push(queue, 1, at=0.0, rows=2)
+    assert queue.take(now=0.0) is None  # 7 of 8 rows
+    _push(queue, 2, at=0.0, rows=3)  # would make 10: the first two go, the third waits
+    assert _payloads(queue.take(now=0.0)) == [0, 1]
+    assert queue.take(now=0.5) is None
+    assert _payloads(queue.take(now=1.0)) == [2]
+
+
+def test_no_delay_sends_the_largest_batch_available() -> None:
+    queue = _queue()
+    for i in range(10):
+        _push(queue, i, at=0.0)
+    assert _payloads(queue.take(now=0.0)) == list(range(8))
+    assert _payloads(queue.take(now=0.0)) == [8, 9]
+
+
+def test_different_keys_never_share_a_batch_and_oldest_group_goes_first() -> None:
+    queue = _queue()
+    _push(queue, 0, at=0.0, key="16x16")
+    _push(queue, 1, at=0.1, key="32x32")
+    _push(queue, 2, at=0.2, key="16x16")
+    assert _payloads(queue.take(now=1.0)) == [0, 2]
+    assert _payloads(queue.take(now=1.0)) == [1]
+
+
+def test_keyless_requests_run_alone_and_without_batching_all_do() -> None:
+    queue = _queue(max_queue_delay_us=1_000_000)
+    _push(queue, 0, at=0.0, key=None)
+    _push(queue, 1, at=0.0)
+    assert _payloads(queue.take(now=0.0)) == [0]
+    plain = BatchQueue(SchedulingPolicy(), max_queue_size=4)
+    for i in range(2):
+        _push(plain, i, at=0.0)
+    assert _payloads(plain.take(now=0.0)) == [0]
+
+
+def test_flush_ignores_the_delay() -> None:
+    queue = _queue(max_queue_delay_us=60_000_000)
+    _push(queue, 0, at=0.0)
+    assert queue.take(now=0.0) is None
+    assert _payloads(queue.take(now=0.0, flush=True)) == [0]
+
+
+def test_the_queue_is_bounded_by_count_and_bytes() -> None:
+    queue: BatchQueue[int] = BatchQueue(SchedulingPolicy(), max_queue_size=2, max_queue_bytes=10)
+    big = Pending(key=None, rows=1, nbytes=100, enqueued_at=0.0, payload=0)
+    assert queue.push(big)  # alone in an empty queue: admitted
+    assert not queue.push(Pending(key=None, rows=1, nbytes=1, enqueued_at=0.0, payload=1))
+    assert _payloads(queue.take(now=0.0)) == [0]
+    for i in range(2):
+        assert queue.push(Pending(key=None, rows=1, nbytes=1, enqueued_at=0.0, payload=i))
+    assert not queue.push(Pending(key=None, rows=1, nbytes=1, enqueued_at=0.0, payload=9))
+    assert len(queue) == 2 and queue.queued_bytes == 2
+
+
+def test_batch_key_groups_by_other_dims_dtype_and_outputs() -> None:
+    policy = SchedulingPolicy(max_batch_size=4, dynamic_batching=True)
+    a = batch_key({"x": np.zeros((2, 16), np.float32)}, ["y"], policy)
+    b = batch_key({"x": np.zeros((1, 16), np.float32)}, ["y"], policy)
+    assert a[0] == 2 and b[0] == 1 and a[1] == b[1]
+    assert batch_key({"x": np.zeros((1, 8), np.float32)}, ["y"], policy)[1] != a[1]
+    assert batch_key({"x": np.zeros((1, 16), np.float64)}, ["y"], policy)[1] != a[1]
+    assert batch_key({"x": np.zeros((1, 16), np.float32)}, ["z"], policy)[1] != a[1]
+    # Alone: inputs disagree on rows, too many rows, a scalar input, batching off.
+    assert batch_key({"x": np.zeros((1, 4)), "k": np.zeros((2, 4))}, ["y"], policy) == (1, None)
+    assert batch_key({"x": np.zeros((5, 4))}, ["y"], policy) == (1, None)
+    assert batch_key({"x": np.zeros((1, 4)), "n": np.array(3)}, ["y"], policy) == (1, None)
+    assert batch_key({"x": np.zeros((1, 4))}, ["y"], SchedulingPolicy()) == (1, None)
+
+
+def test_concat_and_split_round_trip() -> None:
+    parts = [np.full((n, 3), n, np.float32) for n in (1, 3, 2)]
+    joined = concat_inputs([{"x": p} for p in parts])["x"]
+    assert joined.shape == (6, 3)
+    shares = split_outputs([joined, joined * 2], [1, 3, 2])
+    assert shares is not None
+    for part, (first, second) in zip(parts, shares, strict=True):
+        np.testing.assert_array_equal(first, part)
+        np.testing.assert_array_equal(second, part * 2)
+    assert split_outputs([np.zeros((1, 3))], [1, 3, 2]) is None  # not split along the batch
+
+
+def test_policy_validation_and_settings() -> None:
+    with pytest.raises(UserInputError) as info:
+        SchedulingPolicy(max_batch_size=4, preferred_batch_sizes=(8,), instance_count=0)
+    assert "preferred_batch_sizes must lie in 1..max_batch_size (4), got [8]" in str(info.value)
+    assert "instance_count must be >= 1, got 0" in str(info.value)
+    triton_style = SimpleNamespace(
+        max_batch_size=8, instance_count=3,
+        dynamic_batching=SimpleNamespace(preferred_batch_size=[4], max_queue_delay_microseconds=100,
+                                         max_queue_size=5),
+    )
+    assert policy_from_settings(triton_style) == SchedulingPolicy(
+        max_batch_size=8, dynamic_batching=True, preferred_batch_sizes=(4,),
+        max_queue_delay_us=100, max_queue_size=5, instance_count=3)
+    assert not policy_from_settings(SimpleNamespace(max_batch_size=8,
+                                                    dynamic_batching=None)).batching
+
+
+def test_policy_from_model_settings() -> None:
+    model_config = pytest.importorskip("edgecut.cloud.model_config")
+    settings = model_config.ModelSettings(
+        max_batch_size=16, instance_count=1,
+        dynamic_batching=model_config.DynamicBatchingSettings(
+            preferred_batch_sizes=(8,), max_queue_delay_us=500, max_queue_size=32),
+    )
+    assert policy_from_settings(settings) == SchedulingPolicy(
+        max_batch_size=16, dynamic_batching=True, preferred_batch_sizes=(8,),
+        max_queue_delay_us=500, max_queue_size=32, instance_count=1)
+
+
+# --- batched == unbatched on real models ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ops_models(ops_repo: Path) -> ModelRepository:
+    return ModelRepository(ops_repo, intra_op_threads=1)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "shapes", "outputs"),
+    [
+        ("wide_mlp", [(1, 256), (3, 256), (2, 256), (2, 256)], ["y"]),
+        ("batch_cnn", [(1, 3, 16, 16), (2, 3, 16, 16), (1, 3, 16, 16), (4, 3, 16, 16)],
+         ["pooled", "y"]),
+    ],
+)
+def test_batched_outputs_equal_unbatched(ops_models: ModelRepository, model_name: str,
+                                         shapes: list[tuple[int, ...]],
+                                         outputs: list[str]) -> None:
+    model = ops_models.get(model_name, "")
+    rng = np.random.default_rng(3)
+    inputs = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    total = sum(s[0] for s in shapes)
+    # The batch forms only when every request is in: a preferred size equal to all rows.
+    policy = SchedulingPolicy(max_batch_size=total, dynamic_batching=True,
+                              preferred_batch_sizes=(total,), max_queue_delay_us=60_000_000)
+    scheduler = ModelScheduler(model, policy, max_queue_size=8)
+    try:
+        futures = [scheduler.submit({"x": x}, outputs) for x in inputs]
+        results = [f.result(timeout=WAIT_S) for f in futures]
+    finally:
+        scheduler.close()
+    assert {(r.batch_rows, r.batch_requests) for r in results} == {(total, len(shapes))}
+    for x, result in zip(inputs, results, strict=True):
+        alone = model.session.run(outputs, {"x": x})
+        for got, want in zip(result.outputs, alone, strict=True):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_outputs_that_do_not_split_run_each_request_alone(ops_models: ModelRepository) -> None:
+    """batch_sum reduces over the batch: joining would be wrong, so requests run alone."""
+    model = ops_models.get("batch_sum", "")
+    policy = SchedulingPolicy(max_batch_size=4, dynamic_batching=True,
+                              preferred_batch_sizes=(4,), max_queue_delay_us=60_000_000)
+    scheduler = ModelScheduler(model, policy, max_queue_size=8)
+    xs = [np.full((2, 4), v, np.float32) for v in (1.0, 10.0)]
+    try:
+        results = [f.result(timeout=WAIT_S)
+                   for f in [scheduler.submit({"x": x}, ["total"]) for x in xs]]
+    finally:
+        scheduler.close()
+    for x, result in zip(xs, results, strict=True):
+        np.testing.assert_array_equal(result.outputs[0], x.sum(axis=0, keepdims=True))
+        assert result.batch_requests == 1
+
+
+def test_a_fixed_first_dimension_turns_batching_off(model_repo: Path) -> None:
+    model = ModelRepository(model_repo).get("tiny_cnn", "")  # x is [1,3,32,32]
+    scheduler = ModelScheduler(model, SchedulingPolicy(max_batch_size=8, dynamic_batching=True))
+    try:
+        assert not scheduler.policy.batching
+    finally:
+        scheduler.close()
+
+
+# --- two devices, one batch, on a real mTLS server --------------------------------------
+
+
+def _scrape(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(url, timeout=WAIT_S) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}"] = sample.value
+    return samples
+
+
+def test_requests_from_two_devices_share_one_batch(ops_repo: Path, two_devices: object,
+                                                   ) -> None:
+    fleet = two_devices
+    policy = SchedulingPolicy(max_batch_size=8, dynamic_batching=True, preferred_batch_sizes=(4,),
+                              max_queue_delay_us=60_000_000, instance_count=1)
+    server = create_server(ops_repo, tls_dir=fleet.directory, mutual_tls=True,  # type: ignore[attr-defined]
+                           workers=8, scheduling={"wide_mlp": policy}, metrics_port=0)
+    rng = np.random.default_rng(5)
+    xs = {"pi-a": rng.normal(size=(1, 256)).astype(np.float32),
+          "pi-b": rng.normal(size=(3, 256)).astype(np.float32)}
+    with server:
+        def call(device: str) -> np.ndarray:
+            creds = channel_credentials(fleet.directory, device=device)  # type: ignore[attr-defined]
+            with grpc.secure_channel(server.address, creds) as channel:
+                request = pb.ModelInferRequest(model_name="wide_mlp")
+                request.inputs.add(name="x", datatype="FP32", shape=xs[device].shape)
+                request.raw_input_contents.append(xs[device].tobytes())
+                response = GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=WAIT_S)
+            return np.frombuffer(response.raw_output_contents[0], np.float32).reshape(-1, 512)
+
+        with ThreadPoolExecutor(2) as pool:
+            answers = dict(zip(xs, pool.map(call, xs), strict=True))
+        assert server.metrics_url is not None
+        metrics = _scrape(server.metrics_url)
+        model = server.repository.get("wide_mlp", "")
+        for device, x in xs.items():
+            np.testing.assert_allclose(answers[device], model.session.run(None, {"x": x})[0],
+                                       rtol=1e-5, atol=1e-6)
+    labels = "model=wide_mlp,version=1"
+    assert metrics[f"edgecut_inference_batch_size_count{{{labels}}}"] == 1
+    assert metrics[f"edgecut_inference_batch_size_sum{{{labels}}}"] == 4
+    assert metrics[f"edgecut_inference_exec_count_total{{{labels}}}"] == 1
+    assert metrics[f"edgecut_inference_count_total{{{labels}}}"] == 4
+    assert metrics[f"edgecut_inference_request_success_total{{{labels}}}"] == 2
+    assert metrics["edgecut_device_requests_total{device=pi-a}"] == 1
+    assert metrics["edgecut_device_requests_total{device=pi-b}"] == 1
+
+
+

@@ -1,0 +1,137 @@
+"""Repository, config and statistics RPCs: stock tritonclient calls, canary parameters, CLI."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
+
+from edgecut.cli_models import register
+from edgecut.cloud.management import ModelControl
+from edgecut.cloud.repository import ModelRepository
+from edgecut.cloud.server import EndpointServer, create_server
+from edgecut.errors import RemoteError
+
+_spec = importlib.util.spec_from_file_location(
+    "lifecycle_helpers", Path(__file__).with_name("test_repository_lifecycle.py"))
+helpers = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("lifecycle_helpers", helpers)
+_spec.loader.exec_module(helpers)
+put, scaled = helpers.put, helpers.scaled
+TIMEOUT_S = 10.0
+
+
+@pytest.fixture
+def server(tmp_path: Path, fleet: Any) -> Iterator[EndpointServer]:
+    put(tmp_path, "m", 1, scaled(1.0))
+    put(tmp_path, "m", 2, scaled(2.0))
+    (tmp_path / "m" / "config.pbtxt").write_text(
+        'max_batch_size: 8\nversion_policy: { specific: { versions: [1] } }\n'
+        "dynamic_batching { max_queue_delay_microseconds: 100 }\n")
+    repo = ModelRepository(tmp_path, intra_op_threads=1)
+    server = create_server(repo, tls_dir=fleet.directory, workers=4)
+    server.start()
+    yield server
+    server.stop(grace_s=1.0)
+
+
+@pytest.fixture
+def client(server: EndpointServer, fleet: Any) -> Iterator[triton.InferenceServerClient]:
+    client = triton.InferenceServerClient(f"localhost:{server.port}", ssl=True,
+                                          root_certificates=str(fleet.ca))
+    yield client
+    client.close()
+
+
+def _infer(client: triton.InferenceServerClient) -> tuple[str, float]:
+    x = triton.InferInput("x", [1, 4], "FP32")
+    x.set_data_from_numpy(np.ones((1, 4), np.float32))
+    result = client.infer("m", [x], client_timeout=TIMEOUT_S)
+    return result.get_response().model_version, float(result.as_numpy("y")[0, 0])
+
+
+def test_stock_client_repository_calls(client: triton.InferenceServerClient) -> None:
+    index = client.get_model_repository_index(as_json=True, client_timeout=TIMEOUT_S)
+    assert index["models"] == [{"name": "m", "version": "1", "state": "READY"}]
+    client.unload_model("m", client_timeout=TIMEOUT_S)
+    assert not client.is_model_ready("m", client_timeout=TIMEOUT_S)
+    index = client.get_model_repository_index(as_json=True, client_timeout=TIMEOUT_S)
+    assert index["models"][0]["state"] == "UNAVAILABLE"
+    client.load_model("m", client_timeout=TIMEOUT_S)
+    assert _infer(client) == ("1", 1.0)
+    with pytest.raises(InferenceServerException, match="no model folder"):
+        client.load_model("nope", client_timeout=TIMEOUT_S)
+
+
+def test_stock_client_config_and_statistics(client: triton.InferenceServerClient) -> None:
+    config = client.get_model_config("m", as_json=True, client_timeout=TIMEOUT_S)["config"]
+    assert config["name"] == "m" and config["platform"] == "onnxruntime_onnx"
+    assert config["max_batch_size"] == 8
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": ["4"]}]
+    assert config["dynamic_batching"] == {"max_queue_delay_microseconds": "100"}
+    for _ in range(3):
+        _infer(client)
+    stats = client.get_inference_statistics("m", as_json=True, client_timeout=TIMEOUT_S)
+    (entry,) = stats["model_stats"]
+    assert entry["version"] == "1" and entry["inference_count"] == "3"
+    assert entry["inference_stats"]["success"]["count"] == "3"
+    assert entry["batch_stats"][0]["batch_size"] == "1"
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
+        client.get_model_config("nope", client_timeout=TIMEOUT_S)
+
+
+def test_canary_over_the_protocol(server: EndpointServer, fleet: Any,
+                                  client: triton.InferenceServerClient) -> None:
+    with ModelControl(f"localhost:{server.port}", tls_dir=fleet.directory) as control:
+        control.canary("m", version=2, percent=50)
+        assert sorted(_infer(client)[0] for _ in range(4)) == ["1", "1", "2", "2"]
+        rows = {r.version: r for r in control.index()}
+        assert "canary: 50%" in rows["2"].reason
+        by_version = {s.version: s.inference_count for s in control.statistics("m")}
+        assert by_version == {"1": 2, "2": 2}
+        control.rollback("m")
+        assert {_infer(client)[0] for _ in range(4)} == {"1"}
+        control.canary("m", version=2, percent=10)
+        control.promote("m")
+        assert {_infer(client)[0] for _ in range(4)} == {"2"}
+        with pytest.raises(RemoteError, match="has no canary") as info:
+            control.rollback("m")
+        assert info.value.code == "INVALID_ARGUMENT"
+
+
+def test_bad_load_parameters(server: EndpointServer, fleet: Any) -> None:
+    from edgecut.protocol import grpc_service_pb2 as pb
+
+    with ModelControl(f"localhost:{server.port}", tls_dir=fleet.directory) as control:
+        request = pb.RepositoryModelLoadRequest(model_name="m")
+        request.parameters["config"].string_param = "{}"
+        request.parameters["edgecut_promote"].bool_param = True
+        request.parameters["edgecut_canary_percent"].int64_param = 300
+        with pytest.raises(RemoteError) as info:
+            control._call("RepositoryModelLoad", request)
+    message = str(info.value)
+    assert "'config' is not supported" in message and "needs edgecut_canary_version" in message
+    assert "0..100, got 300" in message
+
+
+def test_cli(server: EndpointServer, fleet: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="edgecut")
+    register(parser.add_subparsers(dest="command"))
+    common = ["--endpoint", f"localhost:{server.port}", "--tls", str(fleet.directory)]
+    for argv in (["canary", "m", "--version", "2", "--percent", "25"], ["promote", "m"],
+                 ["index"], ["unload", "m"], ["load", "m"]):
+        args = parser.parse_args(["models", *argv, *common])
+        assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "version 2 gets 25%" in out and "m" in out and "READY" in out
+    args = parser.parse_args(["models", "rollback", "m", *common])
+    with pytest.raises(RemoteError, match="has no canary"):
+        args.func(args)

@@ -1,0 +1,88 @@
+"""Graceful shutdown: calls in flight and queued batches complete, new calls get
+UNAVAILABLE, health says NOT_SERVING while draining."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edgecut.cloud.batching import SchedulingPolicy
+from edgecut.cloud.server import create_server
+from edgecut.protocol import grpc_service_pb2 as pb
+from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+
+WAIT_S = 60.0
+
+
+def _slow(iterations: int) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="slow")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 64])
+    request.inputs.add(name="iterations", datatype="INT64", shape=[])
+    request.raw_input_contents.append(np.ones((1, 64), np.float32).tobytes())
+    request.raw_input_contents.append(np.array(iterations, np.int64).tobytes())
+    return request
+
+
+def _wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def test_stop_drains_in_flight_and_queued_requests(
+        ops_repo: Path, slow_iterations: Callable[[float], int]) -> None:
+    scheduling = {
+        "slow": SchedulingPolicy(instance_count=1, max_queue_size=8),
+        # A batch that would wait a minute for company: the drain sends it at once.
+        "wide_mlp": SchedulingPolicy(max_batch_size=8, dynamic_batching=True,
+                                     max_queue_delay_us=60_000_000),
+    }
+    server = create_server(ops_repo, workers=8, scheduling=scheduling)
+    server.start()
+    channel = grpc.insecure_channel(server.address)
+    stub = GRPCInferenceServiceStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    slow = _slow(slow_iterations(1.5))
+    mlp = pb.ModelInferRequest(model_name="wide_mlp")
+    mlp.inputs.add(name="x", datatype="FP32", shape=[1, 256])
+    mlp.raw_input_contents.append(np.ones((1, 256), np.float32).tobytes())
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            in_flight = [pool.submit(stub.ModelInfer, slow, timeout=WAIT_S) for _ in range(2)]
+            queued_batch = pool.submit(stub.ModelInfer, mlp, timeout=WAIT_S)
+            _wait_until(lambda: sum(q.pending for q in server.statistics().queues) >= 2)
+            stopper = threading.Thread(target=server.stop, kwargs={"grace_s": 30.0})
+            started = time.monotonic()
+            stopper.start()
+            # While draining: NOT_SERVING, and new inference calls are refused.
+            _wait_until(lambda: health.Check(health_pb2.HealthCheckRequest(service=""),
+                                             timeout=WAIT_S).status
+                        == health_pb2.HealthCheckResponse.NOT_SERVING)
+            try:
+                stub.ModelInfer(_slow(1), timeout=WAIT_S)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+                assert "shutting down" in exc.details()  # type: ignore[attr-defined]
+            else:
+                raise AssertionError("a call during the drain was served")
+            assert not stub.ServerReady(pb.ServerReadyRequest(), timeout=WAIT_S).ready
+            for future in [*in_flight, queued_batch]:
+                assert future.result(timeout=WAIT_S).raw_output_contents
+            stopper.join(WAIT_S)
+            assert not stopper.is_alive()
+            assert time.monotonic() - started < 30.0  # drained, not timed out
+    finally:
+        channel.close()
+        server.stop(grace_s=0)
+    assert server.wait(0)
+    stats = server.statistics()
+    assert stats.failures == {"UNAVAILABLE": 1}
+    assert stats.models["slow"].requests == 2 and stats.models["wide_mlp"].requests == 1
