@@ -481,6 +481,7 @@ class EndpointServer:
             if self._metrics_http is not None:
                 self._metrics_http.close()
             self._executor.shutdown(wait=False, cancel_futures=True)
+            self._repository.close()  # stops its poller thread, if it runs one
             self._stopped.set()
 
     def wait(self, timeout_s: float | None = None) -> bool:

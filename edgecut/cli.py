@@ -91,6 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mtls", action="store_true", help="require a device certificate (needs --tls)")
     p.add_argument("--max-message-mb", type=int, default=256,
                    help="largest request or response in MiB (default 256)")
+    p.add_argument("--model-control-mode", choices=("none", "explicit", "poll"), default="explicit",
+                   help="as Triton: none = load at start only; explicit = also load/unload via "
+                        "`edgecut models`; poll = also pick up new versions from disk (default explicit)")
+    p.add_argument("--repository-poll-secs", type=float, default=5.0, metavar="S",
+                   help="how often poll mode looks at the repository (default 5)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)")
+    p.add_argument("--auth", type=Path, metavar="FILE",
+                   help="TOML file of which devices may call which models (needs --mtls)")
+    p.add_argument("--max-queue-size", type=int, default=128, metavar="N",
+                   help="requests queued per model before RESOURCE_EXHAUSTED, where the model's "
+                        "config sets no bound (default 128)")
+    p.add_argument("--workers", type=int, default=16, help="gRPC worker threads (default 16)")
+    p.add_argument("--threads", type=int, default=0, metavar="N",
+                   help="onnxruntime intra-op threads per session (default 0: onnxruntime decides)")
+    p.add_argument("--log-requests", action="store_true", help="log one JSON line per request")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("deploy", help="install a plan's full model and tails into a repository")
@@ -112,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="plan, deploy, serve with mTLS and run split/offload/local")
     p.add_argument("--keep", type=Path, metavar="DIR", help="keep the demo's files in DIR")
     p.set_defaults(func=_cmd_demo)
+
+    from edgecut import cli_models
+
+    cli_models.register(sub)
     return parser
 
 
@@ -232,11 +252,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         security = "mutual TLS" if args.mtls else "TLS" if args.tls else "plaintext"
         ready = sorted({m.name for m in server.repository.models() if m.ready})
         models = f"{len(ready)} models" if ready else "no models"
-        print(f"edgecut endpoint listening on {server.address} ({security}); serving {models}",
-              flush=True)
+        metrics = f"; metrics on {server.metrics_url}" if server.metrics_url else ""
+        print(f"edgecut endpoint listening on {server.address} ({security}); serving {models}"
+              f"{metrics}", flush=True)
 
-    stats = serve(args.repository, address=args.address, tls_dir=args.tls, mutual_tls=args.mtls,
-                  max_message_bytes=args.max_message_mb << 20, on_started=announce)
+    from edgecut.cloud.repository import ModelRepository
+
+    if args.auth is not None and not args.mtls:
+        raise TLSConfigError("--auth names devices by their certificates: it needs --tls DIR --mtls")
+    repository = ModelRepository(args.repository, intra_op_threads=args.threads,
+                                 control_mode=args.model_control_mode,
+                                 poll_interval_s=args.repository_poll_secs)
+    stats = serve(repository, address=args.address, tls_dir=args.tls, mutual_tls=args.mtls,
+                  max_message_bytes=args.max_message_mb << 20, on_started=announce,
+                  metrics_port=args.metrics_port, auth_file=args.auth,
+                  max_queue_size=args.max_queue_size, workers=args.workers,
+                  intra_op_threads=args.threads,
+                  request_log_level="INFO" if args.log_requests else None)
     print(f"stopped after {stats.infer_requests} inference requests "
           f"({stats.total_failures} failed)", flush=True)
     return 0

@@ -18,7 +18,7 @@ from edgecut import zoo
 from edgecut.cli import main
 
 COMMANDS = ["cuts", "plan", "verify", "certs", "certs init", "certs device", "serve", "deploy",
-            "run", "demo"]
+            "run", "demo", "models", "models index", "models canary"]
 
 
 def edgecut(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
