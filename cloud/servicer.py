@@ -1,0 +1,326 @@
+"""The Open Inference Protocol handlers: the six required RPCs, Triton's management RPCs, and
+the admission, authorisation and accounting around each call (the gRPC server is in server.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
+from concurrent.futures import TimeoutError as FutureTimeoutError
+from typing import NoReturn, TypeVar
+
+import grpc
+import numpy as np
+
+from edgecut.errors import (
+    CloudUnavailableError,
+    DeadlineExceededError,
+    OverloadedError,
+)
+from edgecut.protocol import grpc_service_pb2 as pb
+from edgecut.protocol.codecs import SERVER_EXTENSIONS
+from edgecut.protocol.grpc_service_pb2_grpc import (
+    GRPCInferenceServiceServicer,
+)
+from edgecut.protocol.tls import peer_identity
+
+from . import management
+from .auth import AuthorizationFile
+from .inference import InferOutcome, RunResult, infer
+from .logs import RequestLog
+from .metrics import EndpointMetrics
+from .repository import LoadedModel, ModelRepository, TensorSpec
+from .scheduler import Scheduler
+from .statistics import StatisticsRecorder, Traffic
+from .status import status_for
+
+logger = logging.getLogger("edgecut.cloud.server")
+
+PLATFORM = "onnxruntime_onnx"
+SERVER_NAME = "edgecut"
+RETRY_AFTER_KEY = "retry-after-ms"
+# Decoded inputs of one request together: a codec can shrink a tensor well below its size
+# (zstd on sparse activations), so this is separate from the message limit.
+DEFAULT_MAX_DECODED_BYTES = 1024 * 1024 * 1024
+
+_Response = TypeVar("_Response")
+
+
+def _server_version() -> str:
+    try:
+        return importlib.metadata.version("edgecut")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class InferenceServicer(GRPCInferenceServiceServicer):
+    """`inference.GRPCInferenceService` over a ModelRepository."""
+
+    def __init__(self, repository: ModelRepository, *, recorder: StatisticsRecorder,
+                 max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+                 scheduler: Scheduler | None = None, metrics: EndpointMetrics | None = None,
+                 authorization: AuthorizationFile | None = None,
+                 request_log: RequestLog | None = None) -> None:
+        self._repository = repository
+        self._recorder = recorder
+        self._max_decoded_bytes = max_decoded_bytes
+        self._scheduler = scheduler or Scheduler()
+        self._metrics = metrics
+        self._authorization = authorization
+        self._request_log = request_log or RequestLog()
+        self._ready = threading.Event()
+        self._version = _server_version()
+        # Inference calls in flight, and whether new ones are refused (draining).
+        self._flight = threading.Condition()
+        self._inflight = 0
+        self._draining = False
+
+    def set_ready(self, ready: bool) -> None:
+        """ServerReady's answer: true while serving, false before start and while draining."""
+        if ready:
+            self._ready.set()
+        else:
+            self._ready.clear()
+
+    def begin_drain(self) -> None:
+        """Answer new inference calls UNAVAILABLE from now on; running ones go on."""
+        self.set_ready(False)
+        with self._flight:
+            self._draining = True
+
+    def wait_idle(self, timeout_s: float | None) -> bool:
+        """Block until no inference call is in flight; False if `timeout_s` ran out first."""
+        with self._flight:
+            return self._flight.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
+
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        with self._flight:
+            if self._draining:
+                raise CloudUnavailableError(
+                    "the endpoint is shutting down; retry on another replica"
+                )
+            self._inflight += 1
+        try:
+            yield
+        finally:
+            with self._flight:
+                self._inflight -= 1
+                self._flight.notify_all()
+
+    def _authorize(self, device: str | None, model: str) -> None:
+        """PermissionDeniedError unless the auth file lets `device` use `model` (the hook
+        every model-scoped RPC calls once the model name is resolved)."""
+        if self._authorization is not None:
+            self._authorization.check(device, model)
+
+    def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext
+                   ) -> pb.ServerLiveResponse:
+        return self._answer("ServerLive", context, pb.ServerLiveResponse(live=True))
+
+    def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.ServicerContext
+                    ) -> pb.ServerReadyResponse:
+        ready = self._ready.is_set()
+        return self._answer("ServerReady", context, pb.ServerReadyResponse(ready=ready))
+
+    def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.ServicerContext
+                   ) -> pb.ModelReadyResponse:
+        device = peer_identity(context)
+        try:
+            self._authorize(device, request.name)
+        except Exception as exc:
+            self._abort("ModelReady", context, exc, device=device)
+        try:
+            self._repository.get(request.name, request.version)
+            ready = self._ready.is_set()
+        except Exception:
+            # Unknown or failed models are simply not ready; ModelMetadata says why.
+            ready = False
+        return self._answer("ModelReady", context, pb.ModelReadyResponse(ready=ready))
+
+    def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
+                       ) -> pb.ServerMetadataResponse:
+        response = pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=self._version, extensions=list(SERVER_EXTENSIONS)
+        )
+        return self._answer("ServerMetadata", context, response)
+
+    def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.ServicerContext
+                      ) -> pb.ModelMetadataResponse:
+        device = peer_identity(context)
+        try:
+            self._authorize(device, request.name)
+            model = self._repository.get(request.name, request.version)
+        except Exception as exc:
+            self._abort("ModelMetadata", context, exc, device=device)
+        response = pb.ModelMetadataResponse(
+            name=model.name,
+            versions=[str(v) for v in self._repository.ready_versions(model.name)],
+            platform=PLATFORM,
+            inputs=[_tensor_metadata(s) for s in model.inputs],
+            outputs=[_tensor_metadata(s) for s in model.outputs],
+        )
+        self._recorder.record(rpc="ModelMetadata", code="OK", device=device)
+        if self._metrics is not None:
+            self._metrics.record_rpc(rpc="ModelMetadata", code="OK", device=device)
+        return response
+
+    def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext
+                   ) -> pb.ModelInferResponse:
+        started = time.perf_counter()
+        device = peer_identity(context)
+        model: LoadedModel | None = None
+        try:
+            with self._admitted():
+                model = self._repository.route(request.model_name, request.model_version)
+                self._authorize(device, model.name)
+                outcome = infer(request, model, max_decoded_bytes=self._max_decoded_bytes,
+                                runner=self._runner(model, context))
+        except Exception as exc:
+            self._abort("ModelInfer", context, exc, device=device, model=model,
+                        started=started, request_id=request.id)
+        self._observe_infer(model, outcome, device=device, started=started,
+                            request_id=request.id)
+        return outcome.response
+
+    def _runner(self, model: LoadedModel, context: grpc.ServicerContext
+                ) -> Callable[[dict[str, np.ndarray], list[str]], RunResult]:
+        """Run decoded inputs through the model's scheduler, within the call's deadline."""
+        scheduler = self._scheduler.for_model(model)
+
+        def run(inputs: dict[str, np.ndarray], names: list[str]) -> RunResult:
+            future = scheduler.submit(inputs, names)
+            # The caller went away (or its deadline passed): leave the queue.
+            context.add_callback(future.cancel)
+            try:
+                return future.result(timeout=context.time_remaining())
+            except FutureTimeoutError as exc:
+                future.cancel()
+                raise DeadlineExceededError(
+                    f"model {model.name!r} version {model.version}: no answer by the call's "
+                    f"deadline ({scheduler.pending()} requests queued)"
+                ) from exc
+            except CancelledError as exc:
+                raise CloudUnavailableError(
+                    f"model {model.name!r} version {model.version}: the call was cancelled "
+                    f"before the model ran"
+                ) from exc
+
+        return run
+
+    def _observe_infer(self, model: LoadedModel, outcome: InferOutcome, *,
+                       device: str | None, started: float, request_id: str) -> None:
+        request_s = time.perf_counter() - started
+        traffic = Traffic(
+            raw_bytes_in=outcome.raw_bytes_in, wire_bytes_in=outcome.wire_bytes_in,
+            raw_bytes_out=outcome.raw_bytes_out, wire_bytes_out=outcome.wire_bytes_out,
+            compute_s=outcome.compute_s,
+        )
+        self._recorder.record(rpc="ModelInfer", code="OK", device=device, model=model.name,
+                              traffic=traffic)
+        if self._metrics is not None:
+            self._metrics.record_rpc(rpc="ModelInfer", code="OK", device=device)
+            self._metrics.record_infer(
+                model=model.name, version=model.version, code="OK", request_s=request_s,
+                queue_s=outcome.queue_s, compute_s=outcome.compute_s,
+                raw_bytes_in=outcome.raw_bytes_in, wire_bytes_in=outcome.wire_bytes_in,
+                raw_bytes_out=outcome.raw_bytes_out, wire_bytes_out=outcome.wire_bytes_out,
+            )
+        self._request_log.log(
+            model=model.name, version=model.version, device=device, status="OK",
+            queue_ms=outcome.queue_s * 1e3, compute_ms=outcome.compute_s * 1e3,
+            request_ms=request_s * 1e3, batch_rows=outcome.batch_rows,
+            wire_bytes_in=outcome.wire_bytes_in, wire_bytes_out=outcome.wire_bytes_out,
+            id=request_id or None,
+        )
+
+    def _answer(self, rpc: str, context: grpc.ServicerContext,
+                response: _Response) -> _Response:
+        device = peer_identity(context)
+        self._recorder.record(rpc=rpc, code="OK", device=device)
+        if self._metrics is not None:
+            self._metrics.record_rpc(rpc=rpc, code="OK", device=device)
+        return response
+
+    def _abort(self, rpc: str, context: grpc.ServicerContext, exc: Exception, *,
+               device: str | None, model: LoadedModel | None = None,
+               started: float | None = None, request_id: str = "") -> NoReturn:
+        code, message = status_for(exc, rpc=rpc)
+        name = model.name if model is not None else None
+        self._recorder.record(rpc=rpc, code=code.name, device=device, model=name)
+        if self._metrics is not None:
+            self._metrics.record_rpc(rpc=rpc, code=code.name, device=device)
+            if model is not None and rpc == "ModelInfer":
+                self._metrics.record_infer(model=model.name, version=model.version,
+                                           code=code.name)
+        if rpc == "ModelInfer":
+            self._request_log.log(
+                model=name, version=model.version if model else None,
+                device=device, status=code.name,
+                request_ms=None if started is None else (time.perf_counter() - started) * 1e3,
+                id=request_id or None, message=message,
+            )
+        if isinstance(exc, OverloadedError):
+            context.set_trailing_metadata(((RETRY_AFTER_KEY, str(exc.retry_after_ms)),))
+        context.abort(code, message)
+        raise AssertionError("unreachable: grpc's context.abort raises")  # for type checkers
+
+
+    # Triton's extensions: model configuration, statistics, repository (edgecut.cloud.management).
+
+    def ModelConfig(self, request: pb.ModelConfigRequest, context: grpc.ServicerContext
+                    ) -> pb.ModelConfigResponse:
+        device = peer_identity(context)
+        try:
+            self._authorize(device, request.name)
+            response = management.model_config(self._repository, request.name, request.version)
+        except Exception as exc:
+            self._abort("ModelConfig", context, exc, device=device)
+        return self._answer("ModelConfig", context, response)
+
+    def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: grpc.ServicerContext
+                        ) -> pb.ModelStatisticsResponse:
+        device = peer_identity(context)
+        try:
+            if request.name:
+                self._authorize(device, request.name)
+            response = management.model_statistics(self._repository, request.name,
+                                                   request.version)
+        except Exception as exc:
+            self._abort("ModelStatistics", context, exc, device=device)
+        return self._answer("ModelStatistics", context, response)
+
+    def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.ServicerContext
+                        ) -> pb.RepositoryIndexResponse:
+        response = management.repository_index(self._repository, ready_only=request.ready)
+        return self._answer("RepositoryIndex", context, response)
+
+    def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest,
+                            context: grpc.ServicerContext) -> pb.RepositoryModelLoadResponse:
+        device = peer_identity(context)
+        try:
+            self._authorize(device, request.model_name)
+            management.apply_load(self._repository, request.model_name, request.parameters)
+        except Exception as exc:
+            self._abort("RepositoryModelLoad", context, exc, device=device)
+        return self._answer("RepositoryModelLoad", context, pb.RepositoryModelLoadResponse())
+
+    def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
+                              context: grpc.ServicerContext) -> pb.RepositoryModelUnloadResponse:
+        device = peer_identity(context)
+        try:
+            self._authorize(device, request.model_name)
+            management.apply_unload(self._repository, request.model_name, request.parameters)
+        except Exception as exc:
+            self._abort("RepositoryModelUnload", context, exc, device=device)
+        return self._answer("RepositoryModelUnload", context, pb.RepositoryModelUnloadResponse())
+
+def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
+    return pb.ModelMetadataResponse.TensorMetadata(
+        name=spec.name, datatype=spec.datatype, shape=list(spec.shape)
+    )
