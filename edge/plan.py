@@ -9,12 +9,20 @@ a plan names are present in its folder.
     ('chain_cnn', 3, [0, 3, 7])
     >>> plan.cut(3).crossing
     ('t1', 't2')
+    >>> plan.cut_for_bandwidth(12.5)   # from the plan's envelope, by bisection
+    3
+
+Plans written by `edgecut plan --device ... --network ...` also hold `envelope` (the best cut
+per uplink range, [0, inf)), each cut's `predicted` costs and `kind`; older plans without them
+still load (`envelope` is then empty and `cut_for_bandwidth` answers `chosen`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -22,8 +30,8 @@ from typing import Any
 
 from edgecut.errors import BadPlanError, UnknownCutError
 
-__all__ = ["PLAN_FILE", "PLAN_FORMAT", "PLAN_VERSION", "Plan", "PlanCut", "PlanModel",
-           "TensorSpec", "load_plan"]
+__all__ = ["PLAN_FILE", "PLAN_FORMAT", "PLAN_VERSION", "EnvelopeRange", "Plan", "PlanCut",
+           "PlanModel", "TensorSpec", "load_plan"]
 
 PLAN_FILE = "plan.json"
 PLAN_FORMAT = "edgecut-plan"
@@ -82,6 +90,8 @@ class PlanCut:
     cloud_outputs: tuple[str, ...]
     endpoint_model: str | None
     max_abs_diff: float | None = None
+    kind: str = "prefix"  # "downset": a cut beyond the prefixes of the order (the min-cut's)
+    predicted: Mapping[str, Any] | None = None  # {"model": {...}, "corrected": {...} or None}
 
     def __post_init__(self) -> None:
         if self.tail is not None and self.endpoint_model is None:
@@ -89,6 +99,15 @@ class PlanCut:
         if self.tail is None and self.cloud_outputs:
             raise BadPlanError(f"cut {self.id} has cloud_outputs {list(self.cloud_outputs)} "
                                f"but no tail to compute them")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EnvelopeRange:
+    """Cut `cut` is the fastest for uplink bandwidths in [min_mbps, max_mbps) (inf: no end)."""
+
+    cut: int
+    min_mbps: float
+    max_mbps: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,6 +119,7 @@ class Plan:
     input_shapes: Mapping[str, tuple[int, ...]]
     cuts: tuple[PlanCut, ...]
     chosen: int
+    envelope: tuple[EnvelopeRange, ...] = ()
 
     def __post_init__(self) -> None:
         ids = [c.id for c in self.cuts]
@@ -108,6 +128,27 @@ class Plan:
         if self.chosen not in ids:
             raise BadPlanError(f"{self.directory / PLAN_FILE}: chosen cut {self.chosen} is not "
                                f"among the cut ids {ids}")
+        stray = sorted({r.cut for r in self.envelope} - set(ids))
+        if stray:
+            raise BadPlanError(f"{self.directory / PLAN_FILE}: envelope names cuts {stray} that "
+                               f"are not among the cut ids {ids}")
+        object.__setattr__(self, "_starts", [r.min_mbps for r in self.envelope])
+
+    _starts: list[float] = dataclasses.field(default_factory=list, init=False, repr=False,
+                                             compare=False)
+
+    def cut_for_bandwidth(self, uplink_mbps: float) -> int:
+        """The envelope's cut at this uplink bandwidth, by bisection: O(log n).
+
+        At a breakpoint the faster-link cut answers (ranges are [min, max)). A plan without
+        an envelope answers `chosen`.
+        """
+        if not uplink_mbps >= 0:
+            raise ValueError(f"uplink bandwidth must be >= 0 Mbps, got {uplink_mbps}")
+        if not self.envelope:
+            return self.chosen
+        i = bisect_right(self._starts, uplink_mbps) - 1
+        return self.envelope[max(i, 0)].cut
 
     @property
     def cut_ids(self) -> tuple[int, ...]:
@@ -217,11 +258,44 @@ class _Reader:
         raw_cuts = self.get(doc, "cuts", "", "a non-empty list") or []
         cuts = [self.cut(c, f"cuts[{i}]") for i, c in enumerate(raw_cuts)]
         chosen = self.get(doc, "chosen", "", "an integer")
+        envelope = self.envelope(doc.get("envelope"))
         self.raise_if_any()
         if model is None or chosen is None or None in cuts:
             raise BadPlanError(f"{self.file}: malformed")  # unreachable: a problem was recorded
         return Plan(directory=directory, model=model, input_shapes=input_shapes,
-                    cuts=tuple(c for c in cuts if c is not None), chosen=chosen)
+                    cuts=tuple(c for c in cuts if c is not None), chosen=chosen,
+                    envelope=envelope)
+
+    def envelope(self, items: Any) -> tuple[EnvelopeRange, ...]:
+        """The optional envelope: contiguous ranges from 0 to null (infinity)."""
+        if items is None:
+            return ()
+        if not isinstance(items, list) or not items:
+            self.problem("envelope", "must be a non-empty list of {cut, min_mbps, max_mbps}")
+            return ()
+        ranges: list[EnvelopeRange] = []
+        expected = 0.0
+        for i, item in enumerate(items):
+            key = f"envelope[{i}]"
+            if not isinstance(item, dict):
+                self.problem(key, "must be an object with cut, min_mbps and max_mbps")
+                return ()
+            cut = self.get(item, "cut", key, "a non-negative integer")
+            low = self.get(item, "min_mbps", key, "a number")
+            high = self.get(item, "max_mbps", key, "a number or null")
+            if cut is None or low is None or ("max_mbps" in item and high is None
+                                              and item["max_mbps"] is not None):
+                return ()
+            top = math.inf if high is None else float(high)
+            last = i == len(items) - 1
+            if float(low) != expected or not top > low or (top == math.inf) != last:
+                self.problem(key, f"must continue the ranges from {expected} Mbps, end after it, "
+                                  "and only the last may have max_mbps null (infinity), got "
+                                  f"{json.dumps(item)}")
+                return ()
+            ranges.append(EnvelopeRange(cut=cut, min_mbps=float(low), max_mbps=top))
+            expected = top
+        return tuple(ranges)
 
     def model(self, obj: Mapping[str, Any] | None) -> PlanModel | None:
         if obj is None:
@@ -279,13 +353,20 @@ class _Reader:
                                        "a non-empty string or null"),
         }
         diff = obj.get("max_abs_diff")
+        kind = obj.get("kind", "prefix")
+        if kind not in ("prefix", "downset"):
+            self.problem(f"{where}.kind", f"must be 'prefix' or 'downset', got {json.dumps(kind)}")
+        predicted = obj.get("predicted")
+        if predicted is not None and not isinstance(predicted, dict):
+            self.problem(f"{where}.predicted", "must be an object or absent")
         if len(self.problems) > before:
             return None
         for key in ("crossing", "device_outputs", "cloud_outputs"):
             values[key] = tuple(values[key])
         try:
             return PlanCut(**values, **optional,
-                           max_abs_diff=float(diff) if _is_kind(diff, "a number") else None)
+                           max_abs_diff=float(diff) if _is_kind(diff, "a number") else None,
+                           kind=kind, predicted=predicted)
         except BadPlanError as exc:
             self.problem(where, f"is inconsistent: {exc}")
             return None

@@ -50,13 +50,75 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=_cmd_cuts)
 
-    p = sub.add_parser("plan", help="write a plan folder (head, tail, full model, plan.json)")
+    p = sub.add_parser("plan", help="choose the best cut from profiles, or write given cuts, "
+                                    "into a plan folder (heads, tails, full model, plan.json)")
     p.add_argument("model", type=Path, metavar="MODEL.onnx")
-    p.add_argument("--cut", required=True, action="append", metavar="ID",
-                   help="cut id from `edgecut cuts` (repeatable; the first is chosen), or 'all'")
+    p.add_argument("--cut", action="append", metavar="ID",
+                   help="write these cut ids from `edgecut cuts` instead of choosing (repeatable; "
+                        "the first is chosen), or 'all'")
+    p.add_argument("--device", metavar="PROFILE",
+                   help="device: catalogue name (raspberry-pi-4, jetson-nano, phone, laptop, "
+                        "cpu-server, gpu-server) or a .toml from `edgecut profile device`")
+    p.add_argument("--network", metavar="PROFILE",
+                   help="link: catalogue name (3g, lte, 5g, wifi, ethernet), a .toml, or "
+                        "up=MBPS,down=MBPS,rtt=MS")
+    p.add_argument("--cloud", default="gpu-server", metavar="PROFILE",
+                   help="cloud: catalogue device name or .toml (default gpu-server)")
+    p.add_argument("--objective", choices=("latency", "energy", "throughput"), default="latency")
     _add_input_shape(p)
-    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--device-memory-mib", type=float, metavar="MIB",
+                   help="the head's weights and peak activations must fit in this")
+    p.add_argument("--energy-budget-j", type=float, metavar="J",
+                   help="device energy per request must not exceed this")
+    p.add_argument("--pin-input", action="append", default=[], metavar="NAME",
+                   help="graph input that must stay on the device (repeatable)")
+    p.add_argument("--no-measure", action="store_true",
+                   help="skip timing the envelope cuts' heads and tails on this machine")
+    p.add_argument("--measure-budget-s", type=float, default=20.0, metavar="S",
+                   help="time allowed for measuring heads and tails (default 20)")
+    p.add_argument("--explain", action="store_true", help="print every candidate's predicted costs")
+    p.add_argument("--json", action="store_true", help="with --explain: a JSON list instead")
+    p.add_argument("--plot", type=Path, metavar="FILE.png",
+                   help="draw latency against bandwidth per cut, with the envelope")
+    p.add_argument("--out", type=Path, metavar="DIR", help="plan folder to write (optional with --explain)")
     p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("profile", help="measure this device, a model on it, or the network")
+    prof = p.add_subparsers(dest="profile_command", required=True, metavar="WHAT",
+                            parser_class=_Parser)
+    c = prof.add_parser("device", help="write a device profile of this machine")
+    c.add_argument("--out", type=Path, required=True, metavar="FILE.toml")
+    c.add_argument("--name", default="this-device", help="profile name (default this-device)")
+    c.add_argument("--quick", action="store_true", help="reduced benchmarks (about 2 s)")
+    for key in ("idle", "compute", "transmit", "receive"):
+        c.add_argument(f"--{key}-w", type=float, metavar="W",
+                       help=f"{key} power draw in watts (default: measured or catalogue laptop)")
+    c.add_argument("--battery-wh", type=float, metavar="WH")
+    c.set_defaults(func=_cmd_profile_device)
+    c = prof.add_parser("model", help="per-node latency of a model on this machine, and the "
+                                      "prediction for a device")
+    c.add_argument("model", type=Path, metavar="MODEL.onnx")
+    c.add_argument("--device", required=True, metavar="PROFILE",
+                   help="device whose calibration predicts the model (catalogue name or .toml)")
+    c.add_argument("--out", type=Path, required=True, metavar="FILE.json")
+    _add_input_shape(c)
+    c.add_argument("--runs", type=int, default=20, help="measured runs (default 20)")
+    c.add_argument("--device-out", type=Path, metavar="FILE.toml",
+                   help="also write --device with this machine's per-node table attached "
+                        "(when --device describes this machine)")
+    c.set_defaults(func=_cmd_profile_model)
+    c = prof.add_parser("network", help="measure bandwidth and round trip to an endpoint")
+    c.add_argument("--endpoint", required=True, metavar="HOST:PORT")
+    _add_tls(c)
+    c.add_argument("--out", type=Path, required=True, metavar="FILE.toml")
+    c.add_argument("--name", default="measured", help="profile name (default measured)")
+    c.add_argument("--model", metavar="NAME",
+                   help="a served model to time the downlink with (its outputs); without it the "
+                        "downlink is taken equal to the uplink")
+    c.add_argument("--upload-mib", type=float, default=4.0, metavar="MIB",
+                   help="size of each upload probe (default 4)")
+    c.add_argument("--probes", type=int, default=5, help="probes of each kind (default 5)")
+    c.set_defaults(func=_cmd_profile_network)
 
     p = sub.add_parser("verify", help="check head→tail against the full model")
     p.add_argument("plan", type=Path, metavar="DIR")
@@ -190,9 +252,18 @@ def _cmd_cuts(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from edgecut.errors import UnknownCutError
+    from edgecut.errors import UnknownCutError, UserInputError
     from edgecut.partitioner import list_cuts, load_model, write_plan
 
+    if args.cut is None:
+        return _cmd_plan_choose(args)
+    planner_only = [f for f, v in (("--device", args.device), ("--network", args.network),
+                                   ("--explain", args.explain), ("--plot", args.plot)) if v]
+    if planner_only:
+        raise UserInputError(f"--cut writes the cuts given; {', '.join(planner_only)} belong to "
+                             "choosing a cut: drop --cut, or drop them")
+    if args.out is None:
+        raise UserInputError("--out DIR is required: the plan folder to write")
     shapes = _input_shapes(args.input_shape)
     known = [c.id for c in list_cuts(load_model(args.model), shapes)]
     if args.cut == ["all"]:
@@ -205,6 +276,118 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     plan = write_plan(args.model, args.out, cut_ids=cut_ids, input_shapes=shapes, chosen=cut_ids[0])
     print(f"wrote {args.out}/plan.json: model {plan['model']['name']!r}, "
           f"cuts {[c['id'] for c in plan['cuts']]}, chosen {plan['chosen']}")
+    return 0
+
+
+def _cmd_plan_choose(args: argparse.Namespace) -> int:
+    from edgecut import report
+    from edgecut.errors import UserInputError
+    from edgecut.partitioner.cost import Constraints
+    from edgecut.partitioner.planner import plan_model, write_planned
+    from edgecut.profiles import load_cloud, load_device, load_network
+
+    missing = [f for f, v in (("--device", args.device), ("--network", args.network)) if not v]
+    if missing:
+        raise UserInputError(f"give {' and '.join(missing)} to choose a cut (or --cut ID to "
+                             "write a given cut)")
+    if args.out is None and not args.explain and args.plot is None:
+        raise UserInputError("--out DIR is required (or --explain / --plot to only look)")
+    if args.json and not args.explain:
+        raise UserInputError("--json goes with --explain")
+    memory = args.device_memory_mib
+    if memory is not None and not memory >= 0:
+        raise UserInputError(f"--device-memory-mib must be >= 0, got {memory}")
+    constraints = Constraints(
+        device_memory_bytes=None if memory is None else int(memory * 2**20),
+        energy_budget_j=args.energy_budget_j)
+    device, network = load_device(args.device), load_network(args.network)
+    cloud = load_cloud(args.cloud)
+    reference = load_device(cloud.reference) if cloud.reference else None
+    with report.progress_bar("measuring cuts on this machine", quiet=args.json) as progress:
+        planned = plan_model(
+            args.model, device=device, network=network, cloud=cloud, cloud_reference=reference,
+            objective=args.objective, input_shapes=_input_shapes(args.input_shape),
+            constraints=constraints, pinned_inputs=args.pin_input,
+            measure=not args.no_measure, measure_budget_s=args.measure_budget_s,
+            progress=progress)
+    say = (lambda text: print(text, file=sys.stderr)) if args.json else print
+    if args.explain:
+        rows = planned.explain()
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            report.print_candidates(rows, title=f"{args.model}: {len(rows)} candidate cuts on "
+                                                 f"{device.name} / {network.name} / {cloud.name} "
+                                                 f"({args.objective})")
+    if args.plot is not None:
+        from edgecut.partitioner.plot import plot_envelope
+
+        plot_envelope(planned, args.plot)
+        say(f"wrote {args.plot}")
+    if args.out is not None:
+        plan = write_planned(planned, args.out)
+        envelope = ", ".join(f"{s['cut']} from {s['min_mbps']:.3g} Mbps" for s in plan["envelope"])
+        say(f"wrote {args.out}/plan.json: model {plan['model']['name']!r}, chosen cut "
+            f"{plan['chosen']} for {network.name}; envelope: {envelope}")
+    else:
+        say(f"chosen cut {planned.chosen.id} for {network.name} (no --out: nothing written)")
+    return 0
+
+
+def _cmd_profile_device(args: argparse.Namespace) -> int:
+    from edgecut import report
+    from edgecut.profiles import profile_device, save_device
+
+    with report.progress_bar("profiling this device") as progress:
+        profile = profile_device(name=args.name, quick=args.quick, progress=progress,
+                                 idle_w=args.idle_w, compute_w=args.compute_w,
+                                 transmit_w=args.transmit_w, receive_w=args.receive_w,
+                                 battery_wh=args.battery_wh)
+    path = save_device(profile, args.out)
+    print(f"wrote {path}: device {profile.name!r}, {profile.cores} cores, conv "
+          f"{profile.gflops_by_class.get('conv', profile.default_gflops):.3g} GFLOP/s")
+    return 0
+
+
+def _cmd_profile_model(args: argparse.Namespace) -> int:
+    from edgecut import report
+    from edgecut.partitioner.plan import load_model
+    from edgecut.partitioner.shapes import concrete_input_shapes
+    from edgecut.profiles import (
+        attach_model_profile,
+        load_device,
+        predict_for_device,
+        profile_model,
+        save_device,
+    )
+
+    device = load_device(args.device)
+    shapes = concrete_input_shapes(load_model(args.model), _input_shapes(args.input_shape))
+    measured = profile_model(args.model, input_shapes=shapes, runs=args.runs)
+    predicted = predict_for_device(args.model, shapes, device)
+    doc = report.model_profile_json(measured, predicted, device_name=device.name)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    if args.device_out is not None:
+        save_device(attach_model_profile(device, measured), args.device_out)
+    print(f"wrote {args.out}: {len(measured.node_ms)} nodes, {measured.total_ms:.3f} ms per run "
+          f"here (peak +{measured.peak_memory_mib:.1f} MiB); predicted on {device.name}: "
+          f"{sum(predicted.values()):.3f} ms")
+    return 0
+
+
+def _cmd_profile_network(args: argparse.Namespace) -> int:
+    from edgecut import report
+    from edgecut.netprobe import probe_network, save_network
+
+    with report.progress_bar(f"probing {args.endpoint}") as progress:
+        network = probe_network(args.endpoint, tls_dir=args.tls, device=args.device,
+                                name=args.name, model=args.model,
+                                upload_bytes=int(args.upload_mib * 2**20), probes=args.probes,
+                                progress=progress)
+    save_network(network, args.out)
+    print(f"wrote {args.out}: up {network.uplink_mbps:.3g} Mbps, down "
+          f"{network.downlink_mbps:.3g} Mbps, rtt {network.rtt_ms:.3g} ms")
     return 0
 
 

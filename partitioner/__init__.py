@@ -9,7 +9,7 @@ Example:
 
 from __future__ import annotations
 
-from edgecut.partitioner.cuts import Cut, get_cut, list_cuts
+from edgecut.partitioner.cuts import Cut, cut_from_device_set, get_cut, list_cuts
 from edgecut.partitioner.extract import head_outputs, split_model
 from edgecut.partitioner.graph import GraphInfo, analyse_graph, outer_scope_names
 from edgecut.partitioner.plan import check_model, load_model, model_name, verify_split, write_plan
@@ -38,6 +38,7 @@ __all__ = [
     "check_model",
     "compare_outputs",
     "concrete_input_shapes",
+    "cut_from_device_set",
     "get_cut",
     "head_outputs",
     "list_cuts",

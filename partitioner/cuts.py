@@ -11,6 +11,11 @@ and its tail has something to return (otherwise one side runs dead code only). I
 renumbered 0..K-1 along the order, so device work grows with the id; `Cut.position` keeps
 the prefix length.
 
+`cut_from_device_set` builds a Cut from any set of device nodes closed under predecessors
+(a down-set, such as the min-cut's optimum on a DAG): its `order` lists the device nodes,
+then the cloud nodes, each in the topological order, which is again a topological order, so
+the head and tail are its prefix and suffix like any other cut's.
+
 Example:
     >>> from edgecut.zoo import chain_cnn
     >>> cuts = list_cuts(chain_cnn())
@@ -20,7 +25,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import onnx
@@ -29,7 +34,7 @@ from edgecut.errors import BadShapeError, UnknownCutError
 from edgecut.partitioner.graph import GraphInfo, analyse_graph
 from edgecut.partitioner.shapes import TensorInfo, resolve_tensors
 
-__all__ = ["Cut", "get_cut", "list_cuts"]
+__all__ = ["Cut", "cut_from_device_set", "get_cut", "list_cuts"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -180,3 +185,91 @@ def list_cuts(
             )
         )
     return cuts
+
+
+def cut_from_device_set(
+    model: onnx.ModelProto,
+    device_nodes: Iterable[int],
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    cut_id: int,
+    graph: GraphInfo | None = None,
+    tensors: Mapping[str, TensorInfo] | None = None,
+) -> Cut:
+    """The cut running `device_nodes` (indices into `model.graph.node`) on the device.
+
+    The set must be closed under predecessors (UnknownCutError names the first node whose
+    input would come back from the cloud). `position` is the number of device nodes.
+
+    Example:
+        >>> from edgecut.zoo import multi_branch
+        >>> model = multi_branch()
+        >>> info = analyse_graph(model)
+        >>> cut = cut_from_device_set(model, info.order[:3], cut_id=99)
+        >>> cut.device_nodes, cut.id
+        (3, 99)
+    """
+    info = graph if graph is not None else analyse_graph(model)
+    sizes = tensors if tensors is not None else resolve_tensors(model, input_shapes)
+    device = set(device_nodes)
+    placed = set(info.order)
+    stray = sorted(device - placed)
+    if stray:
+        raise UnknownCutError(f"cut {cut_id}: node indices {stray} are not placed nodes of the model")
+    for i in sorted(device):
+        for name in info.node_inputs[i]:
+            p = info.producer.get(name)
+            if p is not None and p in placed and p not in device:
+                raise UnknownCutError(
+                    f"cut {cut_id}: node {model.graph.node[i].name or i!r} is on the device but "
+                    f"reads {name!r} from node {model.graph.node[p].name or p!r} in the cloud; "
+                    "a device set must be closed under predecessors"
+                )
+    order = tuple(i for i in info.order if i in device) + tuple(
+        i for i in info.order if i not in device
+    )
+    inputs = set(info.inputs)
+
+    def on_device(name: str) -> bool:
+        p = info.producer.get(name)
+        return (p is None and name in inputs) or (p is not None and p in device)
+
+    crossing: set[str] = set()
+    for i in info.order:
+        if i in device:
+            continue
+        for name in info.node_inputs[i]:
+            if not info.is_static(name) and on_device(name):
+                crossing.add(name)
+    device_outputs: list[str] = []
+    cloud_outputs: list[str] = []
+    for o in info.outputs:
+        p = info.producer.get(o)
+        held = (p is not None and p in device) or (p is None and bool(device))
+        (device_outputs if held else cloud_outputs).append(o)
+    if not device:  # everything in the cloud: graph inputs returned as outputs go up too
+        crossing |= {o for o in cloud_outputs if o in inputs}
+
+    def tensor(name: str) -> TensorInfo:
+        try:
+            return sizes[name]
+        except KeyError:
+            raise BadShapeError(
+                f"no shape known for tensor {name!r}; give the input shapes explicitly"
+            ) from None
+
+    names = tuple(sorted(crossing))
+    infos = tuple(tensor(t) for t in names)
+    return Cut(
+        id=cut_id,
+        position=len(device),
+        crossing=names,
+        crossing_tensors=infos,
+        bytes=sum(t.nbytes for t in infos),
+        down_bytes=sum(tensor(o).nbytes for o in cloud_outputs),
+        device_nodes=len(device),
+        cloud_nodes=len(order) - len(device),
+        device_outputs=tuple(device_outputs),
+        cloud_outputs=tuple(cloud_outputs),
+        order=order,
+    )

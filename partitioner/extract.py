@@ -172,7 +172,11 @@ def split_model(
     Tail inputs: exactly `cut.crossing`. Tail outputs: `cut.cloud_outputs`.
     """
     info = graph if graph is not None else analyse_graph(model)
-    if len(cut.order) != len(info.order) or cut.order != info.order:
+    # A prefix cut follows the model's order; a down-set cut (`cut_from_device_set`) follows
+    # an order of the same nodes with its device nodes first.
+    if len(cut.order) != len(info.order) or (
+        cut.order != info.order and sorted(cut.order) != sorted(info.order)
+    ):
         raise UnknownCutError(
             f"cut {cut.id} was listed for another model (its node order differs); "
             "list the cuts of this model with list_cuts(model)"

@@ -131,17 +131,30 @@ def write_plan(
     chosen: int | None = None,
     name: str | None = None,
     seed: int = 0,
+    extra_cuts: Sequence[Cut] = (),
+    cut_fields: Mapping[int, Mapping[str, Any]] | None = None,
+    fields: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write a plan folder for `cut_ids` (default: every cut) and return plan.json's dict.
 
     `chosen` defaults to the first of `cut_ids`; `name` to the sanitised file stem.
+    `extra_cuts` are cuts beyond the prefixes of `list_cuts` (down-sets from
+    `cut_from_device_set`, ids after the prefix ids); they are written too and may be chosen.
+    `cut_fields[id]` adds keys to that cut's entry (`predicted`, ...), `fields` adds top-level
+    keys (`envelope`, `profiles`, ...): the planner's, documented in docs/plan-format.md.
     """
     model = load_model(model_path)
     graph = analyse_graph(model)
     shapes = concrete_input_shapes(model, input_shapes)
     tensors = resolve_tensors(model, shapes)
     cuts = list_cuts(model, shapes, graph=graph, tensors=tensors)
+    prefix_ids = {c.id for c in cuts}
+    clash = sorted(c.id for c in extra_cuts if c.id in prefix_ids)
+    if clash:
+        raise UnknownCutError(f"extra cut ids {clash} repeat prefix cut ids 0..{len(cuts) - 1}")
+    cuts = [*cuts, *extra_cuts]
     ids = list(cut_ids) if cut_ids is not None else [c.id for c in cuts]
+    ids += [c.id for c in extra_cuts if c.id not in ids]
     selected: list[Cut] = [get_cut(cuts, i) for i in ids]
     if len(set(ids)) != len(ids):
         raise UnknownCutError(f"cut ids must be distinct, got {ids}")
@@ -200,9 +213,11 @@ def write_plan(
                 "endpoint_model": f"{endpoint}.cut{cut.id}" if tail is not None else None,
                 "max_abs_diff": diff,
                 "position": cut.position,
+                "kind": "prefix" if cut.id in prefix_ids else "downset",
                 "crossing_tensors": [
                     {"name": t.name, "dtype": t.dtype, "shape": list(t.shape)} for t in cut.crossing_tensors
                 ],
+                **dict((cut_fields or {}).get(cut.id, {})),
             }
         )
     plan: dict[str, Any] = {
@@ -219,6 +234,7 @@ def write_plan(
         "input_shapes": {k: list(v) for k, v in shapes.items()},
         "cuts": entries,
         "chosen": chosen,
+        **dict(fields or {}),
     }
     (out / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
     return plan
