@@ -1,0 +1,196 @@
+"""Is edgecut's endpoint a production inference server? Measured side by side, in one run.
+
+    python benchmarks/serving.py --quick --out /tmp/serving_quick.json      # a few minutes
+    python benchmarks/serving.py --out serving.json --soak 300 --triton-download
+
+The machine is split in two with taskset: every server (edgecut's endpoint, Triton, and
+onnxruntime alone as the limit) on core 0, every load generator on core 1 in a process of its
+own. All traffic is gRPC over TLS on loopback. Sections (see benchmarks/README.md):
+
+  throughput   1/8/32/128 clients x batching off/on x {small CNN tail, wide MLP}; edgecut
+               driven by tritonclient and by its own CloudClient; Triton 2.51 (Python
+               backend calling onnxruntime) driven by tritonclient; onnxruntime alone on the
+               server core at exactly the batch sizes each server formed
+  memory       RSS of 8 tails of a 32 MiB MLP against the full model
+  channel      ModelInfer of 4 MiB vs a bare grpcio call of 4 MiB, glibc malloc default/tuned
+  canary       canary / change / rollback / canary / promote under load: failed requests
+  soak         (--soak SECONDS) 80 % of measured capacity: failures, RSS growth
+
+Prints tables and writes JSON (rewritten after each section); asserts no timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from benchmarks.serving import suite  # noqa: E402
+from benchmarks.serving.memory import VARIANTS  # noqa: E402
+from benchmarks.serving.triton import TritonUnavailable, find_triton  # noqa: E402
+
+console = Console(stderr=True, width=170)
+
+KEYS = ("batching_gain_vs_ort_gain", "server_vs_ort", "server_vs_triton", "tails_rss_ratio_8",
+        "channel_vs_bare_grpc")
+
+
+def _fmt(value: object, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def print_throughput(section: dict) -> None:
+    table = Table(title="Throughput (rows/s) and latency (ms); server on core 0, clients on core 1")
+    for col in ("server", "client", "model", "batching", "clients", "rows/s", "p50", "p99",
+                "mean batch", "ORT alone rows/s", "vs ORT", "failed", "empty out"):
+        table.add_column(col, justify="right")
+    for r in section["rows"]:
+        table.add_row(r["server"], r["client"], r["model"], "on" if r["batching"] else "off",
+                      str(r["clients"]), f"{r['throughput_rps']:.0f}", _fmt(r["p50_ms"], 1),
+                      _fmt(r["p99_ms"], 1), _fmt(r["mean_batch"], 1),
+                      _fmt(r["ort_limit_rps"], 0), _fmt(r["vs_ort"]), str(r["failures"]),
+                      str(r["empty_outputs"]))
+    console.print(table)
+    if section.get("triton_unavailable"):
+        console.print(f"[yellow]Triton column skipped: {section['triton_unavailable']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="short windows, fewer runs (minutes)")
+    p.add_argument("--out", type=Path, required=True, help="JSON results")
+    p.add_argument("--workdir", type=Path, help="scratch folder (default: a temporary one)")
+    p.add_argument("--triton", type=Path, default=Path(tempfile.gettempdir()) / "edgecut-pytriton",
+                   help="nvidia_pytriton wheel, folder holding it, or unpacked wheel")
+    p.add_argument("--triton-download", action="store_true",
+                   help="pip download nvidia-pytriton into --triton if it is not there")
+    p.add_argument("--no-triton", action="store_true")
+    p.add_argument("--levels", default="1,8,32,128", help="concurrent clients")
+    p.add_argument("--headline-clients", type=int, default=32)
+    p.add_argument("--sections", default="throughput,memory,channel,canary")
+    p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+                   help="also soak at 80%% of measured capacity for SECONDS")
+    args = p.parse_args(argv)
+    if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        console.print("needs taskset and at least 2 cores (server and clients on their own)")
+        return 2
+    sections = set(args.sections.split(","))
+    levels = [int(x) for x in args.levels.split(",")]
+    timing = (suite.Timing(duration_s=2.0, warmup_s=0.5, ort_seconds=0.3) if args.quick
+              else suite.Timing(duration_s=5.0, warmup_s=1.0, ort_seconds=1.0))
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edgecut-serving-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    out: dict = {"quick": args.quick, "complete": False, "machine": {
+        "cpus": os.cpu_count(), "server_core": 0, "client_core": 1,
+        "device_machine": "none lent to this session: CPU only"}, "timing": asdict(timing)}
+    for key in KEYS:
+        out[key] = None
+
+    def save() -> None:
+        args.out.write_text(json.dumps(out, indent=2, default=str))
+
+    def progress(message: str) -> None:
+        console.print(f"[dim]{time.time() - started:6.0f}s[/] {message}")
+
+    if "throughput" in sections:
+        home, error = None, None
+        if args.no_triton:
+            error = "--no-triton"
+        else:
+            try:
+                home = find_triton(args.triton, download=args.triton_download)
+            except TritonUnavailable as exc:
+                error = str(exc)
+        edgecut_levels = [args.headline_clients] if args.quick else levels
+        section = suite.throughput(workdir, levels=levels, edgecut_client_levels=edgecut_levels,
+                                   timing=timing, triton_home=home, triton_error=error,
+                                   progress=progress)
+        summary = suite.summarise_throughput(section, level=args.headline_clients)
+        out["throughput"] = section
+        out["throughput_summary"] = summary
+        for key in ("batching_gain_vs_ort_gain", "server_vs_ort", "server_vs_triton"):
+            out[key] = summary[key]
+        save()
+        print_throughput(section)
+    if "memory" in sections:
+        out["memory"] = suite.memory(workdir, k=8, variants=list(VARIANTS), progress=progress)
+        out["tails_rss_ratio_8"] = out["memory"]["tails_rss_ratio"]
+        save()
+        table = Table(title="RSS added: 8 tails of a 32 MiB MLP vs the full model (MiB)")
+        for col in ("variant", "full", "8 tails", "ratio"):
+            table.add_column(col, justify="right")
+        for v, m in out["memory"]["variants"].items():
+            table.add_row(v, f"{m['full_mib']:.1f}", f"{m['tails_mib']:.1f}", f"{m['ratio']:.2f}")
+        console.print(table)
+    if "channel" in sections:
+        out["channel"] = suite.channel(workdir, seconds=2.0 if args.quick else 5.0,
+                                       progress=progress)
+        out["channel_vs_bare_grpc"] = out["channel"]["channel_vs_bare_grpc"]
+        save()
+        table = Table(title="4 MiB over TLS, one call at a time")
+        for col in ("call", "malloc", "MB/s", "p50 ms", "p99 ms", "vs bare"):
+            table.add_column(col, justify="right")
+        for key, r in out["channel"]["runs"].items():
+            kind, label = key.split("/")
+            bare = out["channel"]["runs"][f"bare/{label}"]["mb_per_s"]
+            table.add_row(kind, label, f"{r['mb_per_s']:.0f}", f"{r['p50_ms']:.2f}",
+                          f"{r['p99_ms']:.2f}", f"{r['mb_per_s'] / bare:.2f}")
+        console.print(table)
+    if "canary" in sections:
+        out["canary"] = suite.canary(workdir, seconds=8.0 if args.quick else 20.0, clients=16,
+                                     progress=progress)
+        save()
+        c = out["canary"]
+        console.print(f"canary/rollback/promote under load: {c['completed_requests']} requests, "
+                      f"{c['failed_requests']} failed; steps "
+                      + ", ".join(f"{s['step']} {s['ms']:.0f} ms{' ' + s['error'] if s['error'] else ''}"
+                                  for s in c["steps"]))
+    if args.soak > 0:
+        row = None
+        for r in out.get("throughput", {}).get("rows", []):
+            if (r["server"], r["client"], r["model"], r["batching"], r["clients"]) == (
+                    "edgecut", "triton", "small_cnn", True, args.headline_clients):
+                row = r
+        capacity = row["throughput_rps"] if row else 800.0
+        out["soak"] = suite.soak(workdir, seconds=args.soak, capacity_rps=capacity,
+                                 clients=args.headline_clients, progress=progress)
+        save()
+        s = out["soak"]
+        console.print(f"soak {s['seconds']:.0f} s at {s['target_rps']:.0f} req/s (80% of "
+                      f"{s['capacity_rps']:.0f}): achieved {s['achieved_rps']:.0f}, "
+                      f"{s['failures']} failures, p99 {s['p99_ms']:.1f} ms, RSS "
+                      f"{s['rss_start_mib']:.0f} -> {s['rss_end_mib']:.0f} MiB "
+                      f"({100 * (s['rss_growth'] or 0):+.1f}%)")
+    out["complete"] = True
+    out["elapsed_s"] = time.time() - started
+    save()
+    table = Table(title="Headline ratios (this run)")
+    table.add_column("key")
+    table.add_column("value", justify="right")
+    for key in KEYS:
+        table.add_row(key, _fmt(out[key]))
+    console.print(table)
+    console.print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""`python -m benchmarks.serving.endpoint`: edgecut's endpoint as its own process (the
+benchmark starts it under `taskset -c 0`). Writes its port to `--port-file`, serves until
+SIGTERM, then drains. Per-call log lines are off (they are not what is measured).
+
+glibc's allocator thresholds come from the environment (MALLOC_MMAP_THRESHOLD_,
+MALLOC_TRIM_THRESHOLD_), set by the caller, so they apply from the first allocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from edgecut.cloud.server import serve
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--repository", type=Path, required=True)
+    p.add_argument("--tls", type=Path, required=True)
+    p.add_argument("--port-file", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=160)
+    p.add_argument("--max-concurrent-rpcs", type=int, default=512)
+    p.add_argument("--max-queue-size", type=int, default=512)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+
+    def started(server: object) -> None:
+        tmp = args.port_file.with_suffix(".tmp")
+        tmp.write_text(str(server.port))  # type: ignore[attr-defined]
+        tmp.rename(args.port_file)
+
+    serve(args.repository, address="127.0.0.1:0", tls_dir=args.tls, workers=args.workers,
+          intra_op_threads=1, max_concurrent_rpcs=args.max_concurrent_rpcs,
+          max_queue_size=args.max_queue_size, request_log_level=None, on_started=started,
+          grace_s=5.0)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

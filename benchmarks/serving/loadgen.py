@@ -1,0 +1,181 @@
+"""Load from a process of its own, pinned to the core the server does not use.
+
+    python -m benchmarks.serving.loadgen '{"client": "triton", "address": ..., ...}'
+
+prints one JSON line: requests and failures in the measured window, throughput (rows/s),
+p50/p99 latency (ms), and the first few error messages. `client` is `triton` (stock
+`tritonclient.grpc`, a real peer client) or `edgecut` (the device's own CloudClient); both
+speak TLS with the fleet's CA. `clients` threads each keep one request in flight (closed
+loop); with `rate_per_s` they send on a fixed schedule instead (open loop, for the soak) and
+fall behind rather than drop when the server is slower. Every loop is bounded in time
+(`warmup_s` + `duration_s`) and count (`max_requests`).
+
+Channels: one per client thread up to `channels` (default 16), shared round-robin beyond.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["LoadResult", "LoadSpec", "run_load"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadSpec:
+    client: str  # "triton" | "edgecut"
+    address: str
+    tls_dir: str
+    model: str
+    row_shape: tuple[int, ...]
+    clients: int
+    duration_s: float
+    warmup_s: float = 1.0
+    max_requests: int = 10_000_000
+    rate_per_s: float | None = None
+    channels: int = 16
+    timeout_s: float = 30.0
+    input_name: str = "x"
+    output_name: str = "y"
+    # False: an answer without output bytes is counted in `empty_outputs`, not as a failure
+    # (Triton 2.51's Python backend on a machine without CUDA answers so, see triton.py).
+    check_output: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadResult:
+    requests: int  # completed in the window (successes)
+    failures: int  # anywhere (window, warm-up or tail): a failure is never excused
+    throughput_rps: float
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    window_s: float
+    late_ms_p99: float = 0.0  # open loop: how far behind schedule sends went
+    empty_outputs: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _make_call(spec: LoadSpec) -> Any:
+    """A function that sends one request on the given client object, and the client maker."""
+    x = np.random.default_rng(0).standard_normal((1, *spec.row_shape), dtype=np.float32)
+    if spec.client == "triton":
+        import tritonclient.grpc as tc
+
+        def make() -> Any:
+            return tc.InferenceServerClient(
+                spec.address, ssl=True, root_certificates=str(Path(spec.tls_dir) / "ca.crt"))
+
+        def call(client: Any) -> bool:
+            tensor = tc.InferInput(spec.input_name, list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            result = client.infer(spec.model, [tensor], client_timeout=spec.timeout_s)
+            response = result.get_response()
+            if not spec.check_output and not any(response.raw_output_contents):
+                return False
+            out = result.as_numpy(spec.output_name)
+            if out is None or out.shape[0] != 1:
+                raise RuntimeError(f"bad output {None if out is None else out.shape}")
+            return True
+    elif spec.client == "edgecut":
+        from edgecut.edge.client import CloudClient
+
+        def make() -> Any:
+            return CloudClient(spec.address, tls_dir=Path(spec.tls_dir), timeout_s=spec.timeout_s)
+
+        def call(client: Any) -> bool:
+            out = client.infer(spec.model, {spec.input_name: x}).outputs[spec.output_name]
+            if out.shape[0] != 1:
+                raise RuntimeError(f"bad output {out.shape}")
+            return True
+    else:
+        raise ValueError(f"client must be 'triton' or 'edgecut', got {spec.client!r}")
+    return make, call
+
+
+def run_load(spec: LoadSpec) -> LoadResult:
+    make, call = _make_call(spec)
+    clients = [make() for _ in range(max(1, min(spec.clients, spec.channels)))]
+    for client in clients:  # connect (TLS handshake) before the clock starts
+        call(client)
+    lock = threading.Lock()
+    done: list[tuple[float, float]] = []  # (finished at, latency s)
+    late: list[float] = []
+    errors: list[str] = []
+    failures = 0
+    empty = 0
+    issued = 0
+    start = time.perf_counter()
+    window_start = start + spec.warmup_s
+    stop_at = window_start + spec.duration_s
+
+    def worker(i: int) -> None:
+        nonlocal failures, issued, empty
+        client = clients[i % len(clients)]
+        k = 0
+        while True:
+            now = time.perf_counter()
+            if spec.rate_per_s:
+                due = start + (i + k * spec.clients) / spec.rate_per_s
+                k += 1
+                if due >= stop_at:
+                    return
+                if due > now:
+                    time.sleep(due - now)
+                    now = time.perf_counter()
+                elif now >= window_start:
+                    late.append(now - due)
+            if now >= stop_at:
+                return
+            with lock:
+                if issued >= spec.max_requests:
+                    return
+                issued += 1
+            try:
+                full = call(client)
+            except Exception as exc:  # every failure is counted, whatever its kind
+                with lock:
+                    failures += 1
+                    if len(errors) < 5:
+                        errors.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+                continue
+            end = time.perf_counter()
+            with lock:
+                done.append((end, end - now))
+                empty += not full
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True)
+               for i in range(spec.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=max(0.0, stop_at - time.perf_counter()) + spec.timeout_s + 5.0)
+    window = [lat for end, lat in done if window_start <= end <= stop_at]
+    lat_ms = np.array(window) * 1e3 if window else np.array([np.nan])
+    late_ms = np.array(late) * 1e3 if late else np.array([0.0])
+    return LoadResult(
+        requests=len(window), failures=failures,
+        throughput_rps=len(window) / spec.duration_s,
+        p50_ms=float(np.percentile(lat_ms, 50)), p99_ms=float(np.percentile(lat_ms, 99)),
+        mean_ms=float(np.mean(lat_ms)), window_s=spec.duration_s,
+        late_ms_p99=float(np.percentile(late_ms, 99)), errors=errors, empty_outputs=empty,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = json.loads((argv or sys.argv[1:])[0])
+    args["row_shape"] = tuple(args["row_shape"])
+    result = run_load(LoadSpec(**args))
+    print(json.dumps(asdict(result)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,53 @@
+"""onnxruntime alone, the limit a server on the same core is measured against.
+
+`python -m benchmarks.serving.ort_alone MODEL.onnx --batch-sizes 1,8,32 --seconds 0.5`
+prints one JSON object: seconds per run for each batch size (one intra-op thread, inputs made
+once, outputs ignored: nothing but `session.run`). Run it pinned to the server's core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+
+def seconds_per_run(session: ort.InferenceSession, x: np.ndarray, *, seconds: float,
+                    max_runs: int = 100_000) -> float:
+    """Mean seconds of one `session.run` over a window of `seconds` (after one warm run)."""
+    name = session.get_inputs()[0].name
+    session.run(None, {name: x})
+    runs, start = 0, time.perf_counter()
+    while runs < max_runs:
+        session.run(None, {name: x})
+        runs += 1
+        if time.perf_counter() - start >= seconds:
+            break
+    return (time.perf_counter() - start) / runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("--batch-sizes", required=True)
+    p.add_argument("--seconds", type=float, default=0.5)
+    args = p.parse_args(argv)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
+    shape = [d if isinstance(d, int) else 1 for d in session.get_inputs()[0].shape]
+    rng = np.random.default_rng(0)
+    result = {}
+    for b in sorted({int(s) for s in args.batch_sizes.split(",")}):
+        x = rng.standard_normal((b, *shape[1:]), dtype=np.float32)
+        result[str(b)] = seconds_per_run(session, x, seconds=args.seconds)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

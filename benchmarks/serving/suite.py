@@ -1,0 +1,427 @@
+"""The benchmark's sections, each a function returning JSON-ready dicts (benchmarks/serving.py
+prints and saves them). Every server runs on SERVER_CORE, every client on CLIENT_CORE.
+
+    throughput   clients 1/8/32/128 x batching off/on x models, edgecut vs Triton vs
+                 onnxruntime alone at the batch sizes each server formed
+    memory       RSS of K tails of one model against the full model
+    channel      ModelInfer 4 MiB vs a bare grpcio call of 4 MiB, with/without malloc tuning
+    canary       canary, change, rollback, canary, promote under load: failed requests
+    soak         N seconds at ~80 % of measured capacity: failures, RSS growth
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from edgecut.protocol.pki import init_ca
+
+from .loadgen import LoadSpec
+from .models import MODELS, mlp_tail, save
+from .processes import (
+    MALLOC_ENV,
+    PinnedServer,
+    endpoint_process,
+    ort_alone,
+    run_json,
+    run_load_pinned,
+)
+from .repo import MAX_BATCH, write_model
+from .triton import TritonProcess, TritonUnavailable
+
+Progress = Callable[[str], None]
+
+THROUGHPUT_MODELS = ("small_cnn", "wide_mlp")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timing:
+    duration_s: float
+    warmup_s: float
+    ort_seconds: float  # per batch size, onnxruntime alone
+
+
+def prepare(workdir: Path) -> tuple[Path, Path, Path]:
+    """TLS files, the edgecut repository and the Triton (Python backend) repository."""
+    tls = workdir / "tls"
+    if not (tls / "ca.crt").exists():
+        init_ca(tls)
+    repo, trepo = workdir / "repo", workdir / "triton_repo"
+    for name in THROUGHPUT_MODELS:
+        spec = MODELS[name]
+        model = spec.build()
+        save(model, workdir / "onnx" / f"{name}.onnx")
+        for batching, suffix in ((False, "_nb"), (True, "_b")):
+            write_model(repo, name + suffix, spec, model, batching=batching)
+            write_model(trepo, name + suffix, spec, model, batching=batching, backend="python")
+    return tls, repo, trepo
+
+
+def _batch_histogram(address: str, tls: Path, model: str) -> dict[int, int]:
+    """Executions by batch size so far (ModelStatistics: both servers answer it)."""
+    import tritonclient.grpc as tc
+
+    client = tc.InferenceServerClient(address, ssl=True, root_certificates=str(tls / "ca.crt"))
+    try:
+        stats = client.get_inference_statistics(model, client_timeout=10)
+    finally:
+        client.close()
+    hist: dict[int, int] = {}
+    for entry in stats.model_stats:
+        for b in entry.batch_stats:
+            hist[int(b.batch_size)] = hist.get(int(b.batch_size), 0) + int(b.compute_infer.count)
+    return hist
+
+
+def _diff(after: dict[int, int], before: dict[int, int]) -> dict[int, int]:
+    return {b: n - before.get(b, 0) for b, n in after.items() if n - before.get(b, 0) > 0}
+
+
+def _run_server_levels(server: Any, server_name: str, tls: Path, levels: list[int],
+                       clients: list[str], timing: Timing, progress: Progress,
+                       check_output: bool = True) -> list[dict]:
+    rows = []
+    for name in THROUGHPUT_MODELS:
+        spec = MODELS[name]
+        for batching in (False, True):
+            model = name + ("_b" if batching else "_nb")
+            for level in levels:
+                for client in clients:
+                    if client == "edgecut" and level not in levels_for_edgecut_client(levels):
+                        continue
+                    progress(f"{server_name} {model} {level} clients ({client} client)")
+                    before = _batch_histogram(server.address, tls, model)
+                    result = run_load_pinned(LoadSpec(
+                        client=client, address=server.address, tls_dir=str(tls), model=model,
+                        row_shape=spec.row_shape, clients=level, duration_s=timing.duration_s,
+                        warmup_s=timing.warmup_s, check_output=check_output))
+                    hist = _diff(_batch_histogram(server.address, tls, model), before)
+                    rows.append({"server": server_name, "client": client, "model": name,
+                                 "batching": batching, "clients": level,
+                                 "batch_histogram": hist, **asdict(result)})
+    return rows
+
+
+_EDGECUT_CLIENT_LEVELS: list[int] = []
+
+
+def levels_for_edgecut_client(levels: list[int]) -> list[int]:
+    return _EDGECUT_CLIENT_LEVELS or levels
+
+
+def _sizes_to_measure(rows: list[dict], model: str, cap: int = 16) -> list[int]:
+    weight: dict[int, int] = {}
+    for r in rows:
+        if r["model"] == model:
+            for b, n in r["batch_histogram"].items():
+                weight[int(b)] = weight.get(int(b), 0) + int(b) * n
+    chosen = {1, MAX_BATCH} | set(sorted(weight, key=lambda b: -weight[b])[:cap])
+    return sorted(chosen)
+
+
+def _seconds_at(t: dict[int, float], b: int) -> float:
+    if b in t:
+        return t[b]
+    lower = max((k for k in t if k < b), default=min(t))
+    upper = min((k for k in t if k > b), default=max(t))
+    if lower == upper:
+        return t[lower] * b / lower
+    f = (b - lower) / (upper - lower)
+    return t[lower] + f * (t[upper] - t[lower])
+
+
+def ort_limit_rps(t: dict[int, float], hist: dict[int, int]) -> float | None:
+    """Rows/s onnxruntime alone reaches running exactly this mix of batch sizes."""
+    rows = sum(b * n for b, n in hist.items())
+    seconds = sum(n * _seconds_at(t, b) for b, n in hist.items())
+    return rows / seconds if seconds > 0 else None
+
+
+def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[int],
+               timing: Timing, triton_home: Path | None, triton_error: str | None,
+               progress: Progress) -> dict:
+    tls, repo, trepo = prepare(workdir)
+    _EDGECUT_CLIENT_LEVELS[:] = edgecut_client_levels
+    rows: list[dict] = []
+    server_rss: dict[str, int] = {}
+    with endpoint_process(repo, tls, workdir=workdir) as edgecut:
+        rows += _run_server_levels(edgecut, "edgecut", tls, levels, ["triton", "edgecut"],
+                                   timing, progress)
+        server_rss["edgecut"] = edgecut.rss_bytes()
+    triton_status = triton_error
+    if triton_home is not None and triton_error is None:
+        try:
+            progress("starting tritonserver")
+            with TritonProcess(triton_home, trepo, tls, workdir=workdir) as triton:
+                rows += _run_server_levels(triton, "triton", tls, levels, ["triton"], timing,
+                                           progress, check_output=False)
+                server_rss["triton"] = triton.rss_bytes()
+        except (TritonUnavailable, OSError) as exc:
+            triton_status = str(exc)
+    ort: dict[str, dict[int, float]] = {}
+    for name in THROUGHPUT_MODELS:
+        sizes = _sizes_to_measure(rows, name)
+        progress(f"onnxruntime alone: {name} at batch sizes {sizes}")
+        ort[name] = ort_alone(workdir / "onnx" / f"{name}.onnx", sizes,
+                              seconds=timing.ort_seconds)
+    for r in rows:
+        hist = {int(b): n for b, n in r["batch_histogram"].items()}
+        limit = ort_limit_rps(ort[r["model"]], hist) if hist else None
+        r["mean_batch"] = (sum(b * n for b, n in hist.items()) / sum(hist.values())
+                           if hist else None)
+        r["ort_limit_rps"] = limit
+        r["vs_ort"] = r["throughput_rps"] / limit if limit else None
+        r["ort_batch1_rps"] = 1.0 / ort[r["model"]][1]
+    return {"rows": rows, "ort_seconds_per_run": {m: {str(b): s for b, s in t.items()}
+                                                   for m, t in ort.items()},
+            "server_rss_bytes": server_rss, "triton_unavailable": triton_status}
+
+
+def _find(rows: list[dict], **want: Any) -> dict | None:
+    for r in rows:
+        if all(r.get(k) == v for k, v in want.items()):
+            return r
+    return None
+
+
+def summarise_throughput(section: dict, *, level: int) -> dict:
+    """The headline ratios, each at `level` clients with tritonclient driving both servers."""
+    rows = section["rows"]
+    out: dict[str, Any] = {}
+    ratios = {}
+    for name in THROUGHPUT_MODELS:
+        for batching in (False, True):
+            r = _find(rows, server="edgecut", client="triton", model=name, batching=batching,
+                      clients=level)
+            if r and r["vs_ort"] is not None:
+                ratios[f"{name}/{'on' if batching else 'off'}"] = r["vs_ort"]
+    out["server_vs_ort_by_model"] = ratios
+    out["server_vs_ort"] = ratios.get("small_cnn/on")
+    gains = {}
+    for name in THROUGHPUT_MODELS:
+        off = _find(rows, server="edgecut", client="triton", model=name, batching=False,
+                    clients=level)
+        on = _find(rows, server="edgecut", client="triton", model=name, batching=True,
+                   clients=level)
+        if off and on and on["ort_limit_rps"] and off["throughput_rps"]:
+            server_gain = on["throughput_rps"] / off["throughput_rps"]
+            ort_gain = on["ort_limit_rps"] / on["ort_batch1_rps"]
+            gains[name] = {"server_gain": server_gain, "ort_gain": ort_gain,
+                           "ratio": server_gain / ort_gain, "mean_batch": on["mean_batch"]}
+    out["batching_gain_by_model"] = gains
+    out["batching_gain_vs_ort_gain"] = (gains.get("wide_mlp") or {}).get("ratio")
+    vs_triton = {}
+    for name in THROUGHPUT_MODELS:
+        for batching in (False, True):
+            e = _find(rows, server="edgecut", client="triton", model=name, batching=batching,
+                      clients=level)
+            t = _find(rows, server="triton", client="triton", model=name, batching=batching,
+                      clients=level)
+            if e and t and t["throughput_rps"]:
+                vs_triton[f"{name}/{'on' if batching else 'off'}"] = (
+                    e["throughput_rps"] / t["throughput_rps"])
+    out["server_vs_triton_by_model"] = vs_triton
+    out["server_vs_triton"] = vs_triton.get("small_cnn/on")
+    triton_row = _find(rows, server="triton", model="small_cnn", batching=True, clients=level)
+    out["triton_vs_ort"] = triton_row["vs_ort"] if triton_row else None
+    return out
+
+
+# -- memory ----------------------------------------------------------------------------
+
+
+def memory(workdir: Path, *, k: int, variants: list[str], progress: Progress) -> dict:
+    base = workdir / "memory"
+    for i in range(k):
+        path = base / "tails" / f"deep_mlp.cut{i}" / "1" / "model.onnx"
+        if not path.exists():
+            save(mlp_tail(i), path)
+    full = base / "full" / "deep_mlp" / "1" / "model.onnx"
+    if not full.exists():
+        save(mlp_tail(0), full)
+    out: dict[str, Any] = {"k": k, "weights_mib": 32, "variants": {}}
+    for variant in variants:
+        progress(f"memory: {variant}")
+        added = {}
+        for which in ("full", "tails"):
+            res = run_json("benchmarks.serving.memory",
+                           [str(base / which), "--variant", variant, "--intra-op-threads", "1"],
+                           core=0, timeout_s=300)
+            added[which] = res["rss_added_bytes"]
+        out["variants"][variant] = {"full_mib": added["full"] / 2**20,
+                                    "tails_mib": added["tails"] / 2**20,
+                                    "ratio": added["tails"] / added["full"]}
+    out["tails_rss_ratio"] = out["variants"].get("repository", {}).get("ratio")
+    return out
+
+
+# -- channel ---------------------------------------------------------------------------
+
+
+def channel(workdir: Path, *, seconds: float, progress: Progress) -> dict:
+    from .models import MODELS as _M
+
+    tls = workdir / "tls"
+    if not (tls / "ca.crt").exists():
+        init_ca(tls)
+    repo = workdir / "channel_repo"
+    spec = _M["sink"]
+    model = spec.build()
+    write_model(repo, "sink", spec, model, batching=False)
+    out: dict[str, Any] = {"nbytes": 4 << 20, "runs": {}}
+    for label, env in (("default_malloc", None), ("tuned_malloc", MALLOC_ENV)):
+        with endpoint_process(repo, tls, workdir=workdir, env=env) as ep, \
+                PinnedServer("benchmarks.serving.channel", ["serve", "--tls", str(tls)],
+                             workdir=workdir, env=env) as bare:
+            for kind, address in (("bare", bare.address), ("edgecut", ep.address),
+                                  ("triton", ep.address)):
+                progress(f"channel: {kind} ({label})")
+                res = run_json("benchmarks.serving.channel", ["call", _json({
+                    "kind": kind, "address": address, "tls_dir": str(tls), "model": "sink",
+                    "nbytes": 4 << 20, "seconds": seconds})], core=1, timeout_s=seconds + 120,
+                    env=env)
+                out["runs"][f"{kind}/{label}"] = res
+    for label in ("default_malloc", "tuned_malloc"):
+        bare = out["runs"][f"bare/{label}"]["mb_per_s"]
+        out[f"edgecut_vs_bare_{label}"] = out["runs"][f"edgecut/{label}"]["mb_per_s"] / bare
+        out[f"tritonclient_vs_bare_{label}"] = out["runs"][f"triton/{label}"]["mb_per_s"] / bare
+    out["channel_vs_bare_grpc"] = out["edgecut_vs_bare_default_malloc"]
+    return out
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+# -- canary ----------------------------------------------------------------------------
+
+
+def _control(address: str, tls: Path, name: str, **params: Any) -> None:
+    import grpc
+
+    from edgecut.protocol import grpc_service_pb2 as pb
+    from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+    from edgecut.protocol.tls import channel_credentials
+
+    with grpc.secure_channel(address, channel_credentials(tls)) as ch:
+        request = pb.RepositoryModelLoadRequest(model_name=name)
+        for key, value in params.items():
+            p = request.parameters[key]
+            if isinstance(value, bool):
+                p.bool_param = value
+            elif isinstance(value, int):
+                p.int64_param = value
+            else:
+                p.string_param = str(value)
+        GRPCInferenceServiceStub(ch).RepositoryModelLoad(request, timeout=30)
+
+
+def canary(workdir: Path, *, seconds: float, clients: int, progress: Progress) -> dict:
+    """Under load: canary v2 30 %, 60 %, rollback, canary v2 20 %, promote."""
+    tls, _, _ = prepare(workdir)
+    repo = workdir / "canary_repo"
+    spec = MODELS["small_cnn"]
+    model = spec.build()
+    folder = write_model(repo, "cnn", spec, model, batching=True)
+    (folder / "2").mkdir(exist_ok=True)
+    save(model, folder / "2" / "model.onnx")
+    with open(folder / "config.pbtxt", "a") as f:
+        f.write("version_policy: { specific: { versions: [1] } }\n")
+    steps = [("canary 30%", {"edgecut_canary_version": 2, "edgecut_canary_percent": 30}),
+             ("canary 60%", {"edgecut_canary_version": 2, "edgecut_canary_percent": 60}),
+             ("rollback", {"edgecut_rollback": True}),
+             ("canary 20%", {"edgecut_canary_version": 2, "edgecut_canary_percent": 20}),
+             ("promote", {"edgecut_promote": True})]
+    done: list[dict] = []
+    with endpoint_process(repo, tls, workdir=workdir) as ep:
+        results: dict[str, Any] = {}
+
+        def load(client: str) -> None:
+            results[client] = run_load_pinned(LoadSpec(
+                client=client, address=ep.address, tls_dir=str(tls), model="cnn",
+                row_shape=spec.row_shape, clients=clients, duration_s=seconds, warmup_s=0.5))
+
+        threads = [threading.Thread(target=load, args=(c,)) for c in ("triton", "edgecut")]
+        for t in threads:
+            t.start()
+        time.sleep(1.5 + seconds / (len(steps) + 1))
+        for label, params in steps:
+            progress(f"canary under load: {label}")
+            started = time.perf_counter()
+            error = None
+            try:
+                _control(ep.address, tls, "cnn", **params)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            done.append({"step": label, "ms": (time.perf_counter() - started) * 1e3,
+                         "error": error})
+            time.sleep(seconds / (len(steps) + 1))
+        for t in threads:
+            t.join(timeout=seconds + 120)
+        per_version = _per_version(ep.address, tls, "cnn")
+    loads = {c: asdict(r) for c, r in results.items()}
+    return {"steps": done, "loads": loads, "per_version_inferences": per_version,
+            "failed_requests": sum(r["failures"] for r in loads.values()),
+            "completed_requests": sum(r["requests"] for r in loads.values())}
+
+
+def _per_version(address: str, tls: Path, name: str) -> dict[str, int]:
+    import tritonclient.grpc as tc
+
+    client = tc.InferenceServerClient(address, ssl=True, root_certificates=str(tls / "ca.crt"))
+    try:
+        stats = client.get_inference_statistics(name, client_timeout=10)
+    finally:
+        client.close()
+    return {e.version: int(e.inference_count) for e in stats.model_stats}
+
+
+# -- soak ------------------------------------------------------------------------------
+
+
+def soak(workdir: Path, *, seconds: float, capacity_rps: float, clients: int,
+         progress: Progress, sample_every_s: float = 5.0) -> dict:
+    """`seconds` at 80 % of `capacity_rps` (small CNN, batching on) on a fresh endpoint."""
+    tls, repo, _ = prepare(workdir)
+    spec = MODELS["small_cnn"]
+    rate = 0.8 * capacity_rps
+    samples: list[tuple[float, int]] = []
+    with endpoint_process(repo, tls, workdir=workdir) as ep:
+        stop = threading.Event()
+        box: dict[str, Any] = {}
+
+        def load() -> None:
+            box["result"] = run_load_pinned(LoadSpec(
+                client="triton", address=ep.address, tls_dir=str(tls), model="small_cnn_b",
+                row_shape=spec.row_shape, clients=clients, duration_s=seconds, warmup_s=2.0,
+                rate_per_s=rate))
+            stop.set()
+
+        thread = threading.Thread(target=load)
+        thread.start()
+        start = time.perf_counter()
+        while not stop.wait(sample_every_s):
+            samples.append((time.perf_counter() - start, ep.rss_bytes()))
+            if len(samples) % 6 == 0:
+                progress(f"soak: {samples[-1][0]:.0f}/{seconds:.0f} s, "
+                         f"RSS {samples[-1][1] / 2**20:.0f} MiB")
+        thread.join(timeout=seconds + 180)
+    result = asdict(box["result"])
+    # Growth from the first sample after the first 10 % (warm: arena and pools are sized).
+    warm = [s for s in samples if s[0] >= max(sample_every_s, 0.1 * seconds)]
+    first = warm[0][1] if warm else (samples[0][1] if samples else 0)
+    last = samples[-1][1] if samples else 0
+    return {"seconds": seconds, "target_rps": rate, "capacity_rps": capacity_rps,
+            "achieved_rps": result["throughput_rps"], "failures": result["failures"],
+            "requests": result["requests"], "p50_ms": result["p50_ms"],
+            "p99_ms": result["p99_ms"], "late_ms_p99": result["late_ms_p99"],
+            "rss_start_mib": first / 2**20, "rss_end_mib": last / 2**20,
+            "rss_max_mib": max((s[1] for s in samples), default=0) / 2**20,
+            "rss_growth": (last / first - 1) if first else None,
+            "rss_samples": [(round(t, 1), b) for t, b in samples]}
