@@ -83,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="pip download nvidia-pytriton into --triton if it is not there")
     p.add_argument("--no-triton", action="store_true")
     p.add_argument("--levels", default="1,8,32,128", help="concurrent clients")
+    p.add_argument("--models", default=",".join(suite.THROUGHPUT_MODELS),
+                   help="throughput models (small_cnn, wide_mlp)")
+    p.add_argument("--seconds", type=float, help="measured window per load level (default: "
+                   "2 with --quick, else 5)")
+    p.add_argument("--memory-variants", default=",".join(VARIANTS))
     p.add_argument("--headline-clients", type=int, default=32)
     p.add_argument("--sections", default="throughput,memory,channel,canary")
     p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
@@ -95,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(x) for x in args.levels.split(",")]
     timing = (suite.Timing(duration_s=2.0, warmup_s=0.5, ort_seconds=0.3) if args.quick
               else suite.Timing(duration_s=5.0, warmup_s=1.0, ort_seconds=1.0))
+    if args.seconds:
+        timing = suite.Timing(duration_s=args.seconds, warmup_s=min(timing.warmup_s, args.seconds),
+                              ort_seconds=min(timing.ort_seconds, args.seconds))
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="edgecut-serving-"))
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -122,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         edgecut_levels = [args.headline_clients] if args.quick else levels
         section = suite.throughput(workdir, levels=levels, edgecut_client_levels=edgecut_levels,
                                    timing=timing, triton_home=home, triton_error=error,
-                                   progress=progress)
+                                   progress=progress, models=tuple(args.models.split(",")))
         summary = suite.summarise_throughput(section, level=args.headline_clients)
         out["throughput"] = section
         out["throughput_summary"] = summary
@@ -131,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         save()
         print_throughput(section)
     if "memory" in sections:
-        out["memory"] = suite.memory(workdir, k=8, variants=list(VARIANTS), progress=progress)
+        out["memory"] = suite.memory(workdir, k=8, variants=args.memory_variants.split(","),
+                                     progress=progress)
         out["tails_rss_ratio_8"] = out["memory"]["tails_rss_ratio"]
         save()
         table = Table(title="RSS added: 8 tails of a 32 MiB MLP vs the full model (MiB)")

@@ -5,10 +5,11 @@
 prints one JSON line: requests and failures in the measured window, throughput (rows/s),
 p50/p99 latency (ms), and the first few error messages. `client` is `triton` (stock
 `tritonclient.grpc`, a real peer client) or `edgecut` (the device's own CloudClient); both
-speak TLS with the fleet's CA. `clients` threads each keep one request in flight (closed
-loop); with `rate_per_s` they send on a fixed schedule instead (open loop, for the soak) and
-fall behind rather than drop when the server is slower. Every loop is bounded in time
-(`warmup_s` + `duration_s`) and count (`max_requests`).
+speak TLS with the fleet's CA. `bare` sends the same bytes to channel.py's bare grpcio
+handler (no model): the floor of a Python gRPC server on this core. `clients` threads each
+keep one request in flight (closed loop); with `rate_per_s` they send on a fixed schedule
+instead (open loop, for the soak) and fall behind rather than drop when the server is
+slower. Every loop is bounded in time (`warmup_s` + `duration_s`) and count (`max_requests`).
 
 Channels: one per client thread up to `channels` (default 16), shared round-robin beyond.
 """
@@ -95,8 +96,27 @@ def _make_call(spec: LoadSpec) -> Any:
             if out.shape[0] != 1:
                 raise RuntimeError(f"bad output {out.shape}")
             return True
+    elif spec.client == "bare":
+        import grpc
+
+        from edgecut.protocol.tls import channel_credentials
+
+        from .channel import BARE_METHOD, MAX_MESSAGE
+
+        payload = x.tobytes()
+
+        def make() -> Any:
+            channel = grpc.secure_channel(
+                spec.address, channel_credentials(Path(spec.tls_dir)),
+                options=[("grpc.max_send_message_length", MAX_MESSAGE)])
+            return channel.unary_unary(BARE_METHOD)
+
+        def call(client: Any) -> bool:
+            if client(payload, timeout=spec.timeout_s) != b"ok":
+                raise RuntimeError("bare call: bad answer")
+            return True
     else:
-        raise ValueError(f"client must be 'triton' or 'edgecut', got {spec.client!r}")
+        raise ValueError(f"client must be 'triton', 'edgecut' or 'bare', got {spec.client!r}")
     return make, call
 
 

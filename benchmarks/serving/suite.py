@@ -45,13 +45,14 @@ class Timing:
     ort_seconds: float  # per batch size, onnxruntime alone
 
 
-def prepare(workdir: Path) -> tuple[Path, Path, Path]:
+def prepare(workdir: Path, models: tuple[str, ...] = THROUGHPUT_MODELS
+            ) -> tuple[Path, Path, Path]:
     """TLS files, the edgecut repository and the Triton (Python backend) repository."""
     tls = workdir / "tls"
     if not (tls / "ca.crt").exists():
         init_ca(tls)
     repo, trepo = workdir / "repo", workdir / "triton_repo"
-    for name in THROUGHPUT_MODELS:
+    for name in models:
         spec = MODELS[name]
         model = spec.build()
         save(model, workdir / "onnx" / f"{name}.onnx")
@@ -82,10 +83,10 @@ def _diff(after: dict[int, int], before: dict[int, int]) -> dict[int, int]:
 
 
 def _run_server_levels(server: Any, server_name: str, tls: Path, levels: list[int],
-                       clients: list[str], timing: Timing, progress: Progress,
-                       check_output: bool = True) -> list[dict]:
+                       clients: list[str], timing: Timing, progress: Progress, *,
+                       models: tuple[str, ...], check_output: bool = True) -> list[dict]:
     rows = []
-    for name in THROUGHPUT_MODELS:
+    for name in models:
         spec = MODELS[name]
         for batching in (False, True):
             model = name + ("_b" if batching else "_nb")
@@ -143,27 +144,40 @@ def ort_limit_rps(t: dict[int, float], hist: dict[int, int]) -> float | None:
 
 def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[int],
                timing: Timing, triton_home: Path | None, triton_error: str | None,
-               progress: Progress) -> dict:
-    tls, repo, trepo = prepare(workdir)
+               progress: Progress, models: tuple[str, ...] = THROUGHPUT_MODELS) -> dict:
+    tls, repo, trepo = prepare(workdir, models)
     _EDGECUT_CLIENT_LEVELS[:] = edgecut_client_levels
     rows: list[dict] = []
     server_rss: dict[str, int] = {}
     with endpoint_process(repo, tls, workdir=workdir) as edgecut:
         rows += _run_server_levels(edgecut, "edgecut", tls, levels, ["triton", "edgecut"],
-                                   timing, progress)
+                                   timing, progress, models=models)
         server_rss["edgecut"] = edgecut.rss_bytes()
+    # The floor of any grpcio (Python) server here: the same request bytes, no model, no OIP.
+    with PinnedServer("benchmarks.serving.channel", ["serve", "--tls", str(tls)],
+                      workdir=workdir) as bare:
+        spec = MODELS[models[0]]
+        for level in levels:
+            progress(f"bare grpcio handler, {spec.name} payload, {level} clients")
+            result = run_load_pinned(LoadSpec(
+                client="bare", address=bare.address, tls_dir=str(tls), model="",
+                row_shape=spec.row_shape, clients=level, duration_s=timing.duration_s,
+                warmup_s=timing.warmup_s))
+            rows.append({"server": "bare-grpcio", "client": "bare", "model": spec.name,
+                         "batching": False, "clients": level, "batch_histogram": {},
+                         **asdict(result)})
     triton_status = triton_error
     if triton_home is not None and triton_error is None:
         try:
             progress("starting tritonserver")
             with TritonProcess(triton_home, trepo, tls, workdir=workdir) as triton:
                 rows += _run_server_levels(triton, "triton", tls, levels, ["triton"], timing,
-                                           progress, check_output=False)
+                                           progress, models=models, check_output=False)
                 server_rss["triton"] = triton.rss_bytes()
         except (TritonUnavailable, OSError) as exc:
             triton_status = str(exc)
     ort: dict[str, dict[int, float]] = {}
-    for name in THROUGHPUT_MODELS:
+    for name in models:
         sizes = _sizes_to_measure(rows, name)
         progress(f"onnxruntime alone: {name} at batch sizes {sizes}")
         ort[name] = ort_alone(workdir / "onnx" / f"{name}.onnx", sizes,
@@ -176,6 +190,9 @@ def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[
         r["ort_limit_rps"] = limit
         r["vs_ort"] = r["throughput_rps"] / limit if limit else None
         r["ort_batch1_rps"] = 1.0 / ort[r["model"]][1]
+        if r["server"] == "bare-grpcio":  # no model ran: what would be left for one
+            r["ort_limit_rps"] = r["ort_batch1_rps"]
+            r["vs_ort"] = None
     return {"rows": rows, "ort_seconds_per_run": {m: {str(b): s for b, s in t.items()}
                                                    for m, t in ort.items()},
             "server_rss_bytes": server_rss, "triton_unavailable": triton_status}
@@ -189,20 +206,24 @@ def _find(rows: list[dict], **want: Any) -> dict | None:
 
 
 def summarise_throughput(section: dict, *, level: int) -> dict:
-    """The headline ratios, each at `level` clients with tritonclient driving both servers."""
+    """The headline ratios, each at `level` clients with tritonclient driving both servers:
+    server_vs_ort and server_vs_triton on the small CNN with batching on (Triton's own
+    setting), batching_gain_vs_ort_gain on the wide MLP (where batching pays on one core);
+    the `_by_model` dicts hold every model and mode."""
     rows = section["rows"]
+    models = tuple(dict.fromkeys(r["model"] for r in rows))
     out: dict[str, Any] = {}
     ratios = {}
-    for name in THROUGHPUT_MODELS:
+    for name in models:
         for batching in (False, True):
             r = _find(rows, server="edgecut", client="triton", model=name, batching=batching,
                       clients=level)
             if r and r["vs_ort"] is not None:
                 ratios[f"{name}/{'on' if batching else 'off'}"] = r["vs_ort"]
     out["server_vs_ort_by_model"] = ratios
-    out["server_vs_ort"] = ratios.get("small_cnn/on")
+    out["server_vs_ort"] = ratios.get("small_cnn/on", next(iter(ratios.values()), None))
     gains = {}
-    for name in THROUGHPUT_MODELS:
+    for name in models:
         off = _find(rows, server="edgecut", client="triton", model=name, batching=False,
                     clients=level)
         on = _find(rows, server="edgecut", client="triton", model=name, batching=True,
@@ -213,9 +234,10 @@ def summarise_throughput(section: dict, *, level: int) -> dict:
             gains[name] = {"server_gain": server_gain, "ort_gain": ort_gain,
                            "ratio": server_gain / ort_gain, "mean_batch": on["mean_batch"]}
     out["batching_gain_by_model"] = gains
-    out["batching_gain_vs_ort_gain"] = (gains.get("wide_mlp") or {}).get("ratio")
+    headline = gains.get("wide_mlp") or next(iter(gains.values()), {})
+    out["batching_gain_vs_ort_gain"] = headline.get("ratio")
     vs_triton = {}
-    for name in THROUGHPUT_MODELS:
+    for name in models:
         for batching in (False, True):
             e = _find(rows, server="edgecut", client="triton", model=name, batching=batching,
                       clients=level)
@@ -225,7 +247,8 @@ def summarise_throughput(section: dict, *, level: int) -> dict:
                 vs_triton[f"{name}/{'on' if batching else 'off'}"] = (
                     e["throughput_rps"] / t["throughput_rps"])
     out["server_vs_triton_by_model"] = vs_triton
-    out["server_vs_triton"] = vs_triton.get("small_cnn/on")
+    out["server_vs_triton"] = vs_triton.get("small_cnn/on",
+                                            next(iter(vs_triton.values()), None))
     triton_row = _find(rows, server="triton", model="small_cnn", batching=True, clients=level)
     out["triton_vs_ort"] = triton_row["vs_ort"] if triton_row else None
     return out
@@ -324,7 +347,7 @@ def _control(address: str, tls: Path, name: str, **params: Any) -> None:
 
 def canary(workdir: Path, *, seconds: float, clients: int, progress: Progress) -> dict:
     """Under load: canary v2 30 %, 60 %, rollback, canary v2 20 %, promote."""
-    tls, _, _ = prepare(workdir)
+    tls, _, _ = prepare(workdir, ("small_cnn",))
     repo = workdir / "canary_repo"
     spec = MODELS["small_cnn"]
     model = spec.build()
@@ -388,7 +411,7 @@ def _per_version(address: str, tls: Path, name: str) -> dict[str, int]:
 def soak(workdir: Path, *, seconds: float, capacity_rps: float, clients: int,
          progress: Progress, sample_every_s: float = 5.0) -> dict:
     """`seconds` at 80 % of `capacity_rps` (small CNN, batching on) on a fresh endpoint."""
-    tls, repo, _ = prepare(workdir)
+    tls, repo, _ = prepare(workdir, ("small_cnn",))
     spec = MODELS["small_cnn"]
     rate = 0.8 * capacity_rps
     samples: list[tuple[float, int]] = []

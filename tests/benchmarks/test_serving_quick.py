@@ -1,0 +1,51 @@
+"""benchmarks/serving.py's building blocks, for real and tiny: one load level for 1 s per
+client kind against the endpoint on core 0 (clients on core 1), onnxruntime alone at the
+batch sizes formed, and the memory probe. Checks the JSON keys and that no request failed;
+asserts no timing (benchmarks measure, tests check behaviour)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+KEYS = ("batching_gain_vs_ort_gain", "server_vs_ort", "server_vs_triton", "tails_rss_ratio_8",
+        "channel_vs_bare_grpc")
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("taskset") is None or (os.cpu_count() or 1) < 2,
+    reason="needs taskset and 2 cores (server and load generator pinned apart)")
+
+
+def test_quick_smoke_writes_the_keys_and_fails_no_request(tmp_path: Path) -> None:
+    out = tmp_path / "serving.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "serving.py"), "--quick", "--out", str(out),
+         "--workdir", str(tmp_path / "work"), "--levels", "2", "--headline-clients", "2",
+         "--models", "small_cnn", "--sections", "throughput,memory",
+         "--memory-variants", "repository", "--no-triton", "--seconds", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["complete"] is True
+    for key in KEYS:
+        assert key in result
+    rows = result["throughput"]["rows"]
+    # batching off and on, each driven by tritonclient and by edgecut's own client
+    assert {(r["batching"], r["client"]) for r in rows} == {
+        (False, "triton"), (False, "edgecut"), (True, "triton"), (True, "edgecut")}
+    for row in rows:
+        assert row["failures"] == 0, row["errors"]
+        assert row["requests"] > 0
+        assert row["ort_limit_rps"] > 0
+    assert result["server_vs_ort"] > 0
+    assert result["batching_gain_vs_ort_gain"] > 0
+    assert result["server_vs_triton"] is None  # --no-triton: the column is skipped, said why
+    assert result["throughput"]["triton_unavailable"] == "--no-triton"
+    assert result["tails_rss_ratio_8"] > 0
