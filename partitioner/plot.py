@@ -26,7 +26,7 @@ def plot_envelope(planned: Any, path: str | os.PathLike[str], *, max_lines: int 
     try:
         import matplotlib
     except ImportError as exc:
-        raise UserInputError("--plot needs matplotlib: pip install "edgecut[plot]"") from exc
+        raise UserInputError("--plot needs matplotlib: pip install 'edgecut[plot]'") from exc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
