@@ -59,15 +59,20 @@ def _fmt(value: object, digits: int = 2) -> str:
 def print_throughput(section: dict) -> None:
     table = Table(title="Throughput (rows/s) and latency (ms); server on core 0, clients on core 1")
     for col in ("server", "client", "model", "batching", "clients", "rows/s", "p50", "p99",
-                "mean batch", "ORT alone rows/s", "vs ORT", "failed", "empty out"):
+                "mean batch", "ORT alone rows/s", "vs ORT", "failed", "empty out", "others' CPU"):
         table.add_column(col, justify="right")
     for r in section["rows"]:
         table.add_row(r["server"], r["client"], r["model"], "on" if r["batching"] else "off",
                       str(r["clients"]), f"{r['throughput_rps']:.0f}", _fmt(r["p50_ms"], 1),
                       _fmt(r["p99_ms"], 1), _fmt(r["mean_batch"], 1),
                       _fmt(r["ort_limit_rps"], 0), _fmt(r["vs_ort"]), str(r["failures"]),
-                      str(r["empty_outputs"]))
+                      str(r["empty_outputs"]), f"{100 * r.get('foreign_cpu', 0):.0f}%")
     console.print(table)
+    busy = [r for r in section["rows"] if r.get("foreign_cpu", 0) > 0.05]
+    if busy or any(f > 0.05 for f in section.get("ort_foreign_cpu", {}).values()):
+        console.print(f"[yellow]{len(busy)} rows ran while other processes used > 5% of the "
+                      f"machine's CPU ('others' CPU'; onnxruntime alone: "
+                      f"{section.get('ort_foreign_cpu')}): their timings are disturbed")
     if section.get("triton_unavailable"):
         console.print(f"[yellow]Triton column skipped: {section['triton_unavailable']}")
 
@@ -130,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         edgecut_levels = [args.headline_clients] if args.quick else levels
         section = suite.throughput(workdir, levels=levels, edgecut_client_levels=edgecut_levels,
                                    timing=timing, triton_home=home, triton_error=error,
-                                   progress=progress, models=tuple(args.models.split(",")))
+                                   progress=progress, models=tuple(args.models.split(",")),
+                                   unshared_levels=(args.headline_clients,))
         summary = suite.summarise_throughput(section, level=args.headline_clients)
         out["throughput"] = section
         out["throughput_summary"] = summary
@@ -185,9 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         s = out["soak"]
         console.print(f"soak {s['seconds']:.0f} s at {s['target_rps']:.0f} req/s (80% of "
                       f"{s['capacity_rps']:.0f}): achieved {s['achieved_rps']:.0f}, "
-                      f"{s['failures']} failures, p99 {s['p99_ms']:.1f} ms, RSS "
-                      f"{s['rss_start_mib']:.0f} -> {s['rss_end_mib']:.0f} MiB "
-                      f"({100 * (s['rss_growth'] or 0):+.1f}%)")
+                      f"{s['failures']} failures, p99 {s['p99_ms']:.1f} ms (from schedule "
+                      f"{s['p99_from_schedule_ms']:.1f} ms), RSS {s['rss_start_mib']:.0f} -> "
+                      f"{s['rss_end_mib']:.0f} MiB ({100 * (s['rss_growth'] or 0):+.1f}%; second "
+                      f"half {100 * (s['rss_growth_second_half'] or 0):+.1f}%)")
     out["complete"] = True
     out["elapsed_s"] = time.time() - started
     save()

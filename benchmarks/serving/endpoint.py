@@ -12,6 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from edgecut.cloud.repository import ModelRepository
 from edgecut.cloud.server import serve
 
 
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=160)
     p.add_argument("--max-concurrent-rpcs", type=int, default=512)
     p.add_argument("--max-queue-size", type=int, default=512)
+    p.add_argument("--no-share-weights", action="store_true",
+                   help="ModelRepository(share_weights=False): onnxruntime pre-packs weights")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -31,7 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp.write_text(str(server.port))  # type: ignore[attr-defined]
         tmp.rename(args.port_file)
 
-    serve(args.repository, address="127.0.0.1:0", tls_dir=args.tls, workers=args.workers,
+    repository = ModelRepository(args.repository, intra_op_threads=1,
+                                 share_weights=not args.no_share_weights)
+    serve(repository, address="127.0.0.1:0", tls_dir=args.tls, workers=args.workers,
           intra_op_threads=1, max_concurrent_rpcs=args.max_concurrent_rpcs,
           max_queue_size=args.max_queue_size, request_log_level=None, on_started=started,
           grace_s=5.0)

@@ -61,6 +61,9 @@ class LoadResult:
     window_s: float
     late_ms_p99: float = 0.0  # open loop: how far behind schedule sends went
     empty_outputs: int = 0
+    # open loop: latency counted from when the request was due, not when it was sent (a
+    # generator that fell behind would otherwise hide the wait: coordinated omission)
+    p99_from_schedule_ms: float = 0.0
     errors: list[str] = field(default_factory=list)
 
 
@@ -128,6 +131,7 @@ def run_load(spec: LoadSpec) -> LoadResult:
     lock = threading.Lock()
     done: list[tuple[float, float]] = []  # (finished at, latency s)
     late: list[float] = []
+    from_schedule: list[float] = []
     errors: list[str] = []
     failures = 0
     empty = 0
@@ -142,6 +146,7 @@ def run_load(spec: LoadSpec) -> LoadResult:
         k = 0
         while True:
             now = time.perf_counter()
+            due = now
             if spec.rate_per_s:
                 due = start + (i + k * spec.clients) / spec.rate_per_s
                 k += 1
@@ -170,6 +175,8 @@ def run_load(spec: LoadSpec) -> LoadResult:
             with lock:
                 done.append((end, end - now))
                 empty += not full
+                if spec.rate_per_s and window_start <= end <= stop_at:
+                    from_schedule.append(end - due)
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True)
                for i in range(spec.clients)]
@@ -186,6 +193,8 @@ def run_load(spec: LoadSpec) -> LoadResult:
         p50_ms=float(np.percentile(lat_ms, 50)), p99_ms=float(np.percentile(lat_ms, 99)),
         mean_ms=float(np.mean(lat_ms)), window_s=spec.duration_s,
         late_ms_p99=float(np.percentile(late_ms, 99)), errors=errors, empty_outputs=empty,
+        p99_from_schedule_ms=float(np.percentile(np.array(from_schedule) * 1e3, 99))
+        if from_schedule else 0.0,
     )
 
 

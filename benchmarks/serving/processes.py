@@ -22,8 +22,8 @@ import psutil
 
 from .loadgen import LoadResult, LoadSpec
 
-__all__ = ["CLIENT_CORE", "MALLOC_ENV", "REPO", "SERVER_CORE", "PinnedServer", "endpoint_process",
-           "ort_alone", "run_json", "run_load_pinned"]
+__all__ = ["CLIENT_CORE", "MALLOC_ENV", "REPO", "SERVER_CORE", "ForeignCpu", "PinnedServer",
+           "endpoint_process", "ort_alone", "run_json", "run_load_pinned"]
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_CORE = 0
@@ -72,6 +72,70 @@ def ort_alone(model: Path, batch_sizes: list[int], *, seconds: float) -> dict[in
                    [str(model), "--batch-sizes", ",".join(map(str, batch_sizes)),
                     "--seconds", str(seconds)], core=SERVER_CORE, timeout_s=timeout)
     return {int(k): float(v) for k, v in out.items()}
+
+
+def _busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(x) for x in fields]
+    busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)  # minus idle, iowait
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _tree_cpu_s(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+class ForeignCpu:
+    """CPU seconds other people's processes used while a measurement ran.
+
+    The machine's busy time (/proc/stat) minus this process, its finished children (the load
+    generators: RUSAGE_CHILDREN) and the server's process tree. On a quiet machine it stays
+    near 0; anything else on either core shows up here, and in the timings.
+
+        with ForeignCpu(server_pid) as foreign: ...;  foreign.seconds
+    """
+
+    def __init__(self, server_pid: int | None = None) -> None:
+        self._pid = server_pid
+        self.seconds = 0.0
+        self.wall_s = 0.0
+
+    def _mine(self) -> float:
+        import resource
+
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+                + _tree_cpu_s(self._pid))
+
+    def __enter__(self) -> ForeignCpu:
+        self._start = (time.perf_counter(), _busy_cpu_s(), self._mine())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall, busy, mine = self._start
+        self.wall_s = time.perf_counter() - wall
+        self.seconds = max(0.0, (_busy_cpu_s() - busy) - (self._mine() - mine))
+
+    @property
+    def fraction(self) -> float:
+        """Of the machine's CPU time in the window (all cores)."""
+        return self.seconds / (self.wall_s * (os.cpu_count() or 1)) if self.wall_s else 0.0
 
 
 class PinnedServer:

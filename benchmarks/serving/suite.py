@@ -24,6 +24,7 @@ from .loadgen import LoadSpec
 from .models import MODELS, mlp_tail, save
 from .processes import (
     MALLOC_ENV,
+    ForeignCpu,
     PinnedServer,
     endpoint_process,
     ort_alone,
@@ -96,14 +97,17 @@ def _run_server_levels(server: Any, server_name: str, tls: Path, levels: list[in
                         continue
                     progress(f"{server_name} {model} {level} clients ({client} client)")
                     before = _batch_histogram(server.address, tls, model)
-                    result = run_load_pinned(LoadSpec(
-                        client=client, address=server.address, tls_dir=str(tls), model=model,
-                        row_shape=spec.row_shape, clients=level, duration_s=timing.duration_s,
-                        warmup_s=timing.warmup_s, check_output=check_output))
+                    with ForeignCpu(server.pid) as foreign:
+                        result = run_load_pinned(LoadSpec(
+                            client=client, address=server.address, tls_dir=str(tls),
+                            model=model, row_shape=spec.row_shape, clients=level,
+                            duration_s=timing.duration_s, warmup_s=timing.warmup_s,
+                            check_output=check_output))
                     hist = _diff(_batch_histogram(server.address, tls, model), before)
                     rows.append({"server": server_name, "client": client, "model": name,
                                  "batching": batching, "clients": level,
-                                 "batch_histogram": hist, **asdict(result)})
+                                 "batch_histogram": hist, "foreign_cpu": foreign.fraction,
+                                 **asdict(result)})
     return rows
 
 
@@ -144,7 +148,8 @@ def ort_limit_rps(t: dict[int, float], hist: dict[int, int]) -> float | None:
 
 def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[int],
                timing: Timing, triton_home: Path | None, triton_error: str | None,
-               progress: Progress, models: tuple[str, ...] = THROUGHPUT_MODELS) -> dict:
+               progress: Progress, models: tuple[str, ...] = THROUGHPUT_MODELS,
+               unshared_levels: tuple[int, ...] = ()) -> dict:
     tls, repo, trepo = prepare(workdir, models)
     _EDGECUT_CLIENT_LEVELS[:] = edgecut_client_levels
     rows: list[dict] = []
@@ -153,19 +158,27 @@ def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[
         rows += _run_server_levels(edgecut, "edgecut", tls, levels, ["triton", "edgecut"],
                                    timing, progress, models=models)
         server_rss["edgecut"] = edgecut.rss_bytes()
+    # The same endpoint with share_weights off: its sessions pre-pack MatMul/Conv weights
+    # (WeightPool turns pre-packing off for every model it pools, shared or not).
+    if unshared_levels:
+        with endpoint_process(repo, tls, workdir=workdir,
+                              extra_args=["--no-share-weights"]) as unshared:
+            rows += _run_server_levels(unshared, "edgecut-unshared", tls, list(unshared_levels),
+                                       ["triton"], timing, progress, models=models)
     # The floor of any grpcio (Python) server here: the same request bytes, no model, no OIP.
     with PinnedServer("benchmarks.serving.channel", ["serve", "--tls", str(tls)],
                       workdir=workdir) as bare:
         spec = MODELS[models[0]]
         for level in levels:
             progress(f"bare grpcio handler, {spec.name} payload, {level} clients")
-            result = run_load_pinned(LoadSpec(
-                client="bare", address=bare.address, tls_dir=str(tls), model="",
-                row_shape=spec.row_shape, clients=level, duration_s=timing.duration_s,
-                warmup_s=timing.warmup_s))
+            with ForeignCpu(bare.pid) as foreign:
+                result = run_load_pinned(LoadSpec(
+                    client="bare", address=bare.address, tls_dir=str(tls), model="",
+                    row_shape=spec.row_shape, clients=level, duration_s=timing.duration_s,
+                    warmup_s=timing.warmup_s))
             rows.append({"server": "bare-grpcio", "client": "bare", "model": spec.name,
                          "batching": False, "clients": level, "batch_histogram": {},
-                         **asdict(result)})
+                         "foreign_cpu": foreign.fraction, **asdict(result)})
     triton_status = triton_error
     if triton_home is not None and triton_error is None:
         try:
@@ -177,11 +190,14 @@ def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[
         except (TritonUnavailable, OSError) as exc:
             triton_status = str(exc)
     ort: dict[str, dict[int, float]] = {}
+    ort_foreign: dict[str, float] = {}
     for name in models:
         sizes = _sizes_to_measure(rows, name)
         progress(f"onnxruntime alone: {name} at batch sizes {sizes}")
-        ort[name] = ort_alone(workdir / "onnx" / f"{name}.onnx", sizes,
-                              seconds=timing.ort_seconds)
+        with ForeignCpu() as foreign:
+            ort[name] = ort_alone(workdir / "onnx" / f"{name}.onnx", sizes,
+                                  seconds=timing.ort_seconds)
+        ort_foreign[name] = foreign.fraction
     for r in rows:
         hist = {int(b): n for b, n in r["batch_histogram"].items()}
         limit = ort_limit_rps(ort[r["model"]], hist) if hist else None
@@ -195,7 +211,8 @@ def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[
             r["vs_ort"] = None
     return {"rows": rows, "ort_seconds_per_run": {m: {str(b): s for b, s in t.items()}
                                                    for m, t in ort.items()},
-            "server_rss_bytes": server_rss, "triton_unavailable": triton_status}
+            "ort_foreign_cpu": ort_foreign, "server_rss_bytes": server_rss,
+            "triton_unavailable": triton_status}
 
 
 def _find(rows: list[dict], **want: Any) -> dict | None:
@@ -247,6 +264,18 @@ def summarise_throughput(section: dict, *, level: int) -> dict:
                 vs_triton[f"{name}/{'on' if batching else 'off'}"] = (
                     e["throughput_rps"] / t["throughput_rps"])
     out["server_vs_triton_by_model"] = vs_triton
+    unshared = {}
+    for name in models:
+        for batching in (False, True):
+            r = _find(rows, server="edgecut-unshared", client="triton", model=name,
+                      batching=batching, clients=level)
+            e = _find(rows, server="edgecut", client="triton", model=name, batching=batching,
+                      clients=level)
+            if r and e and r["vs_ort"] is not None:
+                unshared[f"{name}/{'on' if batching else 'off'}"] = {
+                    "vs_ort": r["vs_ort"], "rows_per_s": r["throughput_rps"],
+                    "vs_shared": r["throughput_rps"] / e["throughput_rps"]}
+    out["share_weights_off"] = unshared
     out["server_vs_triton"] = vs_triton.get("small_cnn/on",
                                             next(iter(vs_triton.values()), None))
     triton_row = _find(rows, server="triton", model="small_cnn", batching=True, clients=level)
@@ -427,6 +456,7 @@ def soak(workdir: Path, *, seconds: float, capacity_rps: float, clients: int,
             stop.set()
 
         thread = threading.Thread(target=load)
+        foreign = ForeignCpu(ep.pid).__enter__()
         thread.start()
         start = time.perf_counter()
         while not stop.wait(sample_every_s):
@@ -435,6 +465,7 @@ def soak(workdir: Path, *, seconds: float, capacity_rps: float, clients: int,
                 progress(f"soak: {samples[-1][0]:.0f}/{seconds:.0f} s, "
                          f"RSS {samples[-1][1] / 2**20:.0f} MiB")
         thread.join(timeout=seconds + 180)
+        foreign.__exit__()
     result = asdict(box["result"])
     # Growth from the first sample after the first 10 % (warm: arena and pools are sized).
     warm = [s for s in samples if s[0] >= max(sample_every_s, 0.1 * seconds)]
@@ -447,4 +478,18 @@ def soak(workdir: Path, *, seconds: float, capacity_rps: float, clients: int,
             "rss_start_mib": first / 2**20, "rss_end_mib": last / 2**20,
             "rss_max_mib": max((s[1] for s in samples), default=0) / 2**20,
             "rss_growth": (last / first - 1) if first else None,
+            "rss_growth_second_half": _second_half_growth(samples),
+            "foreign_cpu": foreign.fraction,
+            "p99_from_schedule_ms": result["p99_from_schedule_ms"],
             "rss_samples": [(round(t, 1), b) for t, b in samples]}
+
+
+def _second_half_growth(samples: list[tuple[float, int]]) -> float | None:
+    """Median RSS of the last quarter over the median of the third: a leak keeps growing,
+    an allocator that has reached its working set does not."""
+    n = len(samples)
+    if n < 8:
+        return None
+    third = sorted(b for _, b in samples[n // 2: 3 * n // 4])
+    fourth = sorted(b for _, b in samples[3 * n // 4:])
+    return fourth[len(fourth) // 2] / third[len(third) // 2] - 1
