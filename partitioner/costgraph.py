@@ -187,15 +187,11 @@ def node_names(model: onnx.ModelProto) -> tuple[str, ...]:
 
 
 def _names(model: onnx.ModelProto, order: Sequence[int]) -> tuple[str, ...]:
-    onnx_nodes = model.graph.node
-    counts: dict[str, int] = {}
-    for i in order:
-        counts[onnx_nodes[i].name] = counts.get(onnx_nodes[i].name, 0) + 1
-    return tuple(
-        onnx_nodes[i].name if onnx_nodes[i].name and counts[onnx_nodes[i].name] == 1
-        else f"{onnx_nodes[i].op_type}#{i}"
-        for i in order
-    )
+    # One naming scheme for every per-node table: the profiler's.
+    from edgecut.profiles.model_profiler import node_names as profiler_names
+
+    names = profiler_names(model.graph)
+    return tuple(names[i] for i in order)
 
 
 def costgraph_from_model(

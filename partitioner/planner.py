@@ -344,23 +344,20 @@ def node_times(model: onnx.ModelProto, model_path: str | os.PathLike[str],
     """
     from edgecut.partitioner.costgraph import _names
     from edgecut.profiles.model_profiler import estimate_costs, model_sha256
-    from edgecut.profiles.model_profiler import node_names as profiler_names
     from edgecut.profiles.opclass import estimate_node_ms
 
     costs = estimate_costs(model, shapes)
     sha = model_sha256(model_path)
-    theirs = profiler_names(model.graph)
-    ours = _names(model, graph.order)
+    names = _names(model, graph.order)
     tables = []
     for device in devices:
         measured = device.per_node_ms if device.per_node_model_sha256 == sha else {}
         table = {}
-        for name, i in zip(ours, graph.order, strict=True):
-            key = theirs[i]
-            if key in measured:
-                table[name] = float(measured[key])
+        for name in names:
+            if name in measured:
+                table[name] = float(measured[name])
             else:
-                cost = costs[key]
+                cost = costs[name]
                 table[name] = estimate_node_ms(cost.op_class, cost.flops, cost.bytes_moved, device)  # type: ignore[attr-defined]
         tables.append(table)
     return tables

@@ -90,18 +90,23 @@ class ModelProfile:
 
 
 def node_names(graph: onnx.GraphProto) -> list[str]:
-    """The key of each node of `graph`, in order: its name, or `<op_type>_<index>` if unnamed.
+    """The key of each node of `graph`, in order: its name, or `<op_type>_<index>` when it has
+    none or shares it with another node. Every table of per-node times in edgecut (profiles,
+    predictions, the cost graph) is keyed by these.
 
     Example:
         >>> g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [], [])
         >>> node_names(g)
         ['Relu_0']
     """
-    taken = {n.name for n in graph.node if n.name}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        uses[node.name] = uses.get(node.name, 0) + 1
+    taken = {name for name, n in uses.items() if name and n == 1}
     names = []
     for i, node in enumerate(graph.node):
         name = node.name
-        if not name:
+        if not name or uses[name] > 1:
             name = base = f"{node.op_type}_{i}"
             suffix = 1
             while name in taken:
