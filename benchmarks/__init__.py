@@ -1,0 +1,1 @@
+"""Benchmarks that measure edgecut for real; they print ratios and write JSON, never assert timings."""

@@ -1,0 +1,438 @@
+"""How good are edgecut's predicted cuts? Every candidate cut, predicted and measured for real.
+
+    sudo python benchmarks/plan_regret.py --quick --out /tmp/regret_quick.json   # ~4 min
+    sudo python benchmarks/plan_regret.py --out regret.json                      # all models
+
+The machine is split in two (DESIGN.md, "Testing on one machine, for real"):
+
+- the device: a worker process in network namespace `<p>d`, in a cgroup v1 cpu group limited
+  to a fraction of one core (1.0 and 0.3), pinned to core 0;
+- the link: a veth pair to namespace `<p>c`, shaped by `tbf` on both ends (uplink on the
+  device's end, downlink on the cloud's), with round-trip delay added by a user-space TCP
+  proxy in the device namespace (rtt/2 each way); links 1, 5, 20, 100 Mbit/s with round trips
+  60, 40, 20, 5 ms;
+- the cloud: `edgecut serve` with TLS in the cloud namespace, pinned to core 1.
+
+For each model, device speed and link:
+
+1. PREDICT every candidate cut's latency and device energy with edgecut's own pieces only:
+   `profile_model` run inside the limited device process (per-node times at that speed) and in
+   a process on the cloud's core, `profile_device` (power model), `costgraph_from_model`,
+   `estimate_cut` on the cut's prefix, `best_cut` and `lower_envelope` for the search. The link
+   enters as its configured rate and round trip plus the measured cost of one empty gRPC call
+   through the proxy (`ServerLive`, a network probe, not a split run): `cloud_queue_ms`.
+   No measured split latency is ever fed back into a prediction ("model-only" figures; there
+   is no planner correction step to report yet).
+2. MEASURE it: a plan with those cuts is written (`write_plan`, every head/tail verified),
+   deployed, served; the device worker runs `Predictor` split runs of each cut (cut 0 =
+   cloud-only: the input goes up; the last cut = edge-only: nothing goes up), warm-up then
+   the median of 3..10 runs within a time budget. To save time, a cut whose first measured
+   run is already over 3x (and 200 ms over) the best median so far gets that one run only
+   (it cannot be the best; it still counts for the rank correlation); cuts are measured in
+   order of predicted latency, which decides only which slow cuts get a single run. Tensors
+   go raw (codec "raw"), as the cost model assumes no codec.
+
+It reports per (model, speed, link): regret = measured latency of the predicted-best cut /
+measured latency of the measured-best cut; Spearman's rho of predicted vs measured latency;
+the chosen cut's speedup over edge-only and cloud-only; and the same for device energy, where
+measured energy applies the device profile's power model to the measured stage times:
+compute_w * (head + encode + decode) + transmit_w * uplink + receive_w * downlink +
+idle_w * (rest of the cloud call); uplink/downlink times are the wire bytes at the link's rate.
+
+PP-OCRv4 det has 331 cuts; it is measured on a documented subset: cuts 0 and last, every cut
+on a predicted lower envelope (each speed, over bandwidth), every cut predicted best at some
+(speed, link), then evenly spaced cuts up to `--max-cuts`. Models with at most `--max-cuts`
+cuts are measured on every cut.
+
+Benchmarks print and write; they assert nothing about timings. Needs root (namespaces, tc,
+cgroups); says so and exits 2 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import json
+import math
+import pickle
+import platform
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.harness import HarnessUnavailable
+from benchmarks.harness.cgroup import CpuLimit, pinned
+from benchmarks.harness.delay import measure_overhead
+from benchmarks.harness.models import build
+from benchmarks.harness.netns import CLOUD_ADDRESS, ShapedLink
+from benchmarks.harness.processes import Endpoint, Proxy, Worker
+from benchmarks.harness.stats import median, spearman
+
+LINKS = [(100.0, 5.0), (20.0, 20.0), (5.0, 40.0), (1.0, 60.0)]  # (Mbit/s both ways, rtt ms)
+QUICK_LINKS = [(5.0, 40.0), (100.0, 5.0)]
+SPEEDS = [1.0, 0.3]  # fraction of one core for the device
+QUICK_SPEEDS = [0.3]
+MODELS = ["wide_cnn", "resnet_dag", "ppocr_det"]
+QUICK_MODELS = ["wide_cnn"]
+PORT = 8001
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- prediction (pure edgecut) ------------------------------------------------------------
+
+
+def _params(device: Any, mbps: float, rtt_ms: float, call_ms: float) -> Any:
+    from edgecut.partitioner.cost import CostParameters
+
+    p = device.power
+    return CostParameters(uplink_mbps=mbps, downlink_mbps=mbps, rtt_ms=rtt_ms,
+                          cloud_queue_ms=max(0.0, call_ms), idle_w=p.idle_w,
+                          compute_w=p.compute_w, transmit_w=p.transmit_w, receive_w=p.receive_w)
+
+
+def _graph(bench: Any, model: Any, device: Any, device_ms: dict[str, float],
+           cloud_ms: dict[str, float]) -> Any:
+    from edgecut.partitioner.costgraph import costgraph_from_model
+    from edgecut.profiles import predict_for_device
+    from edgecut.profiles.model_profiler import model_sha256
+
+    measured = dataclasses.replace(device, per_node_ms=device_ms,
+                                   per_node_model_sha256=model_sha256(bench.path))
+    per_node = predict_for_device(bench.path, bench.shapes, measured)
+    return costgraph_from_model(model, bench.shapes, per_node, cloud_ms)
+
+
+def _profile(worker: Worker, path: Path, shapes: dict[str, list[int]], repeats: int = 3
+             ) -> dict[str, float]:
+    """Per-node median of `repeats` profile_model calls (10 runs each): one stall on a shared
+    machine (seen: a node at 300 ms for a 9 ms model) must not decide the device's profile."""
+    tables = [worker.call(cmd="profile", model=str(path), shapes=shapes, runs=10)["node_ms"]
+              for _ in range(repeats)]
+    return {n: median([t[n] for t in tables]) for n in tables[0]}
+
+
+def _predict(graph: Any, cuts: list[Any], params: Any) -> dict[int, Any]:
+    from edgecut.partitioner.cost import estimate_cut
+
+    return {c.id: estimate_cut(graph, graph.prefix(c.position), params) for c in cuts}
+
+
+def _envelope_cuts(graph: Any, cuts: list[Any], params: Any) -> list[int]:
+    from edgecut.partitioner.envelope import envelope_candidate, lower_envelope
+
+    costs = _predict(graph, cuts, params)
+    env = lower_envelope([envelope_candidate(i, c, params) for i, c in costs.items()])
+    return [s.cut for s in env]
+
+
+def _search(graph: Any, cuts: list[Any], params: Any) -> dict[str, Any]:
+    """What edgecut's search picks: the exact DAG min-cut, and the scan over prefixes."""
+    from edgecut.partitioner.search import best_cut
+
+    by_prefix = {graph.prefix(c.position): c.id for c in cuts}
+    out: dict[str, Any] = {}
+    for solver in ("mincut", "scan"):
+        r = best_cut(graph, params, solver=solver)
+        out[solver] = {"cut": by_prefix.get(r.device_nodes), "device_nodes": len(r.device_nodes),
+                       "predicted_ms": r.cost.latency_ms}
+    return out
+
+
+def _subset(cuts: list[Any], must: set[int], limit: int) -> list[int]:
+    ids = [c.id for c in cuts]
+    if len(ids) <= limit:
+        return ids
+    chosen = set(must) | {ids[0], ids[-1]}
+    spare = max(0, limit - len(chosen))
+    step = len(ids) / (spare + 1)
+    chosen |= {ids[min(len(ids) - 1, round(step * (k + 1)))] for k in range(spare)}
+    return sorted(chosen)
+
+
+# -- measurement --------------------------------------------------------------------------
+
+
+def _energy_j(run: dict[str, float], device: Any, mbps: float) -> float:
+    p = device.power
+    up_ms = run["wire_bytes_up"] * 8 / (mbps * 1000)
+    down_ms = run["wire_bytes_down"] * 8 / (mbps * 1000)
+    rest = max(0.0, run["rpc_ms"] - up_ms - down_ms)
+    compute = run["head_ms"] + run["encode_ms"] + run["decode_ms"]
+    # Time not in any stage (input checks, merging) is device CPU too.
+    other = max(0.0, run["total_ms"] - compute - run["rpc_ms"])
+    return (p.compute_w * (compute + other) + p.transmit_w * min(up_ms, run["rpc_ms"])
+            + p.receive_w * down_ms + p.idle_w * rest) / 1000.0
+
+
+def _measure_link(worker: Worker, plan_dir: Path, tls: Path, proxy_port: int, order: list[int],
+                  budget_s: float) -> dict[int, list[dict[str, float]]]:
+    results: dict[int, list[dict[str, float]]] = {}
+    best = math.inf
+    for cut in order:
+        skip = None if math.isinf(best) else max(3 * best, best + 200)
+        answer = worker.call(cmd="measure", plan=str(plan_dir), cut=cut,
+                             endpoint=f"127.0.0.1:{proxy_port}", tls_dir=str(tls), codec="raw",
+                             min_runs=3, max_runs=10, budget_s=budget_s, warmup=1,
+                             skip_above_ms=skip, timeout_s=300)
+        results[cut] = answer["runs"]
+        best = min(best, median([r["total_ms"] for r in answer["runs"]]))
+    return results
+
+
+def _row(model: str, speed: float, mbps: float, rtt: float, cuts: list[int], pred: dict[int, Any],
+         runs: dict[int, list[dict[str, float]]], device: Any, search: dict[str, Any],
+         call_ms: float) -> dict[str, Any]:
+    lat = {c: median([r["total_ms"] for r in runs[c]]) for c in cuts}
+    energy = {c: median([_energy_j(r, device, mbps) for r in runs[c]]) for c in cuts}
+    pred_lat = {c: pred[c].latency_ms for c in cuts}
+    pred_energy = {c: pred[c].energy_j for c in cuts}
+    chosen = min(cuts, key=lambda c: (pred_lat[c], pred_energy[c]))
+    chosen_e = min(cuts, key=lambda c: (pred_energy[c], pred_lat[c]))
+    best = min(cuts, key=lambda c: lat[c])
+    best_e = min(cuts, key=lambda c: energy[c])
+    edge, cloud = cuts[-1], cuts[0]
+    rho = spearman([pred_lat[c] for c in cuts], [lat[c] for c in cuts])
+    rho_e = spearman([pred_energy[c] for c in cuts], [energy[c] for c in cuts])
+    errors = [abs(pred_lat[c] - lat[c]) / lat[c] for c in cuts]
+    return {
+        "model": model, "device_fraction": speed, "link_mbps": mbps, "rtt_ms": rtt,
+        "probe_call_ms": call_ms, "cuts_measured": len(cuts),
+        "runs_per_cut_median": median([len(runs[c]) for c in cuts]),
+        "predicted_best": chosen, "measured_best": best,
+        "regret": lat[chosen] / lat[best], "spearman": rho,
+        "median_abs_rel_error": median(errors),
+        "chosen_ms": lat[chosen], "best_ms": lat[best], "edge_only_ms": lat[edge],
+        "cloud_only_ms": lat[cloud],
+        "speedup_vs_edge": lat[edge] / lat[chosen], "speedup_vs_cloud": lat[cloud] / lat[chosen],
+        "energy_predicted_best": chosen_e, "energy_measured_best": best_e,
+        "energy_regret": energy[chosen_e] / energy[best_e], "energy_spearman": rho_e,
+        "energy_saving_vs_edge": energy[edge] / energy[chosen_e],
+        "energy_saving_vs_cloud": energy[cloud] / energy[chosen_e],
+        "search": search,
+        "per_cut": [{"cut": c, "predicted_ms": pred_lat[c], "measured_ms": lat[c],
+                     "measured_min_ms": min(r["total_ms"] for r in runs[c]), "runs": len(runs[c]),
+                     "predicted_energy_j": pred_energy[c], "measured_energy_j": energy[c],
+                     "head_ms": median([r["head_ms"] for r in runs[c]]),
+                     "rpc_ms": median([r["rpc_ms"] for r in runs[c]]),
+                     "predicted_device_ms": pred[c].device_ms, "predicted_cloud_ms": pred[c].cloud_ms,
+                     "predicted_uplink_ms": pred[c].uplink_ms,
+                     "wire_bytes_up": runs[c][0]["wire_bytes_up"]} for c in cuts],
+    }
+
+
+# -- one model ----------------------------------------------------------------------------
+
+
+def run_model(name: str, *, args: argparse.Namespace, speeds: list[float],
+              links: list[tuple[float, float]], link: ShapedLink, cpu: CpuLimit, device_w: Worker,
+              device: Any, work: Path, tls: Path,
+              on_row: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
+    from edgecut.deploy import deploy_plan
+    from edgecut.partitioner import list_cuts, load_model, write_plan
+
+    folder = work / name
+    folder.mkdir()
+    bench = build(name, folder)
+    if bench is None:
+        _log(f"{name}: not installed (pip install rapidocr-onnxruntime); skipped")
+        return []
+    model = load_model(bench.path)
+    cuts = list_cuts(model, bench.shapes)
+    shapes = {k: list(v) for k, v in bench.shapes.items()}
+    _log(f"{name}: {len(cuts)} candidate cuts; profiling the cloud (core 1)")
+    with Worker(lambda a: link.cloud_exec() + pinned(a, 1)) as cloud_w:
+        cloud_ms = _profile(cloud_w, bench.path, shapes)
+    graphs = {}
+    for speed in speeds:
+        cpu.set_fraction(speed)
+        _log(f"{name}: profiling the device at {speed:.0%} of a core")
+        graphs[speed] = _graph(bench, model, device, _profile(device_w, bench.path, shapes), cloud_ms)
+    # Cuts to measure: all, or a documented subset chosen from predictions only.
+    must: set[int] = set()
+    for speed in speeds:
+        for mbps, rtt in links:
+            params = _params(device, mbps, rtt, 0.0)
+            pred = _predict(graphs[speed], cuts, params)
+            must.add(min(pred, key=lambda c: pred[c].latency_ms))
+            must.add(min(pred, key=lambda c: pred[c].energy_j))
+        must |= set(_envelope_cuts(graphs[speed], cuts, _params(device, 10.0, 20.0, 0.0)))
+    ids = _subset(cuts, must, args.max_cuts)
+    measured_cuts = [c for c in cuts if c.id in ids]
+    _log(f"{name}: writing and verifying a plan with {len(ids)} cuts")
+    plan_dir, repo = folder / "plan", folder / "repo"
+    write_plan(bench.path, plan_dir, cut_ids=ids, input_shapes=bench.shapes, name=name)
+    deploy_plan(plan_dir, repo)
+    rows = []
+    with Endpoint(lambda a: link.cloud_exec() + pinned(a, 1), repository=repo,
+                  address=f"{CLOUD_ADDRESS}:{PORT}", tls_dir=tls, log=folder / "serve.log"):
+        for speed in speeds:
+            cpu.set_fraction(speed)
+            for mbps, rtt in links:
+                link.set_rate(up_mbps=mbps, down_mbps=mbps)
+                with Proxy(lambda a: link.device_exec() + a, target=f"{CLOUD_ADDRESS}:{PORT}",
+                           one_way_ms=rtt / 2) as proxy:
+                    probe = device_w.call(cmd="probe", endpoint=f"127.0.0.1:{proxy.port}",
+                                          tls_dir=str(tls), rounds=15)["rtt_ms"]
+                    call_ms = median(probe) - rtt
+                    params = _params(device, mbps, rtt, call_ms)
+                    pred = _predict(graphs[speed], measured_cuts, params)
+                    search = _search(graphs[speed], cuts, params)
+                    every = _predict(graphs[speed], cuts, params)
+                    search["best_of_all_cuts"] = min(every, key=lambda c: every[c].latency_ms)
+                    search["best_of_all_cuts_measured"] = search["best_of_all_cuts"] in ids
+                    order = sorted(ids, key=lambda c: pred[c].latency_ms)
+                    started = time.monotonic()
+                    runs = _measure_link(device_w, plan_dir, tls, proxy.port, order,
+                                         args.budget_s)
+                row = _row(name, speed, mbps, rtt, ids, pred, runs, device, search, call_ms)
+                _log(f"{name} @{speed:.0%} {mbps:g} Mbit/s {rtt:g} ms: regret {row['regret']:.3f}, "
+                     f"rho {row['spearman'] if row['spearman'] is None else round(row['spearman'], 3)}, "
+                     f"chose {row['predicted_best']} best {row['measured_best']} "
+                     f"({time.monotonic() - started:.0f} s)")
+                rows.append(row)
+                on_row(row)
+    return rows
+
+
+def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    def values(key: str) -> list[float]:
+        return [r[key] for r in rows if r[key] is not None]
+
+    regrets, rhos = values("regret"), values("spearman")
+    e_regrets, e_rhos = values("energy_regret"), values("energy_spearman")
+    return {
+        "regret_median": median(regrets), "regret_worst": max(regrets, default=math.nan),
+        "spearman_median": median(rhos), "spearman_worst": min(rhos, default=math.nan),
+        "energy_regret_median": median(e_regrets),
+        "energy_regret_worst": max(e_regrets, default=math.nan),
+        "energy_spearman_median": median(e_rhos),
+        "speedup_vs_edge_median": median(values("speedup_vs_edge")),
+        "speedup_vs_cloud_median": median(values("speedup_vs_cloud")),
+        "goals": {"regret_median": 1.03, "regret_worst": 1.10, "spearman_median": 0.9},
+        "figures": "model-only (no measured split latency feeds a prediction)",
+    }
+
+
+def _print_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="edgecut cut planner: predicted vs measured, every candidate cut")
+    for col in ("model", "cpu", "link", "rtt", "cuts", "chosen", "best", "regret", "rho",
+                "err", "x edge", "x cloud", "E regret", "E rho", "E x edge", "E x cloud"):
+        table.add_column(col, justify="right")
+
+    def f(x: float | None, d: int = 2) -> str:
+        return "-" if x is None else f"{x:.{d}f}"
+
+    for r in rows:
+        table.add_row(r["model"], f"{r['device_fraction']:.0%}", f"{r['link_mbps']:g}M",
+                      f"{r['rtt_ms']:g}", str(r["cuts_measured"]), str(r["predicted_best"]),
+                      str(r["measured_best"]), f(r["regret"], 3), f(r["spearman"]),
+                      f(r["median_abs_rel_error"]), f(r["speedup_vs_edge"]),
+                      f(r["speedup_vs_cloud"]), f(r["energy_regret"], 3),
+                      f(r["energy_spearman"]), f(r["energy_saving_vs_edge"]),
+                      f(r["energy_saving_vs_cloud"]))
+    console = Console(width=160)
+    console.print(table)
+    console.print(f"regret median {summary['regret_median']:.3f} (goal <= 1.03), worst "
+                  f"{summary['regret_worst']:.3f} (goal <= 1.10); Spearman median "
+                  f"{summary['spearman_median']:.3f} (goal >= 0.9); energy regret median "
+                  f"{summary['energy_regret_median']:.3f}, worst {summary['energy_regret_worst']:.3f}")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="one model, one device speed, two links (a few minutes)")
+    parser.add_argument("--out", type=Path, required=True, metavar="FILE.json")
+    parser.add_argument("--models", nargs="+", choices=MODELS, help="default: all (quick: wide_cnn)")
+    parser.add_argument("--speeds", nargs="+", type=float, metavar="FRACTION",
+                        help="device CPU fractions (default 1.0 0.3; quick 0.3)")
+    parser.add_argument("--links", nargs="+", metavar="MBPS:RTT_MS",
+                        help="links (default 100:5 20:20 5:40 1:60; quick 5:40 100:5)")
+    parser.add_argument("--max-cuts", type=int, default=32,
+                        help="cuts measured per model at most (default 32)")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="seconds of measured runs per cut beyond 3 runs (default 1.5, quick 0.8)")
+    args = parser.parse_args(argv)
+    models = args.models or (QUICK_MODELS if args.quick else MODELS)
+    speeds = args.speeds or (QUICK_SPEEDS if args.quick else SPEEDS)
+    links = ([(float(m), float(r)) for m, _, r in (x.partition(":") for x in args.links)]
+             if args.links else QUICK_LINKS if args.quick else LINKS)
+    if args.budget_s is None:
+        args.budget_s = 0.8 if args.quick else 1.5
+    # SIGTERM (e.g. `timeout`) unwinds like Ctrl-C, so every namespace and cgroup is removed.
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    from edgecut.protocol.pki import init_ca
+
+    started = time.monotonic()
+    rows: list[dict[str, Any]] = []
+    context: dict[str, Any] = {"quick": args.quick, "models": models, "device_fractions": speeds,
+                               "links": [{"mbps": m, "rtt_ms": r} for m, r in links],
+                               "machine": {"node": platform.node(),
+                                           "python": platform.python_version()}}
+
+    def write(complete: bool) -> dict[str, Any]:
+        result = {**_summary(rows), **context, "complete": complete,
+                  "seconds": time.monotonic() - started, "rows": rows}
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+    def on_row(row: dict[str, Any]) -> None:
+        rows.append(row)
+        write(complete=False)  # a partial file survives an interrupted run
+
+    try:
+        with ExitStack() as stack:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgecut-regret-")))
+            tls = work / "tls"
+            init_ca(tls, hosts=[CLOUD_ADDRESS])
+            link = stack.enter_context(ShapedLink(up_mbps=links[0][0], down_mbps=links[0][0]))
+            cpu = stack.enter_context(CpuLimit(fraction=speeds[0]))
+            proxy_overhead = measure_overhead(0.0)
+            context["delay_proxy_overhead_ms"] = proxy_overhead["overhead_ms"]
+            _log(f"namespaces {link.device_ns}/{link.cloud_ns}, cgroup {cpu.path.name}; "
+                 f"delay proxy overhead {proxy_overhead['overhead_ms']:.3f} ms per round trip")
+            device_w = stack.enter_context(Worker(lambda a: cpu.wrap(link.device_exec() + a, core=0)))
+            cpu.set_fraction(1.0)
+            device = pickle.loads(base64.b64decode(device_w.call(cmd="device_profile")["device"]))
+            context["device_power"] = dataclasses.asdict(device.power)
+            _log(f"device power model: {device.power}")
+            for name in models:
+                run_model(name, args=args, speeds=speeds, links=links, link=link, cpu=cpu,
+                          device_w=device_w, device=device, work=work, tls=tls, on_row=on_row)
+    except HarnessUnavailable as exc:
+        print(f"plan_regret: cannot run here: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("plan_regret: interrupted; namespaces and cgroups removed", file=sys.stderr)
+        if not rows:
+            return 130
+    if not rows:
+        print("plan_regret: no model could be measured", file=sys.stderr)
+        return 1
+    result = write(complete=True)
+    _print_table(rows, result)
+    print(f"wrote {args.out} ({result['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
