@@ -47,7 +47,7 @@ from edgecut.protocol.grpc_service_pb2 import (
 )
 from edgecut.protocol.tensors import dtype_of, expected_nbytes
 
-from .repository import LoadedModel, format_shape
+from .loaded_model import LoadedModel, format_shape
 
 __all__ = [
     "InferOutcome",

@@ -39,8 +39,9 @@ from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from edgecut.protocol.model_config_pb2 import DataType, ModelConfig, ModelInput, ModelOutput
 from edgecut.protocol.tls import channel_credentials
 
+from .loaded_model import LoadedModel, TensorSpec
 from .model_config import BACKEND, PLATFORM
-from .repository import LoadedModel, ModelRepository, TensorSpec
+from .repository import ModelRepository
 
 __all__ = [
     "CANARY_PERCENT",

@@ -46,8 +46,8 @@ from .batching import (
     split_outputs,
 )
 from .inference import run_model
+from .loaded_model import LoadedModel
 from .providers import create_session
-from .repository import LoadedModel
 
 __all__ = [
     "BatchObservation",

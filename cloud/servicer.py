@@ -32,9 +32,10 @@ from edgecut.protocol.tls import peer_identity
 from . import management
 from .auth import AuthorizationFile
 from .inference import InferOutcome, RunResult, infer
+from .loaded_model import LoadedModel, TensorSpec
 from .logs import RequestLog
 from .metrics import EndpointMetrics
-from .repository import LoadedModel, ModelRepository, TensorSpec
+from .repository import ModelRepository
 from .scheduler import Scheduler
 from .statistics import StatisticsRecorder, Traffic
 from .status import status_for
