@@ -21,16 +21,7 @@ def human_bytes(n: float) -> str:
 
 def cut_json(cut: Any) -> dict[str, Any]:
     """The `edgecut cuts --json` object of one cut (a contract: keys are only ever added)."""
-    return {
-        "id": cut.id,
-        "crossing": list(cut.crossing),
-        "bytes": cut.bytes,
-        "down_bytes": cut.down_bytes,
-        "device_nodes": cut.device_nodes,
-        "cloud_nodes": cut.cloud_nodes,
-        "device_outputs": list(cut.device_outputs),
-        "cloud_outputs": list(cut.cloud_outputs),
-    }
+    return dict(cut.to_json())
 
 
 def print_cuts(cuts: Sequence[Any], *, title: str) -> None:

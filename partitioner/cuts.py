@@ -62,6 +62,19 @@ class Cut:
         if tuple(sorted(self.crossing)) != self.crossing:
             raise ValueError(f"cut {self.id}: crossing must be sorted, got {self.crossing}")
 
+    def to_json(self) -> dict[str, object]:
+        """What `edgecut cuts --json` and plan.json say of every cut (keys only ever added)."""
+        return {
+            "id": self.id,
+            "crossing": list(self.crossing),
+            "bytes": self.bytes,
+            "down_bytes": self.down_bytes,
+            "device_nodes": self.device_nodes,
+            "cloud_nodes": self.cloud_nodes,
+            "device_outputs": list(self.device_outputs),
+            "cloud_outputs": list(self.cloud_outputs),
+        }
+
     @property
     def device_node_indices(self) -> tuple[int, ...]:
         """Indices into `model.graph.node` of the nodes run on the device, in run order."""
@@ -96,14 +109,6 @@ def list_cuts(
     sizes = tensors if tensors is not None else resolve_tensors(model, input_shapes)
     order = info.order
     n = len(order)
-
-    def tensor(name: str) -> TensorInfo:
-        try:
-            return sizes[name]
-        except KeyError:
-            raise BadShapeError(
-                f"no shape known for tensor {name!r}; give the input shapes explicitly"
-            ) from None
 
     inputs = set(info.inputs)
     # Graph outputs that no node computes (an input or initializer returned as is) belong to
@@ -163,7 +168,7 @@ def list_cuts(
     cuts: list[Cut] = []
     for cut_id, (k, key) in enumerate(kept):
         names = tuple(sorted(key))
-        infos = tuple(tensor(t) for t in names)
+        infos = tuple(_tensor_info(sizes, t) for t in names)
         device_outputs: list[str] = []
         cloud_outputs: list[str] = []
         for o in info.outputs:
@@ -176,7 +181,7 @@ def list_cuts(
                 crossing=names,
                 crossing_tensors=infos,
                 bytes=sum(t.nbytes for t in infos),
-                down_bytes=sum(tensor(o).nbytes for o in cloud_outputs),
+                down_bytes=sum(_tensor_info(sizes, o).nbytes for o in cloud_outputs),
                 device_nodes=k,
                 cloud_nodes=n - k,
                 device_outputs=tuple(device_outputs),
@@ -250,26 +255,25 @@ def cut_from_device_set(
     if not device:  # everything in the cloud: graph inputs returned as outputs go up too
         crossing |= {o for o in cloud_outputs if o in inputs}
 
-    def tensor(name: str) -> TensorInfo:
-        try:
-            return sizes[name]
-        except KeyError:
-            raise BadShapeError(
-                f"no shape known for tensor {name!r}; give the input shapes explicitly"
-            ) from None
-
     names = tuple(sorted(crossing))
-    infos = tuple(tensor(t) for t in names)
+    infos = tuple(_tensor_info(sizes, t) for t in names)
     return Cut(
         id=cut_id,
         position=len(device),
         crossing=names,
         crossing_tensors=infos,
         bytes=sum(t.nbytes for t in infos),
-        down_bytes=sum(tensor(o).nbytes for o in cloud_outputs),
+        down_bytes=sum(_tensor_info(sizes, o).nbytes for o in cloud_outputs),
         device_nodes=len(device),
         cloud_nodes=len(order) - len(device),
         device_outputs=tuple(device_outputs),
         cloud_outputs=tuple(cloud_outputs),
         order=order,
     )
+
+
+def _tensor_info(sizes: Mapping[str, TensorInfo], name: str) -> TensorInfo:
+    try:
+        return sizes[name]
+    except KeyError:
+        raise BadShapeError(f"no shape known for tensor {name!r}; give the input shapes explicitly") from None

@@ -200,16 +200,9 @@ def write_plan(
                 target.unlink()
         entries.append(
             {
-                "id": cut.id,
-                "crossing": list(cut.crossing),
-                "bytes": cut.bytes,
-                "down_bytes": cut.down_bytes,
-                "device_nodes": cut.device_nodes,
-                "cloud_nodes": cut.cloud_nodes,
+                **cut.to_json(),
                 "head": f"cuts/{cut.id}/head.onnx" if head is not None else None,
                 "tail": f"cuts/{cut.id}/tail.onnx" if tail is not None else None,
-                "device_outputs": list(cut.device_outputs),
-                "cloud_outputs": list(cut.cloud_outputs),
                 "endpoint_model": f"{endpoint}.cut{cut.id}" if tail is not None else None,
                 "max_abs_diff": diff,
                 "position": cut.position,
