@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import grpc
 
@@ -373,39 +374,15 @@ def serve(
     address: str = "127.0.0.1:8001",
     grace_s: float = 5.0,
     on_started: Callable[[EndpointServer], None] | None = None,
-    tls_dir: Path | None = None,
-    mutual_tls: bool = False,
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    workers: int = DEFAULT_WORKERS,
-    intra_op_threads: int = 0,
-    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
-    scheduling: Mapping[str, SchedulingPolicy] | None = None,
-    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
-    max_queue_bytes: int = DEFAULT_MAX_QUEUE_BYTES,
-    separate_sessions: bool = False,
-    max_concurrent_rpcs: int | None = None,
-    metrics_port: int | None = None,
-    auth_file: Path | None = None,
-    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
-    reload_certificates: bool = True,
-    request_log_level: int | str | None = logging.DEBUG,
+    **options: Any,
 ) -> EndpointStatistics:
     """Run an endpoint until SIGINT or SIGTERM, then drain and stop; return its statistics.
 
-    The keywords after `on_started` are create_server's. Signal handlers are installed only
-    when called from the main thread (Python's rule) and restored on return. `on_started` is
-    called with the running server (e.g. to print the port when `address` ends in :0).
-    `grace_s` bounds the drain.
+    `options` are create_server's keywords. Signal handlers are installed only when called from
+    the main thread (Python's rule) and restored on return. `on_started` is called with the
+    running server (e.g. to print the port when `address` ends in :0). `grace_s` bounds the drain.
     """
-    server = create_server(
-        repository, address=address, tls_dir=tls_dir, mutual_tls=mutual_tls,
-        max_message_bytes=max_message_bytes, workers=workers,
-        intra_op_threads=intra_op_threads, max_decoded_bytes=max_decoded_bytes,
-        scheduling=scheduling, max_queue_size=max_queue_size, max_queue_bytes=max_queue_bytes,
-        separate_sessions=separate_sessions, max_concurrent_rpcs=max_concurrent_rpcs,
-        metrics_port=metrics_port, auth_file=auth_file, poll_interval_s=poll_interval_s,
-        reload_certificates=reload_certificates, request_log_level=request_log_level,
-    )
+    server = create_server(repository, address=address, **options)
     stop_requested = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
