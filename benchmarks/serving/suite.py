@@ -37,6 +37,10 @@ from .triton import TritonProcess, TritonUnavailable
 Progress = Callable[[str], None]
 
 THROUGHPUT_MODELS = ("small_cnn", "wide_mlp")
+# A load level is measured again (up to MAX_ATTEMPTS times, the quietest kept) when other
+# processes used more than this share of the machine's CPU during it.
+DISTURBED = 0.10
+MAX_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,18 +100,30 @@ def _run_server_levels(server: Any, server_name: str, tls: Path, levels: list[in
                     if client == "edgecut" and level not in levels_for_edgecut_client(levels):
                         continue
                     progress(f"{server_name} {model} {level} clients ({client} client)")
-                    before = _batch_histogram(server.address, tls, model)
-                    with ForeignCpu(server.pid) as foreign:
-                        result = run_load_pinned(LoadSpec(
-                            client=client, address=server.address, tls_dir=str(tls),
-                            model=model, row_shape=spec.row_shape, clients=level,
-                            duration_s=timing.duration_s, warmup_s=timing.warmup_s,
-                            check_output=check_output))
-                    hist = _diff(_batch_histogram(server.address, tls, model), before)
-                    rows.append({"server": server_name, "client": client, "model": name,
-                                 "batching": batching, "clients": level,
-                                 "batch_histogram": hist, "foreign_cpu": foreign.fraction,
-                                 **asdict(result)})
+                    best: dict | None = None
+                    for attempt in range(1, MAX_ATTEMPTS + 1):
+                        before = _batch_histogram(server.address, tls, model)
+                        with ForeignCpu(server.pid) as foreign:
+                            result = run_load_pinned(LoadSpec(
+                                client=client, address=server.address, tls_dir=str(tls),
+                                model=model, row_shape=spec.row_shape, clients=level,
+                                duration_s=timing.duration_s, warmup_s=timing.warmup_s,
+                                check_output=check_output))
+                        hist = _diff(_batch_histogram(server.address, tls, model), before)
+                        row = {"server": server_name, "client": client, "model": name,
+                               "batching": batching, "clients": level,
+                               "batch_histogram": hist, "foreign_cpu": foreign.fraction,
+                               "attempts": attempt, **asdict(result)}
+                        # Failures from every attempt count; the timing kept is the quietest.
+                        failures = result.failures + (best["failures"] if best else 0)
+                        if best is None or row["foreign_cpu"] < best["foreign_cpu"]:
+                            best = row
+                        best["failures"], best["attempts"] = failures, attempt
+                        if foreign.fraction <= DISTURBED:
+                            break
+                        progress(f"  others used {100 * foreign.fraction:.0f}% of the CPU; "
+                                 f"measuring again")
+                    rows.append(best)
     return rows
 
 
@@ -194,10 +210,15 @@ def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[
     for name in models:
         sizes = _sizes_to_measure(rows, name)
         progress(f"onnxruntime alone: {name} at batch sizes {sizes}")
-        with ForeignCpu() as foreign:
-            ort[name] = ort_alone(workdir / "onnx" / f"{name}.onnx", sizes,
-                                  seconds=timing.ort_seconds)
-        ort_foreign[name] = foreign.fraction
+        for _ in range(MAX_ATTEMPTS):
+            with ForeignCpu() as foreign:
+                measured = ort_alone(workdir / "onnx" / f"{name}.onnx", sizes,
+                                     seconds=timing.ort_seconds)
+            if name not in ort or foreign.fraction < ort_foreign[name]:
+                ort[name], ort_foreign[name] = measured, foreign.fraction
+            if foreign.fraction <= DISTURBED:
+                break
+            progress(f"  others used {100 * foreign.fraction:.0f}% of the CPU; measuring again")
     for r in rows:
         hist = {int(b): n for b, n in r["batch_histogram"].items()}
         limit = ort_limit_rps(ort[r["model"]], hist) if hist else None
