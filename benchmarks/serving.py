@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, help="measured window per load level (default: "
                    "2 with --quick, else 5)")
     p.add_argument("--memory-variants", default=",".join(VARIANTS))
+    p.add_argument("--max-attempts", type=int, default=suite.MAX_ATTEMPTS,
+                   help="measure a load level again while others use > 10%% of the CPU")
     p.add_argument("--headline-clients", type=int, default=32)
     p.add_argument("--sections", default="throughput,memory,channel,canary")
     p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
@@ -102,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print("needs taskset and at least 2 cores (server and clients on their own)")
         return 2
     sections = set(args.sections.split(","))
+    suite.MAX_ATTEMPTS = max(1, args.max_attempts)
     levels = [int(x) for x in args.levels.split(",")]
     timing = (suite.Timing(duration_s=2.0, warmup_s=0.5, ort_seconds=0.3) if args.quick
               else suite.Timing(duration_s=5.0, warmup_s=1.0, ort_seconds=1.0))

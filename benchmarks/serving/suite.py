@@ -434,7 +434,7 @@ def canary(workdir: Path, *, seconds: float, clients: int, progress: Progress) -
                 error = f"{type(exc).__name__}: {exc}"
             done.append({"step": label, "ms": (time.perf_counter() - started) * 1e3,
                          "error": error,
-                         "inferences_by_version_before": _per_version(ep.address, tls, "cnn")})
+                         "inferences_by_version_after": _per_version(ep.address, tls, "cnn")})
             time.sleep(seconds / (len(steps) + 1))
         for t in threads:
             t.join(timeout=seconds + 120)

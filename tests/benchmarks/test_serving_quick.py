@@ -29,7 +29,8 @@ def test_quick_smoke_writes_the_keys_and_fails_no_request(tmp_path: Path) -> Non
         [sys.executable, str(REPO / "benchmarks" / "serving.py"), "--quick", "--out", str(out),
          "--workdir", str(tmp_path / "work"), "--levels", "2", "--headline-clients", "2",
          "--models", "small_cnn", "--sections", "throughput,memory",
-         "--memory-variants", "repository", "--no-triton", "--seconds", "1"],
+         "--memory-variants", "repository", "--no-triton", "--seconds", "1",
+         "--max-attempts", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
