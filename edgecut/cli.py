@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-size", type=int, default=128, metavar="N",
                    help="requests queued per model before RESOURCE_EXHAUSTED, where the model's "
                         "config sets no bound (default 128)")
-    p.add_argument("--workers", type=int, default=16, help="gRPC worker threads (default 16)")
+    p.add_argument("--workers", type=int, default=64,
+                   help="gRPC worker threads; a call waiting for its batch holds one (default 64)")
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="onnxruntime intra-op threads per session (default 0: onnxruntime decides)")
     p.add_argument("--log-requests", action="store_true", help="log one JSON line per request")
@@ -439,7 +440,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"edgecut endpoint listening on {server.address} ({security}); serving {models}"
               f"{metrics}", flush=True)
 
+    from edgecut.cloud.allocator import keep_large_buffers
     from edgecut.cloud.repository import ModelRepository
+
+    keep_large_buffers()
 
     if args.auth is not None and not args.mtls:
         raise TLSConfigError("--auth names devices by their certificates: it needs --tls DIR --mtls")

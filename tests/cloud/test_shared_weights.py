@@ -58,14 +58,26 @@ def test_tails_share_weights_and_answer_the_same(tmp_path: Path) -> None:
 
 
 def test_different_bytes_under_one_name_are_not_shared(tmp_path: Path) -> None:
-    for name, model in (("a", mlp(0)), ("b", mlp(0))):
+    for name, model in (("a", mlp(0)), ("a.cut1", mlp(0))):
         (tmp_path / name / "1").mkdir(parents=True)
-        if name == "b":
+        if name == "a.cut1":
             w0 = model.graph.initializer[0]
             w0.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w0) * 2, "w0"))
         onnx.save(model, tmp_path / name / "1" / "model.onnx")
     repo = ModelRepository(tmp_path, intra_op_threads=1)
     assert repo.statistics().shared_weights.distinct_weights == LAYERS + 1
     x = np.ones((1, WIDTH), np.float32)
-    a, b = (repo.get(n).session.run(None, {"x": x})[0] for n in "ab")
+    a, b = (repo.get(n).session.run(None, {"x": x})[0] for n in ("a", "a.cut1"))
     assert not np.allclose(a, b)
+
+
+def test_a_model_without_plan_siblings_keeps_its_weights(tmp_path: Path) -> None:
+    """Pooling turns pre-packing off; a model no other model shares weights with keeps it."""
+    for name in ("solo", "other"):
+        (tmp_path / name / "1").mkdir(parents=True)
+        onnx.save(mlp(0), tmp_path / name / "1" / "model.onnx")
+    repo = ModelRepository(tmp_path, intra_op_threads=1)
+    assert repo.statistics().shared_weights.distinct_weights == 0
+    x = np.ones((1, WIDTH), np.float32)
+    np.testing.assert_allclose(repo.get("solo").session.run(None, {"x": x})[0],
+                               repo.get("other").session.run(None, {"x": x})[0])
