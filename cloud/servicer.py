@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,14 +19,21 @@ import grpc
 import numpy as np
 
 from edgecut.errors import (
+    BadInputError,
     CloudUnavailableError,
     DeadlineExceededError,
     OverloadedError,
 )
 from edgecut.protocol import grpc_service_pb2 as pb
-from edgecut.protocol.codecs import SERVER_EXTENSIONS
+from edgecut.protocol.codecs import SERVER_EXTENSIONS, parameter_value
 from edgecut.protocol.grpc_service_pb2_grpc import (
     GRPCInferenceServiceServicer,
+)
+from edgecut.protocol.probe import (
+    PROBE_DOWNLOAD_PARAMETER,
+    PROBE_EXTENSION,
+    PROBE_MODEL,
+    PROBE_OUTPUT,
 )
 from edgecut.protocol.tls import peer_identity
 
@@ -70,6 +78,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self._repository = repository
         self._recorder = recorder
         self._max_decoded_bytes = max_decoded_bytes
+        self._probe_bytes = b""
         self._scheduler = scheduler or Scheduler()
         self._metrics = metrics
         self._authorization = authorization
@@ -147,7 +156,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
                        ) -> pb.ServerMetadataResponse:
         response = pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=self._version, extensions=list(SERVER_EXTENSIONS)
+            name=SERVER_NAME, version=self._version, extensions=[*SERVER_EXTENSIONS, PROBE_EXTENSION]
         )
         return self._answer("ServerMetadata", context, response)
 
@@ -177,6 +186,8 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         device = peer_identity(context)
         model: LoadedModel | None = None
         try:
+            if request.model_name == PROBE_MODEL:
+                return self._answer("ModelInfer", context, self._probe(request))
             with self._admitted():
                 model = self._repository.route(request.model_name, request.model_version)
                 self._authorize(device, model.name)
@@ -188,6 +199,21 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self._observe_infer(model, outcome, device=device, started=started,
                             request_id=request.id)
         return outcome.response
+
+    def _probe(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+        """The link probe (edgecut.protocol.probe): `n` bytes down, whatever came up."""
+        asked = request.parameters.get(PROBE_DOWNLOAD_PARAMETER)
+        n = int(parameter_value(asked)) if asked is not None else 0
+        if not 0 <= n <= self._max_decoded_bytes:
+            raise BadInputError(f"{PROBE_DOWNLOAD_PARAMETER} must be 0..{self._max_decoded_bytes}, "
+                                f"got {n}")
+        if len(self._probe_bytes) < n:
+            # Random, so no compression on the way shortens the transfer; made once.
+            self._probe_bytes = os.urandom(n)
+        response = pb.ModelInferResponse(model_name=PROBE_MODEL, id=request.id)
+        response.outputs.add(name=PROBE_OUTPUT, datatype="UINT8", shape=[n])
+        response.raw_output_contents.append(self._probe_bytes[:n])
+        return response
 
     def _runner(self, model: LoadedModel, context: grpc.ServicerContext
                 ) -> Callable[[dict[str, np.ndarray], list[str]], RunResult]:

@@ -224,6 +224,7 @@ class CloudClient:
         response_codec: str | Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         model_version: str = "",
+        parameters: Mapping[str, bool | int | float | str] | None = None,
     ) -> InferResult:
         """Run `model` on the endpoint; the outputs come back in the order of `outputs`
         (all the model's outputs, in the server's order, when None).
@@ -231,6 +232,7 @@ class CloudClient:
         `codec` is one codec for every input or one per input name (missing names go raw);
         a codec the server did not announce falls back to raw. `response_codec` asks the
         server to encode its outputs so: one codec for all, or one per name in `outputs`.
+        `parameters` become the request's own (OIP request-level parameters).
         """
         timeout = self.timeout_s if timeout_s is None else float(timeout_s)
         start = time.perf_counter()
@@ -252,9 +254,9 @@ class CloudClient:
         chunks: list[memoryview | bytes] = []
         raw_up = 0
         for name, array in inputs.items():
-            data, datatype, shape, parameters, raw_nbytes = encode_input(array, wanted[name])
+            data, datatype, shape, tensor_parameters, raw_nbytes = encode_input(array, wanted[name])
             tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
-            for key, value in parameters.items():
+            for key, value in tensor_parameters.items():
                 set_parameter(tensor.parameters[key], value)
             chunks.append(data)
             raw_up += raw_nbytes
@@ -264,6 +266,8 @@ class CloudClient:
                 set_parameter(requested.parameters[CODEC_PARAMETER], down[name])
         if "" in down:
             set_parameter(request.parameters[CODEC_PARAMETER], down[""])
+        for key, value in (parameters or {}).items():
+            set_parameter(request.parameters[key], value)
         payload = request_with_raw_inputs(request.SerializeToString(), chunks)
         wire_up = sum(len(c) for c in chunks)
         if len(payload) > self.max_message_bytes:

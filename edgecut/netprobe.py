@@ -1,12 +1,12 @@
 """Measure the link to a running endpoint and write a network profile `--network FILE` reads.
 
-Round trip: the median of `ServerLive` calls (the smallest call the protocol has). Uplink:
-ModelInfer calls carrying `upload_bytes` of random (incompressible) raw bytes to a model name
-that no repository serves (`PROBE_MODEL`): gRPC delivers the whole message before the server
-answers NOT_FOUND, so nothing needs deploying, and `bytes * 8 / (median call time - rtt)` is
-the upload rate. Downlink: no deploy-free call returns a large message, so the downlink is
-taken equal to the uplink, and the profile's `source` says so; edit `downlink_mbps` in the file
-if the link is asymmetric.
+Round trip: the median of `ServerLive` calls (the smallest call the protocol has). Uplink and
+downlink: ModelInfer calls to the link probe every edgecut endpoint answers
+(edgecut.protocol.probe), `upload_bytes` of random raw bytes up with nothing back, then
+nothing up with `download_bytes` back; rate = `bytes * 8 / (median call time - rtt)`. Against
+an endpoint that does not announce the probe (another OIP server), uploads go to a model name it
+does not serve (it answers NOT_FOUND after receiving the whole message) and the downlink is
+taken equal to the uplink, which the profile's `source` says.
 
 Example:
     >>> net = probe_network("cloud.example:8001", tls_dir=Path("tls"))  # doctest: +SKIP
@@ -25,25 +25,32 @@ from pathlib import Path
 
 import numpy as np
 
-from edgecut.errors import CloudUnavailableError, RemoteError
+from edgecut.errors import ModelNotFoundError, RemoteError
 from edgecut.profiles.schema import NetworkProfile
+from edgecut.protocol.probe import (
+    PROBE_DOWNLOAD_PARAMETER,
+    PROBE_EXTENSION,
+    PROBE_MODEL,
+)
 
-__all__ = ["PROBE_MODEL", "probe_network", "save_network"]
+__all__ = ["UNSERVED_MODEL", "probe_network", "save_network"]
 
-PROBE_MODEL = "edgecut-bandwidth-probe-unserved"
+# For endpoints without the probe: a name no repository serves.
+UNSERVED_MODEL = "edgecut-bandwidth-probe-unserved"
 
 
 def probe_network(endpoint: str, *, tls_dir: Path | None = None, device: str | None = None,
                   name: str = "measured", model: str | None = None,
-                  upload_bytes: int = 4 << 20, probes: int = 5,
+                  upload_bytes: int = 4 << 20, download_bytes: int = 4 << 20, probes: int = 5,
                   progress: Callable[[str, int, int], None] | None = None) -> NetworkProfile:
     """Probe `endpoint` (see the module docstring) and return the measured NetworkProfile."""
     from edgecut.edge.client import CloudClient
 
-    if probes < 1 or upload_bytes < 1:
-        raise ValueError(f"probes and upload_bytes must be >= 1, got {probes}, {upload_bytes}")
+    if min(probes, upload_bytes, download_bytes) < 1:
+        raise ValueError(f"probes, upload_bytes and download_bytes must be >= 1, got {probes}, "
+                         f"{upload_bytes}, {download_bytes}")
     del model  # reserved: a served model to time the downlink with
-    total = 2 * probes + 1
+    total = 3 * probes + 1
     step = 0
 
     def tick(text: str) -> None:
@@ -53,37 +60,53 @@ def probe_network(endpoint: str, *, tls_dir: Path | None = None, device: str | N
         step += 1
 
     payload = np.random.default_rng(0).integers(0, 256, size=upload_bytes, dtype=np.uint8)
+    one_byte = np.zeros(1, np.uint8)
     with CloudClient(endpoint, tls_dir=tls_dir, device=device,
-                     max_message_bytes=max(upload_bytes * 2, 8 << 20)) as client:
+                     max_message_bytes=max(upload_bytes, download_bytes) * 2 + (8 << 20)) as client:
         tick("connecting")
-        client.server_live()
+        has_probe = PROBE_EXTENSION in client.server_metadata().extensions
         rtts = []
         for _ in range(probes):
             tick("round trip")
             t0 = time.perf_counter()
             client.server_live()
             rtts.append((time.perf_counter() - t0) * 1000.0)
+
+        def timed(inputs: dict[str, np.ndarray], down: int) -> float:
+            t0 = time.perf_counter()
+            try:
+                client.infer(PROBE_MODEL if has_probe else UNSERVED_MODEL, inputs,
+                             parameters={PROBE_DOWNLOAD_PARAMETER: down} if has_probe else None)
+            except (ModelNotFoundError, RemoteError):
+                if has_probe:
+                    raise
+                # NOT_FOUND is the expected answer, after the whole upload
+            return (time.perf_counter() - t0) * 1000.0
+
         uploads = []
         for _ in range(probes):
             tick("uplink")
-            t0 = time.perf_counter()
-            try:
-                client.infer(PROBE_MODEL, {"probe": payload})
-            except RemoteError:
-                pass  # NOT_FOUND is the expected answer, after the whole upload
-            except CloudUnavailableError:
-                raise
-            uploads.append((time.perf_counter() - t0) * 1000.0)
+            uploads.append(timed({"probe": payload}, 0))
+        downloads = []
+        for _ in range(probes if has_probe else 0):
+            tick("downlink")
+            downloads.append(timed({"probe": one_byte}, download_bytes))
     rtt = statistics.median(rtts)
-    moving_ms = max(statistics.median(uploads) - rtt, 1e-3)
-    up = upload_bytes * 8 / (moving_ms * 1000.0)
+
+    def mbps(nbytes: int, times_ms: list[float]) -> float:
+        return round(nbytes * 8 / (max(statistics.median(times_ms) - rtt, 1e-3) * 1000.0), 3)
+
+    up = mbps(upload_bytes, uploads)
+    down = mbps(download_bytes, downloads) if downloads else up
     when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    how_down = (f"downlink from {probes} downloads of {download_bytes} bytes" if downloads
+                else "downlink assumed equal to the uplink (the endpoint has no link probe)")
     return NetworkProfile(
-        name=name, uplink_mbps=round(up, 3), downlink_mbps=round(up, 3), rtt_ms=round(rtt, 3),
+        name=name, uplink_mbps=up, downlink_mbps=down, rtt_ms=round(rtt, 3),
         jitter_ms=round(statistics.pstdev(rtts), 3),
         source=(f"measured by edgecut profile network against {endpoint} at {when}: rtt median of "
                 f"{probes} ServerLive calls, uplink from {probes} uploads of {upload_bytes} "
-                f"bytes; downlink assumed equal to the uplink (not measured)"))
+                f"bytes; {how_down}"))
 
 
 def save_network(profile: NetworkProfile, path: str | os.PathLike[str]) -> Path:

@@ -12,6 +12,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from edgecut.cloud.server import EndpointServer
 from edgecut.protocol.codecs import SERVER_EXTENSIONS
+from edgecut.protocol.probe import PROBE_EXTENSION
 
 Reference = Callable[..., list[np.ndarray]]
 
@@ -54,7 +55,7 @@ def test_server_metadata_announces_codecs(client: triton.InferenceServerClient,
     metadata = client.get_server_metadata(as_json=True, client_timeout=call_timeout_s)
     assert metadata["name"] == "edgecut"
     assert metadata["version"]
-    assert metadata["extensions"] == list(SERVER_EXTENSIONS)
+    assert metadata["extensions"] == [*SERVER_EXTENSIONS, PROBE_EXTENSION]
 
 
 def test_model_metadata(client: triton.InferenceServerClient, call_timeout_s: float) -> None:
