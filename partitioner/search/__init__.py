@@ -30,6 +30,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -179,13 +180,14 @@ def _no_feasible_cut(
     if not fits:
         need = min(c.device_memory_bytes for c in costs)
         return NoFeasibleCutError(
-            f"no cut fits device_memory_bytes={memory}: the least device memory of any candidate "
-            f"cut (weights + peak activations) is {need} bytes; allow at least {need} bytes, or "
+            f"no cut fits a device memory of {_mib(memory)} MiB ({memory} bytes): the least device "
+            f"memory of any candidate cut (weights + peak activations) is {_mib(need)} MiB "
+            f"({need} bytes); allow at least that (--device-memory-mib {_mib(need, up=True)}), or "
             "unpin inputs so more of the model can run in the cloud"
         )
     budget = constraints.energy_budget_j
     need_j = min(c.energy_j for c in fits)
-    within = "" if memory is None else f" among the cuts within device_memory_bytes={memory}"
+    within = "" if memory is None else f" among the cuts within {_mib(memory)} MiB of device memory"
     if memory is None and least_energy is not None:
         need_j = min(need_j, least_energy)
     return NoFeasibleCutError(
@@ -235,3 +237,9 @@ def _hull_walk(
         else:
             bad = trial
     return found
+
+
+def _mib(n: int, *, up: bool = False) -> str:
+    """Bytes as MiB for messages (the CLI takes --device-memory-mib); `up` rounds so it fits."""
+    mib = n / (1 << 20)
+    return f"{math.ceil(mib * 1000) / 1000:.3f}" if up else f"{mib:.3f}"

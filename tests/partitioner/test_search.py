@@ -222,8 +222,8 @@ def test_memory_limit_forces_a_smaller_head() -> None:
 def test_impossible_limits_name_the_constraint_and_the_least_value() -> None:
     g = _wide_then_narrow()
     params = CostParameters(uplink_mbps=10, downlink_mbps=10, rtt_ms=10, compute_w=2, transmit_w=1)
-    with pytest.raises(NoFeasibleCutError, match=r"device_memory_bytes=10: .* is 1000000 bytes; "
-                                                 r"allow at least 1000000 bytes"):
+    with pytest.raises(NoFeasibleCutError, match=r"\(10 bytes\): .* is 0.954 MiB \(1000000 bytes\); "
+                                                 r"allow at least that \(--device-memory-mib 0.954\)"):
         best_cut(g, params, constraints=Constraints(device_memory_bytes=10))
     least = min(c.energy_j for _, c in all_cuts(g, params))
     with pytest.raises(NoFeasibleCutError, match=f"energy_budget_j=0.0001: .* is {least:.6g} J"):
