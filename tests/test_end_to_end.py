@@ -10,7 +10,6 @@ with a looser bound; offload and local once per model.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import onnxruntime as ort
 import pytest
 
 from edgecut.cloud.server import EndpointServer, create_server
+from edgecut.deploy import deploy_plan
 from edgecut.edge import Config, Predictor, load_plan
 from edgecut.edge.plan import Plan
 from edgecut.partitioner import list_cuts, write_plan
@@ -40,16 +40,6 @@ class Deployed:
     plan: Plan
     feed: dict[str, np.ndarray]
     reference: dict[str, np.ndarray]
-
-
-def deploy(plan: Plan, repository: Path) -> None:
-    """Install the full model and every tail of `plan` as REPO/<name>/1/model.onnx."""
-    models = [(plan.model.name, plan.model.file)]
-    models += [(c.endpoint_model, c.tail) for c in plan.cuts if c.tail and c.endpoint_model]
-    for name, relative in models:
-        target = repository / name / "1" / "model.onnx"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(plan.path(relative), target)
 
 
 def _run_full(model_path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -87,7 +77,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
                    chosen=cut_ids[len(cut_ids) // 2])
         plan = load_plan(plan_dir)
         assert plan.cut_ids == tuple(cut_ids)
-        deploy(plan, repository)
+        deploy_plan(plan.directory, repository)
         models[name] = Deployed(plan=plan, feed=feed, reference=_run_full(model_path, feed))
     return repository, models
 

@@ -14,24 +14,13 @@ import onnx
 import pytest
 
 from edgecut.cloud.server import EndpointServer, create_server
-from edgecut.edge import load_plan
+from edgecut.deploy import deploy_plan
 from edgecut.partitioner import write_plan
 from edgecut.protocol.pki import init_ca, issue_device_certificate
 from edgecut.zoo import ZOO, sample_inputs
 
 DEVICE = "edge-test"
 MODEL = "fpn"  # three outputs, so cuts with outputs on both sides exist
-
-
-def deploy(plan_dir: Path, repository: Path) -> None:
-    """The full model and every tail of a plan, in the Triton layout the endpoint serves."""
-    plan = load_plan(plan_dir)
-    models = [(plan.model.name, plan.model.file)]
-    models += [(c.endpoint_model, c.tail) for c in plan.cuts if c.tail and c.endpoint_model]
-    for name, relative in models:
-        target = repository / name / "1" / "model.onnx"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(plan.path(relative), target)
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +60,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def endpoint_server(tmp_path_factory: pytest.TempPathFactory, plan_dir: Path,
                     fleet: Path) -> Iterator[EndpointServer]:
     repository = tmp_path_factory.mktemp("repo")
-    deploy(plan_dir, repository)
+    deploy_plan(plan_dir, repository)
     server = create_server(repository, tls_dir=fleet, mutual_tls=True, workers=2,
                            intra_op_threads=1)
     server.start()
