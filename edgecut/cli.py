@@ -112,9 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tls(c)
     c.add_argument("--out", type=Path, required=True, metavar="FILE.toml")
     c.add_argument("--name", default="measured", help="profile name (default measured)")
-    c.add_argument("--model", metavar="NAME",
-                   help="a served model to time the downlink with (its outputs); without it the "
-                        "downlink is taken equal to the uplink")
+    c.add_argument("--download-mib", type=float, default=4.0, metavar="MIB",
+                   help="bytes per downlink probe (default 4; the endpoint's link probe sends them)")
     c.add_argument("--upload-mib", type=float, default=4.0, metavar="MIB",
                    help="size of each upload probe (default 4)")
     c.add_argument("--probes", type=int, default=5, help="probes of each kind (default 5)")
@@ -383,8 +382,8 @@ def _cmd_profile_network(args: argparse.Namespace) -> int:
 
     with report.progress_bar(f"probing {args.endpoint}") as progress:
         network = probe_network(args.endpoint, tls_dir=args.tls, device=args.device,
-                                name=args.name, model=args.model,
-                                upload_bytes=int(args.upload_mib * 2**20), probes=args.probes,
+                                name=args.name, upload_bytes=int(args.upload_mib * 2**20),
+                                download_bytes=int(args.download_mib * 2**20), probes=args.probes,
                                 progress=progress)
     save_network(network, args.out)
     print(f"wrote {args.out}: up {network.uplink_mbps:.3g} Mbps, down "

@@ -40,7 +40,7 @@ UNSERVED_MODEL = "edgecut-bandwidth-probe-unserved"
 
 
 def probe_network(endpoint: str, *, tls_dir: Path | None = None, device: str | None = None,
-                  name: str = "measured", model: str | None = None,
+                  name: str = "measured",
                   upload_bytes: int = 4 << 20, download_bytes: int = 4 << 20, probes: int = 5,
                   progress: Callable[[str, int, int], None] | None = None) -> NetworkProfile:
     """Probe `endpoint` (see the module docstring) and return the measured NetworkProfile."""
@@ -49,7 +49,6 @@ def probe_network(endpoint: str, *, tls_dir: Path | None = None, device: str | N
     if min(probes, upload_bytes, download_bytes) < 1:
         raise ValueError(f"probes, upload_bytes and download_bytes must be >= 1, got {probes}, "
                          f"{upload_bytes}, {download_bytes}")
-    del model  # reserved: a served model to time the downlink with
     total = 3 * probes + 1
     step = 0
 
