@@ -10,8 +10,13 @@ import numpy as np
 
 from edgecut.edge import Config, Predictor
 from edgecut.edge.plan import Plan, load_plan
-from edgecut.errors import BadInputError
-from edgecut.partitioner import compare_outputs, run_split_locally, within_tolerance
+from edgecut.partitioner import (
+    compare_outputs,
+    load_model,
+    run_split_locally,
+    sample_inputs,
+    within_tolerance,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,23 +29,8 @@ class CutCheck:
 def random_inputs(plan: Plan, input_shapes: Mapping[str, Sequence[int]] | None = None,
                   *, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs of the plan's declared dtypes, at `input_shapes` or the plan's own shapes."""
-    rng = np.random.default_rng(seed)
     shapes = {**plan.input_shapes, **(input_shapes or {})}
-    feed = {}
-    for spec in plan.model.inputs:
-        if spec.name not in shapes:
-            raise BadInputError(
-                f"input {spec.name!r} has no concrete shape; give --input-shape {spec.name}=..."
-            )
-        shape = tuple(shapes[spec.name])
-        dtype = np.dtype(spec.dtype)
-        if dtype.kind == "f":
-            feed[spec.name] = rng.standard_normal(shape).astype(dtype)
-        elif dtype.kind == "b":
-            feed[spec.name] = rng.integers(0, 2, shape).astype(dtype)
-        else:
-            feed[spec.name] = rng.integers(0, 4, shape).astype(dtype)
-    return feed
+    return sample_inputs(load_model(plan.directory / plan.model.file), shapes, seed=seed)
 
 
 def verify_plan(
