@@ -5,6 +5,7 @@ Server side (edgecut.cloud.server's handlers call these):
     repository_index(repo, ready_only)        -> RepositoryIndexResponse
     apply_load(repo, name, parameters)        load / reload, or canary control (below)
     apply_unload(repo, name, parameters)
+    control_action(parameters)                what a load asks for, as a verb for messages
     model_config(repo, name, version)         -> ModelConfigResponse (config.pbtxt, completed)
     model_statistics(repo, name, version)     -> ModelStatisticsResponse (per version)
 
@@ -54,6 +55,7 @@ __all__ = [
     "apply_load",
     "apply_unload",
     "complete_config",
+    "control_action",
     "model_config",
     "model_statistics",
     "parse_load_parameters",
@@ -121,6 +123,26 @@ def apply_load(repository: ModelRepository, name: str,
     else:
         repository.load(name)
     return action
+
+
+_VERBS = {"load": "load", "canary": "start a canary of", "promote": "promote",
+          "rollback": "roll back"}
+
+
+def control_action(parameters: Mapping[str, pb.ModelRepositoryParameter]) -> str:
+    """What a RepositoryModelLoad asks for, as the verb a PERMISSION_DENIED message gives.
+
+    Malformed parameters read as a plain "load": rights are checked first, and only a caller
+    who may control the repository learns from apply_load what is wrong with them.
+
+    >>> control_action({ROLLBACK: pb.ModelRepositoryParameter(bool_param=True)})
+    'roll back'
+    """
+    try:
+        kind = parse_load_parameters(parameters).kind
+    except UserInputError:
+        kind = "load"
+    return _VERBS[kind]
 
 
 def apply_unload(repository: ModelRepository, name: str,
@@ -202,8 +224,12 @@ class ModelControl:
     >>> with ModelControl("127.0.0.1:8001", tls_dir=Path("tls")) as control:   # doctest: +SKIP
     ...     control.canary("chain_cnn", version=3, percent=10)
 
+    Under mutual TLS it presents `device`'s certificate from `tls_dir` (or the folder's only
+    one); an endpoint with an auth file takes load, unload and canary control only from an
+    operator's (edgecut.cloud.auth).
+
     Errors: CloudUnavailableError (cannot connect), DeadlineExceededError, RemoteError (the
-    endpoint refused; its code and message).
+    endpoint refused; its code and message, PERMISSION_DENIED for a non-operator's control).
     """
 
     def __init__(self, endpoint: str, *, tls_dir: Path | None = None, device: str | None = None,

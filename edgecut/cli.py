@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)")
     p.add_argument("--auth", type=Path, metavar="FILE",
-                   help="TOML file of which devices may call which models (needs --mtls)")
+                   help="TOML file of which devices may call which models, and which certificates "
+                        "are operators that may load, unload and canary them (needs --mtls)")
     p.add_argument("--max-queue-size", type=int, default=128, metavar="N",
                    help="requests queued per model before RESOURCE_EXHAUSTED, where the model's "
                         "config sets no bound (default 128)")

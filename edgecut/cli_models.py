@@ -7,6 +7,12 @@
     edgecut models promote  NAME --endpoint …       the canary's version becomes the only one
     edgecut models rollback NAME --endpoint …       back to the stable version
 
+Under mutual TLS the command presents the device certificate --device NAME from the --tls
+folder (or the folder's only one). When the endpoint has an auth file, load, unload, canary,
+promote and rollback need an operator's certificate: one whose name matches the file's
+`[operators] names` (see edgecut.cloud.auth), e.g. `edgecut certs device ops-alice --dir tls/`
+then `--tls tls/ --device ops-alice`.
+
 Parses, calls edgecut.cloud.management.ModelControl, prints. Errors are edgecut errors
 (RemoteError, CloudUnavailableError …) that edgecut.cli prints as one line.
 """
@@ -34,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # argparse has no
         p.add_argument("--tls", type=Path, metavar="DIR",
                        help="folder from `edgecut certs` (ca.crt, and a device certificate for mTLS)")
         p.add_argument("--device", metavar="NAME",
-                       help="device certificate NAME.crt/NAME.key in the --tls folder")
+                       help="certificate NAME.crt/NAME.key in the --tls folder to present (default: "
+                            "the only one); an operator's for load, unload and canary control "
+                            "when the endpoint has --auth")
         p.add_argument("--timeout", type=float, default=60.0, metavar="S",
                        help="seconds to wait for the endpoint (default 60)")
         return p
