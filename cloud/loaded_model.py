@@ -71,7 +71,11 @@ def format_shape(shape: Sequence[int]) -> str:
 
 
 class TrackedSession:
-    """An onnxruntime session that counts its runs, failures and time (per model version).
+    """An onnxruntime session that counts its runs, their rows and time (per model version).
+
+    These are Triton's executions (`execution_count`, `inference_count`, `batch_stats`): one
+    per run, however many requests it carried. Requests are counted by whoever answers them
+    (LoadedModel.request_succeeded / request_failed).
 
     `run` has InferenceSession's signature and raises what it raises; every other attribute
     is the session's own. `inner` is the bare InferenceSession.
@@ -91,14 +95,14 @@ class TrackedSession:
 
     def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any],
             run_options: ort.RunOptions | None = None) -> list[Any]:
-        started = self._traffic.started()
+        started = self._traffic.run_started()
         ok = False
         try:
             outputs = self._session.run(output_names, input_feed, run_options)
             ok = True
             return outputs
         finally:
-            self._traffic.finished(started, ok=ok, batch_size=self._batch_size(input_feed))
+            self._traffic.run_finished(started, ok=ok, batch_size=self._batch_size(input_feed))
 
     def _batch_size(self, input_feed: Mapping[str, Any]) -> int:
         if not self._batched or not input_feed:
@@ -119,7 +123,9 @@ class LoadedModel:
     """One version of one model, ready to run. `session.run` is thread-safe.
 
     `settings` are the model's config.pbtxt settings (batching, instances) as loaded with
-    this version; `statistics()` is this version's traffic since it was loaded.
+    this version; `statistics()` is this version's traffic since it was loaded: its session
+    counts runs, and whoever answers a request counts it once, with request_succeeded or
+    request_failed.
     """
 
     name: str
@@ -143,6 +149,22 @@ class LoadedModel:
         if self.traffic is None:
             return VersionStatistics(name=self.name, version=self.version)
         return self.traffic.snapshot()
+
+    def request_succeeded(self, *, request_s: float, queue_s: float = 0.0,
+                          compute_s: float = 0.0) -> None:
+        """Count one answered request: `request_s` in the endpoint, of which `queue_s` waiting
+        for its run and `compute_s` in that run (all of it, even when other requests shared it).
+
+        Call it once per request, not per run: a batch of four requests is four calls.
+        """
+        if self.traffic is not None:
+            self.traffic.request_succeeded(request_s=request_s, queue_s=queue_s,
+                                           compute_s=compute_s)
+
+    def request_failed(self, *, request_s: float) -> None:
+        """Count one request that failed after it was routed to this version."""
+        if self.traffic is not None:
+            self.traffic.request_failed(request_s=request_s)
 
 
 def datatype_of_ort(type_string: str) -> str:

@@ -197,21 +197,36 @@ def model_statistics(repository: ModelRepository, name: str = "", version: str =
                      ) -> pb.ModelStatisticsResponse:
     """Triton's per-version statistics from each loaded version's own counters.
 
-    `success`/`compute_infer` count model executions and their time; `fail` the executions
-    that raised; `batch_stats` the successful executions by batch size.
+    Requests and model executions are counted apart, as Triton's statistics extension counts
+    them (its docs/protocol/extension_statistics.md). Four 2-row requests batched into one
+    run add, per request (inference_stats):
+
+        success          4: answered requests, and their time in the endpoint
+        fail             0: requests routed to the version that failed, and their time
+        queue            4: answered requests' wait for their run
+        compute_infer    4: answered requests' run time (each is charged the whole run)
+
+    and per execution:
+
+        execution_count  1: successful model runs
+        inference_count  8: rows of those runs
+        batch_stats      {batch_size 8: compute_infer.count 1}: runs by batch size, and
+                         their time
+
+    compute_input and compute_output stay empty: joining a batch's inputs and splitting its
+    outputs is timed as part of the request's compute_infer, not apart.
     """
     response = pb.ModelStatisticsResponse()
     for stats in repository.version_statistics(name, version):
-        ok = stats.executions - stats.failures
         entry = response.model_stats.add(
             name=stats.name, version=str(stats.version), last_inference=stats.last_inference_ms,
-            inference_count=stats.inferences, execution_count=ok,
+            inference_count=stats.inferences, execution_count=stats.executions,
         )
-        entry.inference_stats.success.count, entry.inference_stats.success.ns = ok, stats.success_ns
-        entry.inference_stats.fail.count, entry.inference_stats.fail.ns = (stats.failures,
-                                                                           stats.failure_ns)
-        entry.inference_stats.compute_infer.count = ok
-        entry.inference_stats.compute_infer.ns = stats.success_ns
+        requests = entry.inference_stats
+        requests.success.count, requests.success.ns = stats.successes, stats.success_ns
+        requests.fail.count, requests.fail.ns = stats.failures, stats.failure_ns
+        requests.queue.count, requests.queue.ns = stats.successes, stats.queue_ns
+        requests.compute_infer.count, requests.compute_infer.ns = stats.successes, stats.compute_ns
         for size, (runs, ns) in sorted(stats.batches.items()):
             batch = entry.batch_stats.add(batch_size=size)
             batch.compute_infer.count, batch.compute_infer.ns = runs, ns

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import importlib.util
 import sys
 import threading
@@ -12,6 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
+from edgecut.cloud import canary
 from edgecut.cloud.canary import CanaryRoute
 from edgecut.cloud.repository import ModelRepository
 from edgecut.cloud.server import create_server
@@ -40,6 +42,10 @@ def repo(tmp_path: Path) -> ModelRepository:
 def test_route_shares_are_exact(percent: int) -> None:
     route = CanaryRoute(stable=1, candidate=2, percent=percent)
     assert [route.pick() for _ in range(1000)].count(2) == 10 * percent
+
+
+def test_docstring_examples() -> None:
+    assert doctest.testmod(canary).failed == 0
 
 
 def test_bad_routes() -> None:
