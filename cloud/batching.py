@@ -222,6 +222,12 @@ class BatchQueue(Generic[_T]):
 
         `flush` dispatches without waiting for delays (draining before shutdown).
         """
+        if not self._policy.batching:  # first come, first served, one at a time
+            if not self._items:
+                return None
+            item = self._items.pop(0)
+            self._bytes -= item.nbytes
+            return [item]
         for key, group in self._groups():
             chosen = self._ready_prefix(key, group, now, flush=flush)
             if chosen is not None:

@@ -278,7 +278,10 @@ def _check_names_and_types(request: ModelInferRequest, model: LoadedModel) -> No
     seen: set[str] = set()
     for tensor in request.inputs:
         spec = model.input(tensor.name)
-        got = f"{tensor.datatype or '(no datatype)'} {format_shape(tensor.shape)}"
+        if (spec is not None and tensor.name not in seen and tensor.datatype == spec.datatype
+                and spec.accepts_shape(tensor.shape)):
+            seen.add(tensor.name)
+            continue  # the common case, checked first: no message to build
         if spec is None:
             problems.append(
                 f"unknown input {tensor.name!r}; the model's inputs are "
@@ -286,7 +289,8 @@ def _check_names_and_types(request: ModelInferRequest, model: LoadedModel) -> No
             )
         elif tensor.name in seen:
             problems.append(f"input {tensor.name!r} is given twice")
-        elif tensor.datatype != spec.datatype or not spec.accepts_shape(tensor.shape):
+        else:
+            got = f"{tensor.datatype or '(no datatype)'} {format_shape(tensor.shape)}"
             problems.append(
                 f"input {tensor.name!r}: expected {spec.describe()} (-1 = any), got {got}"
             )

@@ -17,7 +17,8 @@ Around the handlers (each piece in its own module):
     health.py      grpc.health.v1 on the same port: "" and "inference.<model>"
     metrics.py     Prometheus /metrics on `metrics_port`, one registry per server
     logs.py        one JSON line per inference call on `edgecut.cloud.requests`
-    auth.py        which models each device may use (`auth_file`), re-read on change
+    auth.py        which models each device may use, and which identities (operators) may
+                   load, unload and canary them (`auth_file`), re-read on change
     protocol/tls   certificates re-read on change (ReloadingServerCertificates)
 
 `stop()` drains: ServerReady and health go false, new inference calls get UNAVAILABLE, queued
@@ -42,9 +43,6 @@ import grpc
 from edgecut.errors import (
     UserInputError,
 )
-from edgecut.protocol.grpc_service_pb2_grpc import (
-    add_GRPCInferenceServiceServicer_to_server,
-)
 from edgecut.protocol.tls import ReloadingServerCertificates, server_credentials
 
 from .auth import AuthorizationFile
@@ -54,7 +52,7 @@ from .logs import RequestLog
 from .metrics import EndpointMetrics, MetricsHTTPServer
 from .repository import ModelRepository
 from .scheduler import BatchObservation, Scheduler
-from .servicer import DEFAULT_MAX_DECODED_BYTES, PLATFORM, InferenceServicer
+from .servicer import DEFAULT_MAX_DECODED_BYTES, PLATFORM, InferenceServicer, add_to_server
 from .statistics import EndpointStatistics, StatisticsRecorder
 
 __all__ = [
@@ -254,7 +252,8 @@ def create_server(
 
     `metrics_port` serves Prometheus metrics on the gRPC address's host (0: any free port,
     None: off). `auth_file` (TOML, see edgecut.cloud.auth; needs `mutual_tls`) says which
-    models each device may use. Model health and the auth file are re-read every
+    models each device may use and which identities may control the repository (operators).
+    Model health and the auth file are re-read every
     `poll_interval_s`. `request_log_level` is the level of the per-call JSON log lines
     (None: none).
 
@@ -329,7 +328,7 @@ def create_server(
         # Calls waiting for a worker hold their request message: bound them too.
         maximum_concurrent_rpcs=max_concurrent_rpcs or 4 * workers,
     )
-    add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     health.register(server)
     try:
         if credentials is None:

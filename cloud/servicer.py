@@ -4,13 +4,12 @@ the admission, authorisation and accounting around each call (the gRPC server is
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import CancelledError
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import NoReturn, TypeVar
@@ -35,6 +34,7 @@ from edgecut.protocol.probe import (
     PROBE_MODEL,
     PROBE_OUTPUT,
 )
+from edgecut.protocol.rawfields import InferRequestView, parse_infer_request
 from edgecut.protocol.tls import peer_identity
 
 from . import management
@@ -51,6 +51,7 @@ from .status import status_for
 logger = logging.getLogger("edgecut.cloud.server")
 
 PLATFORM = "onnxruntime_onnx"
+SERVICE = "GRPCInferenceService"
 SERVER_NAME = "edgecut"
 RETRY_AFTER_KEY = "retry-after-ms"
 # Decoded inputs of one request together: a codec can shrink a tensor well below its size
@@ -108,19 +109,19 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         with self._flight:
             return self._flight.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
 
-    @contextlib.contextmanager
-    def _admitted(self) -> Iterator[None]:
+    def _enter(self) -> None:
+        """Count an inference call in, or refuse it while draining."""
         with self._flight:
             if self._draining:
                 raise CloudUnavailableError(
                     "the endpoint is shutting down; retry on another replica"
                 )
             self._inflight += 1
-        try:
-            yield
-        finally:
-            with self._flight:
-                self._inflight -= 1
+
+    def _leave(self) -> None:
+        with self._flight:
+            self._inflight -= 1
+            if not self._inflight:
                 self._flight.notify_all()
 
     def _authorize(self, device: str | None, model: str) -> None:
@@ -180,27 +181,36 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             self._metrics.record_rpc(rpc="ModelMetadata", code="OK", device=device)
         return response
 
-    def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.ServicerContext
-                   ) -> pb.ModelInferResponse:
+    def ModelInfer(self, request: bytes | pb.ModelInferRequest | InferRequestView,
+                   context: grpc.ServicerContext) -> pb.ModelInferResponse:
+        # gRPC hands over the request's bytes (see add_to_server): the tensors are read as
+        # views over them instead of being copied twice by protobuf's parser.
         started = time.perf_counter()
         device = peer_identity(context)
         model: LoadedModel | None = None
+        request_id = ""
         try:
+            if isinstance(request, bytes):
+                request = parse_infer_request(request)
+            request_id = request.id
             if request.model_name == PROBE_MODEL:
                 return self._answer("ModelInfer", context, self._probe(request))
-            with self._admitted():
+            self._enter()
+            try:
                 model = self._repository.route(request.model_name, request.model_version)
                 self._authorize(device, model.name)
                 outcome = infer(request, model, max_decoded_bytes=self._max_decoded_bytes,
                                 runner=self._runner(model, context))
+            finally:
+                self._leave()
         except Exception as exc:
             self._abort("ModelInfer", context, exc, device=device, model=model,
-                        started=started, request_id=request.id)
+                        started=started, request_id=request_id)
         self._observe_infer(model, outcome, device=device, started=started,
-                            request_id=request.id)
+                            request_id=request_id)
         return outcome.response
 
-    def _probe(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
+    def _probe(self, request: pb.ModelInferRequest | InferRequestView) -> pb.ModelInferResponse:
         """The link probe (edgecut.protocol.probe): `n` bytes down, whatever came up."""
         asked = request.parameters.get(PROBE_DOWNLOAD_PARAMETER)
         n = int(parameter_value(asked)) if asked is not None else 0
@@ -304,7 +314,8 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                     ) -> pb.ModelConfigResponse:
         device = peer_identity(context)
         try:
-            self._authorize(device, request.name)
+            if self._authorization is not None:  # a device that may use it, or an operator
+                self._authorization.check_read(device, request.name)
             response = management.model_config(self._repository, request.name, request.version)
         except Exception as exc:
             self._abort("ModelConfig", context, exc, device=device)
@@ -314,8 +325,10 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                         ) -> pb.ModelStatisticsResponse:
         device = peer_identity(context)
         try:
-            if request.name:
-                self._authorize(device, request.name)
+            if request.name and self._authorization is not None:
+                # A device that may use it, or an operator weighing a canary; all models'
+                # statistics (no name) stay open, as the repository index does.
+                self._authorization.check_read(device, request.name)
             response = management.model_statistics(self._repository, request.name,
                                                    request.version)
         except Exception as exc:
@@ -324,6 +337,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.ServicerContext
                         ) -> pb.RepositoryIndexResponse:
+        # Open to every admitted caller, as in Triton: names and states, no control.
         response = management.repository_index(self._repository, ready_only=request.ready)
         return self._answer("RepositoryIndex", context, response)
 
@@ -331,7 +345,9 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                             context: grpc.ServicerContext) -> pb.RepositoryModelLoadResponse:
         device = peer_identity(context)
         try:
-            self._authorize(device, request.model_name)
+            if self._authorization is not None:  # load, canary, promote, rollback: operators
+                self._authorization.check_control(device, request.model_name,
+                                                  management.control_action(request.parameters))
             management.apply_load(self._repository, request.model_name, request.parameters)
         except Exception as exc:
             self._abort("RepositoryModelLoad", context, exc, device=device)
@@ -341,11 +357,33 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                               context: grpc.ServicerContext) -> pb.RepositoryModelUnloadResponse:
         device = peer_identity(context)
         try:
-            self._authorize(device, request.model_name)
+            if self._authorization is not None:
+                self._authorization.check_control(device, request.model_name, "unload")
             management.apply_unload(self._repository, request.model_name, request.parameters)
         except Exception as exc:
             self._abort("RepositoryModelUnload", context, exc, device=device)
         return self._answer("RepositoryModelUnload", context, pb.RepositoryModelUnloadResponse())
+
+def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
+    """Register `servicer` for every RPC of inference.GRPCInferenceService on `server`.
+
+    As the generated add_GRPCInferenceServiceServicer_to_server, except that ModelInfer gets
+    the request's bytes unparsed (edgecut.protocol.rawfields reads its tensors in place).
+    """
+    service = pb.DESCRIPTOR.services_by_name[SERVICE]
+    handlers = {}
+    for method in service.methods:
+        request_type = getattr(pb, method.input_type.name)
+        response_type = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=None if method.name == "ModelInfer" else request_type.FromString,
+            response_serializer=response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name,
+                                                                          handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
     return pb.ModelMetadataResponse.TensorMetadata(

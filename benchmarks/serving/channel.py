@@ -13,8 +13,9 @@ Copies of the 4 MiB on the ModelInfer path (read from the code, per call):
   client (edgecut CloudClient): the array into the request bytes (edge/wire.py, 1); grpc's
     Python layer hands the bytes object to core (no copy); TLS encrypts into its frames (1).
   server: TLS decrypts into slices (1); grpc's Python layer joins the slices into one bytes
-    object for the deserializer (1); protobuf's parser copies `raw_input_contents` into a
-    new bytes object (1); np.frombuffer views it (0).
+    object (1); edgecut.protocol.rawfields takes `raw_input_contents` as a view of it (0;
+    protobuf's parser would copy it into its arena and again on every read: 2);
+    np.frombuffer views it (0).
   tritonclient: `tobytes()` (1), protobuf serialises the message (1), then as above.
 Every such buffer is over glibc's default mmap threshold (128 KiB, raised dynamically up to
 32 MiB after the first free), so each may be mmap'd and munmap'd (page faults on first touch)

@@ -188,3 +188,22 @@ def test_internal_errors_hide_details(tls_server: EndpointServer, tls_stub: Stub
     monkeypatch.undo()
     serves_good_request(tls_stub)
     assert tls_server.statistics().failures["INTERNAL"] >= 1
+
+
+@pytest.mark.parametrize("payload", [
+    b"\xff\xff",  # a cut-off varint: protobuf's own parser refuses it
+    b"\x3a\xff\xff\x03" + b"\x00" * (64 << 10),  # a 64 KiB message whose tensor claims 64 KiB + 1
+])
+def test_bytes_that_are_no_request(tls_server: EndpointServer, tls_stub: Stub,
+                                   open_channel: Callable[..., grpc.Channel],
+                                   serves_good_request: GoodCheck, call_timeout_s: float,
+                                   payload: bytes) -> None:
+    # Sent as is, past any serializer: what a broken or hostile client could send.
+    infer = open_channel(tls_server).unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer", request_serializer=None,
+        response_deserializer=pb.ModelInferResponse.FromString)
+    with pytest.raises(grpc.RpcError) as info:
+        infer(payload, timeout=call_timeout_s)
+    assert info.value.code() == CODE.INVALID_ARGUMENT
+    assert "ModelInferRequest" in info.value.details() or "malformed" in info.value.details()
+    serves_good_request(tls_stub)
