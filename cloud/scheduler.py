@@ -46,7 +46,7 @@ from .batching import (
     split_outputs,
 )
 from .inference import run_model
-from .loaded_model import LoadedModel
+from .loaded_model import LoadedModel, TrackedSession
 from .providers import create_session
 
 __all__ = [
@@ -154,7 +154,9 @@ class ModelScheduler:
         self._dispatch_at_once = not self._policy.batching or not self._policy.max_queue_delay_us
         sessions = [model.session]
         if separate_sessions:
-            sessions += [create_session(model.path, intra_op_threads=intra_op_threads)
+            # Tracked like the model's own session, so their runs reach ModelStatistics.
+            sessions += [self._tracked(create_session(model.path,
+                                                      intra_op_threads=intra_op_threads))
                          for _ in range(self._policy.instance_count - 1)]
         self._threads = [
             threading.Thread(target=self._work, args=(sessions[i % len(sessions)],),
@@ -163,6 +165,13 @@ class ModelScheduler:
         ]
         for thread in self._threads:
             thread.start()
+
+    def _tracked(self, session: ort.InferenceSession) -> ort.InferenceSession:
+        traffic = self._model.traffic
+        if traffic is None:
+            return session
+        return TrackedSession(session, traffic,  # type: ignore[return-value]
+                              batched=self._model.settings.max_batch_size > 0)
 
     @property
     def model(self) -> LoadedModel:

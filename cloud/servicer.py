@@ -253,6 +253,8 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     def _observe_infer(self, model: LoadedModel, outcome: InferOutcome, *,
                        device: str | None, started: float, request_id: str) -> None:
         request_s = time.perf_counter() - started
+        model.request_succeeded(request_s=request_s, queue_s=outcome.queue_s,
+                                compute_s=outcome.compute_s)
         traffic = Traffic(
             raw_bytes_in=outcome.raw_bytes_in, wire_bytes_in=outcome.wire_bytes_in,
             raw_bytes_out=outcome.raw_bytes_out, wire_bytes_out=outcome.wire_bytes_out,
@@ -295,6 +297,10 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             if model is not None and rpc == "ModelInfer":
                 self._metrics.record_infer(model=model.name, version=model.version,
                                            code=code.name)
+        # A refused device never reached the model: its call is no request of the model's.
+        if (rpc == "ModelInfer" and model is not None and started is not None
+                and code != grpc.StatusCode.PERMISSION_DENIED):
+            model.request_failed(request_s=time.perf_counter() - started)
         if rpc == "ModelInfer":
             self._request_log.log(
                 model=name, version=model.version if model else None,

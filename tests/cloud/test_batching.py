@@ -304,3 +304,34 @@ def test_requests_from_two_devices_share_one_batch(ops_repo: Path, two_devices: 
 
 
 
+
+
+def test_an_idle_instance_runs_the_request_in_the_callers_thread(
+        ops_models: ModelRepository) -> None:
+    model = ops_models.get("wide_mlp", "")
+    scheduler = ModelScheduler(model, SchedulingPolicy(max_batch_size=4, dynamic_batching=True))
+    x = np.ones((1, 256), np.float32)
+    try:
+        future = scheduler.submit({"x": x}, ["y"])
+        assert future.done()  # ran before submit returned: no worker thread was involved
+        np.testing.assert_allclose(future.result().outputs[0], model.session.run(["y"], {"x": x})[0])
+    finally:
+        scheduler.close()
+
+
+def test_separate_sessions_count_their_runs(ops_repo: Path) -> None:
+    """Every instance's session reports to the model's statistics, not only the first."""
+    model = ModelRepository(ops_repo, intra_op_threads=1).get("wide_mlp", "")
+    before = model.statistics().executions
+    # A queue delay keeps callers from running inline: every request goes to the workers.
+    policy = SchedulingPolicy(max_batch_size=1, dynamic_batching=True, max_queue_delay_us=1,
+                              instance_count=3)
+    scheduler = ModelScheduler(model, policy, separate_sessions=True, max_queue_size=64)
+    x = np.ones((1, 256), np.float32)
+    try:
+        futures = [scheduler.submit({"x": x}, ["y"]) for _ in range(60)]
+        results = [f.result(WAIT_S) for f in futures]
+    finally:
+        scheduler.close()
+    assert len(results) == 60
+    assert model.statistics().executions - before == 60

@@ -145,11 +145,6 @@ def test_cli(server: EndpointServer, fleet: Any, capsys: pytest.CaptureFixture[s
 BATCH_ROWS = 4  # max_batch_size of the batched model
 REQUEST_ROWS = 2  # rows per request: two requests fill a run
 REQUESTS = 6
-CALL_SERVICER_LINES = (
-    "ModelStatistics request counts need the servicer to call LoadedModel.request_succeeded "
-    "/ request_failed once per ModelInfer (cloud/servicer.py _observe_infer and _abort); "
-    "remove this mark with those lines"
-)
 
 
 @pytest.fixture
@@ -214,7 +209,6 @@ def test_statistics_count_executions_and_rows_of_batched_requests(
     assert not entry.inference_stats.HasField("compute_output")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=CALL_SERVICER_LINES)
 def test_statistics_count_each_request_once_however_batched(
         batched_server: EndpointServer, fleet: Any) -> None:
     client = _send_concurrently(batched_server, fleet)
