@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -33,22 +33,13 @@ __all__ = ["EndpointStatistics", "ModelTrafficStatistics", "StatisticsRecorder",
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Traffic:
-    """Bytes moved and compute time spent by one call (or summed over many)."""
+    """Bytes moved and compute time spent by one call."""
 
     raw_bytes_in: int = 0
     wire_bytes_in: int = 0
     raw_bytes_out: int = 0
     wire_bytes_out: int = 0
     compute_s: float = 0.0
-
-    def __add__(self, other: Traffic) -> Traffic:
-        return Traffic(
-            raw_bytes_in=self.raw_bytes_in + other.raw_bytes_in,
-            wire_bytes_in=self.wire_bytes_in + other.wire_bytes_in,
-            raw_bytes_out=self.raw_bytes_out + other.raw_bytes_out,
-            wire_bytes_out=self.wire_bytes_out + other.wire_bytes_out,
-            compute_s=self.compute_s + other.compute_s,
-        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,14 +87,14 @@ class StatisticsRecorder:
         self._infer_requests = 0
         self._failures: dict[str, int] = {}
         self._by_device: dict[str, int] = {}
-        self._traffic = Traffic()
-        self._models: dict[str, ModelTrafficStatistics] = {}
+        # Plain lists, summed in place on every call (the hot path); frozen on snapshot.
+        self._traffic = [0, 0, 0, 0, 0.0]  # as Traffic's fields
+        self._models: dict[str, list[float]] = {}  # as ModelTrafficStatistics' fields
 
     def record(self, *, rpc: str, code: str, device: str | None = None,
                model: str | None = None, traffic: Traffic | None = None) -> None:
         """Count one call. `model` is given only once the name resolved to a loaded model,
         so that a caller inventing names cannot grow the table."""
-        traffic = traffic or Traffic()
         failed = code != "OK"
         with self._lock:
             self._requests += 1
@@ -113,35 +104,48 @@ class StatisticsRecorder:
                 self._failures[code] = self._failures.get(code, 0) + 1
             if device is not None:
                 self._by_device[device] = self._by_device.get(device, 0) + 1
-            self._traffic = self._traffic + traffic
+            if traffic is not None:
+                sums = self._traffic
+                sums[0] += traffic.raw_bytes_in
+                sums[1] += traffic.wire_bytes_in
+                sums[2] += traffic.raw_bytes_out
+                sums[3] += traffic.wire_bytes_out
+                sums[4] += traffic.compute_s
             if model is not None and rpc == "ModelInfer":
-                old = self._models.get(model, ModelTrafficStatistics())
-                self._models[model] = replace(
-                    old,
-                    requests=old.requests + 1,
-                    failures=old.failures + failed,
-                    raw_bytes_in=old.raw_bytes_in + traffic.raw_bytes_in,
-                    wire_bytes_in=old.wire_bytes_in + traffic.wire_bytes_in,
-                    raw_bytes_out=old.raw_bytes_out + traffic.raw_bytes_out,
-                    wire_bytes_out=old.wire_bytes_out + traffic.wire_bytes_out,
-                    compute_s=old.compute_s + traffic.compute_s,
-                )
+                counts = self._models.get(model)
+                if counts is None:
+                    counts = self._models[model] = [0, 0, 0, 0, 0, 0, 0.0]
+                counts[0] += 1
+                counts[1] += failed
+                if traffic is not None:
+                    counts[2] += traffic.raw_bytes_in
+                    counts[3] += traffic.wire_bytes_in
+                    counts[4] += traffic.raw_bytes_out
+                    counts[5] += traffic.wire_bytes_out
+                    counts[6] += traffic.compute_s
 
     def snapshot(self, repository: RepositoryStatistics | None = None,
                  queues: tuple[SchedulerStatistics, ...] = ()) -> EndpointStatistics:
         with self._lock:
-            t = self._traffic
+            raw_in, wire_in, raw_out, wire_out, _ = self._traffic
+            models = {
+                name: ModelTrafficStatistics(
+                    requests=int(c[0]), failures=int(c[1]), raw_bytes_in=int(c[2]),
+                    wire_bytes_in=int(c[3]), raw_bytes_out=int(c[4]), wire_bytes_out=int(c[5]),
+                    compute_s=float(c[6]))
+                for name, c in self._models.items()
+            }
             return EndpointStatistics(
                 uptime_s=time.monotonic() - self._started,
                 requests=self._requests,
                 infer_requests=self._infer_requests,
                 failures=MappingProxyType(dict(self._failures)),
-                raw_bytes_in=t.raw_bytes_in,
-                wire_bytes_in=t.wire_bytes_in,
-                raw_bytes_out=t.raw_bytes_out,
-                wire_bytes_out=t.wire_bytes_out,
+                raw_bytes_in=int(raw_in),
+                wire_bytes_in=int(wire_in),
+                raw_bytes_out=int(raw_out),
+                wire_bytes_out=int(wire_out),
                 requests_by_device=MappingProxyType(dict(self._by_device)),
-                models=MappingProxyType(dict(self._models)),
+                models=MappingProxyType(models),
                 repository=repository,
                 queues=queues,
             )

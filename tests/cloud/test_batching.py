@@ -309,7 +309,7 @@ def test_requests_from_two_devices_share_one_batch(ops_repo: Path, two_devices: 
 def test_an_idle_instance_runs_the_request_in_the_callers_thread(
         ops_models: ModelRepository) -> None:
     model = ops_models.get("wide_mlp", "")
-    scheduler = ModelScheduler(model, SchedulingPolicy(max_batch_size=4, dynamic_batching=True))
+    scheduler = ModelScheduler(model, SchedulingPolicy(max_batch_size=4))  # not batching
     x = np.ones((1, 256), np.float32)
     try:
         future = scheduler.submit({"x": x}, ["y"])
