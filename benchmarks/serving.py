@@ -12,7 +12,7 @@ own. All traffic is gRPC over TLS on loopback. Sections (see benchmarks/README.m
                backend calling onnxruntime) driven by tritonclient; onnxruntime alone on the
                server core at exactly the batch sizes each server formed
   memory       RSS of 8 tails of a 32 MiB MLP against the full model
-  channel      ModelInfer of 4 MiB vs a bare grpcio call of 4 MiB, glibc malloc default/tuned
+  channel      ModelInfer of 4 MiB vs a bare grpcio call of 4 MiB, glibc defaults, as shipped, tuned
   canary       canary / change / rollback / canary / promote under load: failed requests
   soak         (--soak SECONDS) 80 % of measured capacity: failures, RSS growth
 

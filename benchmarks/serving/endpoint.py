@@ -2,8 +2,10 @@
 benchmark starts it under `taskset -c 0`). Writes its port to `--port-file`, serves until
 SIGTERM, then drains. Per-call log lines are off (they are not what is measured).
 
-glibc's allocator thresholds come from the environment (MALLOC_MMAP_THRESHOLD_,
-MALLOC_TRIM_THRESHOLD_), set by the caller, so they apply from the first allocation.
+glibc's allocator thresholds are raised as `edgecut serve` raises them
+(edgecut.cloud.allocator.keep_large_buffers), so this is the endpoint as shipped; the
+environment (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, set by the caller) can still
+set them from the first allocation. `--glibc-defaults` leaves glibc as it is.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from edgecut.cloud.allocator import keep_large_buffers
 from edgecut.cloud.repository import ModelRepository
 from edgecut.cloud.server import serve
 
@@ -26,8 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-queue-size", type=int, default=512)
     p.add_argument("--no-share-weights", action="store_true",
                    help="ModelRepository(share_weights=False): onnxruntime pre-packs weights")
+    p.add_argument("--glibc-defaults", action="store_true",
+                   help="do not raise glibc's mmap/trim thresholds (edgecut serve does)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if not args.glibc_defaults:
+        keep_large_buffers()
 
     def started(server: object) -> None:
         tmp = args.port_file.with_suffix(".tmp")
