@@ -43,35 +43,28 @@ once in memory (edgecut.cloud.shared_weights).
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
-import re
-import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import onnxruntime as ort
-
 from edgecut.errors import BadModelError, ModelNotFoundError, UserInputError
 from edgecut.protocol.model_config_pb2 import ModelConfig
 
-from .canary import CanaryRoute, CanaryStatus, VersionStatistics, VersionTraffic
+from .allocator import release_free_memory
+from .canary import CanaryRoute, CanaryStatus, VersionStatistics
 from .loaded_model import (
     LoadedModel,
     TensorSpec,
     TrackedSession,
-    check_against_config,
     datatype_of_ort,
-    tensor_spec,
 )
+from .loader import has_plan_siblings, load_version
 from .model_config import CONFIG_FILENAME, ModelSettings, load_model_config
-from .providers import providers_for, session_options
-from .shared_weights import SharedWeight, WeightPool, WeightPoolStatistics
-from .versions import missing_versions, select_versions
+from .shared_weights import WeightPool, WeightPoolStatistics
+from .versions import choose_version, missing_versions, select_versions
 
 __all__ = [
     "MODEL_FILENAME",
@@ -120,49 +113,6 @@ class RepositoryStatistics:
     failed_versions: int
     models: tuple[ModelVersionStatus, ...]
     shared_weights: WeightPoolStatistics | None = None
-
-
-def choose_version(name: str, requested: str, ready: Sequence[int],
-                   failed: Mapping[int, str] | None = None) -> int:
-    """The version to serve: `requested` if it is ready, the highest ready one when empty.
-
-    >>> choose_version("m", "", [1, 3])
-    3
-    >>> choose_version("m", "1", [1, 3])
-    1
-
-    A failed newest version is skipped by "latest": the previous one keeps serving (and the
-    failure is logged and shown by ModelReady/statistics). Raises ModelNotFoundError naming
-    the model, the versions available, and the load failure if that is why.
-    """
-    failed = failed or {}
-    available = ", ".join(str(v) for v in sorted(ready)) or "none"
-    if requested == "":
-        if ready:
-            return max(ready)
-        why = "; ".join(f"version {v} failed to load: {r}" for v, r in sorted(failed.items()))
-        raise ModelNotFoundError(
-            f"model {name!r} has no ready version" + (f" ({why})" if why else "")
-        )
-    try:
-        version = int(requested)
-    except ValueError:
-        version = 0
-    if version <= 0:
-        raise ModelNotFoundError(
-            f"model {name!r} version {requested!r} is not a version; expected a positive "
-            f"integer or empty for the latest (available: {available})"
-        )
-    if version in ready:
-        return version
-    if version in failed:
-        raise ModelNotFoundError(
-            f"model {name!r} version {version} failed to load: {failed[version]} "
-            f"(available: {available})"
-        )
-    raise ModelNotFoundError(
-        f"model {name!r} has no version {version}; available versions: {available}"
-    )
 
 
 @dataclass(slots=True)
@@ -229,7 +179,7 @@ class ModelRepository:
         with self._control:
             for name in self._model_names_on_disk():
                 self._sync(name)
-        _release_free_memory()
+        release_free_memory()
         if control_mode == "poll":
             self._poller = threading.Thread(target=self._poll_loop, args=(poll_interval_s,),
                                             name="edgecut-repository-poll", daemon=True)
@@ -295,7 +245,7 @@ class ModelRepository:
                     f"{self._root}/{name}/<version>/{MODEL_FILENAME}"
                 )
             problems = self._sync(name, reset=True)
-        _release_free_memory()
+        release_free_memory()
         if problems:
             raise BadModelError(f"model {name!r}: " + "; ".join(problems))
 
@@ -326,7 +276,7 @@ class ModelRepository:
                 for name in sorted(set(self._models) - on_disk):
                     logger.info("model folder %r is gone; unloading it", name)
                     self._retire(self._models.pop(name).loaded.values())
-        _release_free_memory()
+        release_free_memory()
 
     def close(self) -> None:
         """Stop the poller thread (if any). Loaded models stay usable."""
@@ -357,7 +307,7 @@ class ModelRepository:
                 settings = model.settings or ModelSettings()
             if loaded is None:
                 path = self._root / name / str(candidate) / settings.default_model_filename
-                loaded = self._load_version(name, candidate, path, settings)
+                loaded = self._load(name, candidate, path, settings)
             with self._lock:
                 previous = model.canary
                 if previous is not None and previous.candidate != candidate:
@@ -581,7 +531,7 @@ class ModelRepository:
                     failed[v] = model.failed[v]
                     continue
                 try:
-                    loaded[v] = self._load_version(name, v, paths[v], settings)
+                    loaded[v] = self._load(name, v, paths[v], settings)
                 except BadModelError as exc:
                     failed[v] = (fingerprints[v], str(exc))
                     if v in old:
@@ -620,44 +570,11 @@ class ModelRepository:
                 model.canary = None
         return problems
 
-    def _load_version(self, name: str, version: int, path: Path,
-                      settings: ModelSettings) -> LoadedModel:
-        if not path.is_file():
-            raise BadModelError(f"{path} not found")
-        options = session_options(intra_op_threads=self._intra_op_threads)
-        weights: tuple[SharedWeight, ...] = ()
-        if self._pool is not None and self._has_plan_siblings(name):
-            try:
-                weights = self._pool.share(path, options)
-            except BadModelError:
-                # onnxruntime will say what is wrong below
-                options = session_options(intra_op_threads=self._intra_op_threads)
-        try:
-            session = ort.InferenceSession(str(path), sess_options=options,
-                                           providers=providers_for())
-        except Exception as exc:  # onnxruntime raises its own pybind classes and RuntimeError
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BadModelError(f"{path} cannot be loaded by onnxruntime: {first_line}") from exc
-        inputs = tuple(tensor_spec(a) for a in session.get_inputs())
-        outputs = tuple(tensor_spec(a) for a in session.get_outputs())
+    def _load(self, name: str, version: int, path: Path, settings: ModelSettings) -> LoadedModel:
         config = self._models[name].config if name in self._models else ModelConfig()
-        check_against_config(path, config, settings, inputs, outputs)
-        traffic = VersionTraffic(name, version)
-        return LoadedModel(
-            name=name, version=version, path=path,
-            session=TrackedSession(session, traffic, batched=settings.max_batch_size > 0),
-            inputs=inputs, outputs=outputs, settings=settings, traffic=traffic,
-            keep_alive=(options, *weights),
-        )
-
-    def _has_plan_siblings(self, name: str) -> bool:
-        """Whether another model of the repository comes from the same plan as `name`."""
-        family = plan_family(name)
-        try:
-            return any(p.is_dir() and p.name != name and plan_family(p.name) == family
-                       for p in self._root.iterdir())
-        except OSError:
-            return False
+        return load_version(name, version, path, settings=settings, config=config,
+                            intra_op_threads=self._intra_op_threads,
+                            pool=self._pool if has_plan_siblings(self._root, name) else None)
 
     def _poll_loop(self, interval_s: float) -> None:
         while not self._stop.wait(interval_s):
@@ -667,11 +584,6 @@ class ModelRepository:
                 logger.exception("polling the model repository %s failed", self._root)
 
 
-def plan_family(name: str) -> str:
-    """`chain_cnn` for `chain_cnn` and for its tails `chain_cnn.cut3` (edgecut deploy's names)."""
-    return re.sub(r"\.cut\d+$", "", name)
-
-
 def _fingerprint(path: Path) -> tuple[int, ...] | None:
     """What tells a changed file from an unchanged one without reading it."""
     try:
@@ -679,12 +591,3 @@ def _fingerprint(path: Path) -> tuple[int, ...] | None:
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _release_free_memory() -> None:
-    """Give the heap that loading freed back to the system (glibc keeps it otherwise: model
-    protos are large and short-lived). Best effort; Linux/glibc only."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)

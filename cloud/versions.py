@@ -1,4 +1,5 @@
-"""Version policies: which of a model's versions on disk are served. Pure functions.
+"""Version policies: which of a model's versions on disk are served, and which one a request
+runs on. Pure functions.
 
     >>> select_versions(VersionPolicy(kind="latest", num_versions=2), [1, 2, 3])
     (2, 3)
@@ -15,13 +16,13 @@ version 2 serving instead of taking the model down. `all` and `specific` never s
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from edgecut.errors import BadModelError
+from edgecut.errors import BadModelError, ModelNotFoundError
 
-__all__ = ["VersionPolicy", "missing_versions", "select_versions"]
+__all__ = ["VersionPolicy", "choose_version", "missing_versions", "select_versions"]
 
 PolicyKind = Literal["latest", "all", "specific"]
 
@@ -83,3 +84,46 @@ def missing_versions(policy: VersionPolicy, available: Iterable[int]) -> tuple[i
     if policy.kind != "specific":
         return ()
     return tuple(sorted(set(policy.versions) - set(available)))
+
+
+def choose_version(name: str, requested: str, ready: Sequence[int],
+                   failed: Mapping[int, str] | None = None) -> int:
+    """The version to serve: `requested` if it is ready, the highest ready one when empty.
+
+    >>> choose_version("m", "", [1, 3])
+    3
+    >>> choose_version("m", "1", [1, 3])
+    1
+
+    A failed newest version is skipped by "latest": the previous one keeps serving (and the
+    failure is logged and shown by ModelReady/statistics). Raises ModelNotFoundError naming
+    the model, the versions available, and the load failure if that is why.
+    """
+    failed = failed or {}
+    available = ", ".join(str(v) for v in sorted(ready)) or "none"
+    if requested == "":
+        if ready:
+            return max(ready)
+        why = "; ".join(f"version {v} failed to load: {r}" for v, r in sorted(failed.items()))
+        raise ModelNotFoundError(
+            f"model {name!r} has no ready version" + (f" ({why})" if why else "")
+        )
+    try:
+        version = int(requested)
+    except ValueError:
+        version = 0
+    if version <= 0:
+        raise ModelNotFoundError(
+            f"model {name!r} version {requested!r} is not a version; expected a positive "
+            f"integer or empty for the latest (available: {available})"
+        )
+    if version in ready:
+        return version
+    if version in failed:
+        raise ModelNotFoundError(
+            f"model {name!r} version {version} failed to load: {failed[version]} "
+            f"(available: {available})"
+        )
+    raise ModelNotFoundError(
+        f"model {name!r} has no version {version}; available versions: {available}"
+    )

@@ -301,6 +301,19 @@ def summarise_throughput(section: dict, *, level: int) -> dict:
                                             next(iter(vs_triton.values()), None))
     triton_row = _find(rows, server="triton", model="small_cnn", batching=True, clients=level)
     out["triton_vs_ort"] = triton_row["vs_ort"] if triton_row else None
+    # The most a Python grpcio server could reach: the bare handler's time per request (same
+    # bytes, same TLS, no model) plus onnxruntime's time per row at the mix edgecut formed.
+    ceilings = {}
+    for name in models:
+        bare = _find(rows, server="bare-grpcio", model=name, clients=level)
+        for batching in (False, True):
+            e = _find(rows, server="edgecut", client="triton", model=name, batching=batching,
+                      clients=level)
+            if bare and bare["throughput_rps"] and e and e["ort_limit_rps"]:
+                ceiling = 1.0 / (1.0 / bare["throughput_rps"] + 1.0 / e["ort_limit_rps"])
+                ceilings[f"{name}/{'on' if batching else 'off'}"] = ceiling / e["ort_limit_rps"]
+    out["python_grpc_ceiling_vs_ort_by_model"] = ceilings
+    out["python_grpc_ceiling_vs_ort"] = ceilings.get("small_cnn/on")
     return out
 
 
