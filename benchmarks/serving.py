@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             table.add_row(v, f"{m['full_mib']:.1f}", f"{m['tails_mib']:.1f}", f"{m['ratio']:.2f}")
         console.print(table)
     if "channel" in sections:
-        out["channel"] = suite.channel(workdir, seconds=2.0 if args.quick else 5.0,
+        out["channel"] = suite.channel(workdir, seconds=3.0 if args.quick else 9.0,
                                        progress=progress)
         out["channel_vs_bare_grpc"] = out["channel"]["channel_vs_bare_grpc"]
         save()

@@ -234,6 +234,10 @@ class BatchQueue(Generic[_T]):
                 return self._remove(chosen)
         return None
 
+    def oldest(self) -> Pending[_T] | None:
+        """The request that has waited longest (None: the queue is empty)."""
+        return self._items[0] if self._items else None
+
     def wake_at(self) -> float | None:
         """When the earliest waiting group's delay runs out (None: the queue is empty)."""
         if not self._items:

@@ -10,8 +10,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError
-from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -20,7 +18,6 @@ import numpy as np
 from edgecut.errors import (
     BadInputError,
     CloudUnavailableError,
-    DeadlineExceededError,
     OverloadedError,
 )
 from edgecut.protocol import grpc_service_pb2 as pb
@@ -231,22 +228,9 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         scheduler = self._scheduler.for_model(model)
 
         def run(inputs: dict[str, np.ndarray], names: list[str]) -> RunResult:
-            future = scheduler.submit(inputs, names)
-            # The caller went away (or its deadline passed): leave the queue.
-            context.add_callback(future.cancel)
-            try:
-                return future.result(timeout=context.time_remaining())
-            except FutureTimeoutError as exc:
-                future.cancel()
-                raise DeadlineExceededError(
-                    f"model {model.name!r} version {model.version}: no answer by the call's "
-                    f"deadline ({scheduler.pending()} requests queued)"
-                ) from exc
-            except CancelledError as exc:
-                raise CloudUnavailableError(
-                    f"model {model.name!r} version {model.version}: the call was cancelled "
-                    f"before the model ran"
-                ) from exc
+            # This thread waits for its request's batch, and runs it when its turn comes.
+            return scheduler.run(inputs, names, timeout_s=context.time_remaining(),
+                                 cancelled=lambda: not context.is_active())
 
         return run
 

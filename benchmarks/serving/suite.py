@@ -87,9 +87,22 @@ def _diff(after: dict[int, int], before: dict[int, int]) -> dict[int, int]:
     return {b: n - before.get(b, 0) for b, n in after.items() if n - before.get(b, 0) > 0}
 
 
+def _adjacent_ort(onnx_dir: Path, model: str, hist: dict[int, int],
+                  timing: Timing) -> dict[str, float]:
+    """onnxruntime alone on this row's batch sizes (and 1), right after the row: the limit
+    measured seconds, not minutes, away from the server it is compared with, so that drift
+    of the machine between the two (a shared VM's clock and neighbours) stays out of the
+    ratio. Sizes beyond the 8 carrying most rows are interpolated."""
+    top = sorted(hist, key=lambda b: -b * hist[b])[:8]
+    measured = ort_alone(onnx_dir / f"{model}.onnx", sorted({1, *top}),
+                         seconds=timing.ort_seconds)
+    return {str(b): t for b, t in measured.items()}
+
+
 def _run_server_levels(server: Any, server_name: str, tls: Path, levels: list[int],
                        clients: list[str], timing: Timing, progress: Progress, *,
-                       models: tuple[str, ...], check_output: bool = True) -> list[dict]:
+                       models: tuple[str, ...], onnx_dir: Path,
+                       check_output: bool = True) -> list[dict]:
     rows = []
     for name in models:
         spec = MODELS[name]
@@ -114,6 +127,9 @@ def _run_server_levels(server: Any, server_name: str, tls: Path, levels: list[in
                                "batching": batching, "clients": level,
                                "batch_histogram": hist, "foreign_cpu": foreign.fraction,
                                "attempts": attempt, **asdict(result)}
+                        if hist:
+                            row["ort_seconds_per_run"] = _adjacent_ort(onnx_dir, name, hist,
+                                                                       timing)
                         # Failures from every attempt count; the timing kept is the quietest.
                         failures = result.failures + (best["failures"] if best else 0)
                         if best is None or row["foreign_cpu"] < best["foreign_cpu"]:
@@ -167,12 +183,13 @@ def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[
                progress: Progress, models: tuple[str, ...] = THROUGHPUT_MODELS,
                unshared_levels: tuple[int, ...] = ()) -> dict:
     tls, repo, trepo = prepare(workdir, models)
+    onnx_dir = workdir / "onnx"
     _EDGECUT_CLIENT_LEVELS[:] = edgecut_client_levels
     rows: list[dict] = []
     server_rss: dict[str, int] = {}
     with endpoint_process(repo, tls, workdir=workdir) as edgecut:
         rows += _run_server_levels(edgecut, "edgecut", tls, levels, ["triton", "edgecut"],
-                                   timing, progress, models=models)
+                                   timing, progress, models=models, onnx_dir=onnx_dir)
         server_rss["edgecut"] = edgecut.rss_bytes()
     # The same endpoint with share_weights off: its sessions pre-pack MatMul/Conv weights
     # (WeightPool turns pre-packing off for every model it pools, shared or not).
@@ -180,7 +197,8 @@ def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[
         with endpoint_process(repo, tls, workdir=workdir,
                               extra_args=["--no-share-weights"]) as unshared:
             rows += _run_server_levels(unshared, "edgecut-unshared", tls, list(unshared_levels),
-                                       ["triton"], timing, progress, models=models)
+                                       ["triton"], timing, progress, models=models,
+                                       onnx_dir=onnx_dir)
     # The floor of any grpcio (Python) server here: the same request bytes, no model, no OIP.
     with PinnedServer("benchmarks.serving.channel", ["serve", "--tls", str(tls)],
                       workdir=workdir) as bare:
@@ -201,7 +219,8 @@ def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[
             progress("starting tritonserver")
             with TritonProcess(triton_home, trepo, tls, workdir=workdir) as triton:
                 rows += _run_server_levels(triton, "triton", tls, levels, ["triton"], timing,
-                                           progress, models=models, check_output=False)
+                                           progress, models=models, onnx_dir=onnx_dir,
+                                           check_output=False)
                 server_rss["triton"] = triton.rss_bytes()
         except (TritonUnavailable, OSError) as exc:
             triton_status = str(exc)
@@ -221,12 +240,15 @@ def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[
             progress(f"  others used {100 * foreign.fraction:.0f}% of the CPU; measuring again")
     for r in rows:
         hist = {int(b): n for b, n in r["batch_histogram"].items()}
-        limit = ort_limit_rps(ort[r["model"]], hist) if hist else None
+        # The row's own adjacent measurement when it has one, else the one after all loads.
+        adjacent = {int(b): t for b, t in r.get("ort_seconds_per_run", {}).items()}
+        table = adjacent or ort[r["model"]]
+        limit = ort_limit_rps(table, hist) if hist else None
         r["mean_batch"] = (sum(b * n for b, n in hist.items()) / sum(hist.values())
                            if hist else None)
         r["ort_limit_rps"] = limit
         r["vs_ort"] = r["throughput_rps"] / limit if limit else None
-        r["ort_batch1_rps"] = 1.0 / ort[r["model"]][1]
+        r["ort_batch1_rps"] = 1.0 / table[1]
         if r["server"] == "bare-grpcio":  # no model ran: what would be left for one
             r["ort_limit_rps"] = r["ort_batch1_rps"]
             r["vs_ort"] = None
@@ -348,6 +370,9 @@ def memory(workdir: Path, *, k: int, variants: list[str], progress: Progress) ->
 # -- channel ---------------------------------------------------------------------------
 
 
+CHANNEL_ROUNDS = 3
+
+
 def channel(workdir: Path, *, seconds: float, progress: Progress) -> dict:
     from .models import MODELS as _M
 
@@ -370,14 +395,23 @@ def channel(workdir: Path, *, seconds: float, progress: Progress) -> dict:
                               extra_args=endpoint_args) as ep, \
                 PinnedServer("benchmarks.serving.channel", ["serve", "--tls", str(tls)],
                              workdir=workdir, env=env) as bare:
-            for kind, address in (("bare", bare.address), ("edgecut", ep.address),
-                                  ("triton", ep.address)):
-                progress(f"channel: {kind} ({label})")
-                res = run_json("benchmarks.serving.channel", ["call", _json({
-                    "kind": kind, "address": address, "tls_dir": str(tls), "model": "sink",
-                    "nbytes": 4 << 20, "seconds": seconds})], core=1, timeout_s=seconds + 120,
-                    env=env)
-                out["runs"][f"{kind}/{label}"] = res
+            # Short runs taken in turns, medians kept: the ratio compares calls made seconds
+            # apart, not a bare run against an edgecut run a minute later.
+            rounds: dict[str, list[dict]] = {}
+            for turn in range(CHANNEL_ROUNDS):
+                for kind, address in (("bare", bare.address), ("edgecut", ep.address),
+                                      ("triton", ep.address)):
+                    progress(f"channel: {kind} ({label}, round {turn + 1}/{CHANNEL_ROUNDS})")
+                    rounds.setdefault(kind, []).append(run_json(
+                        "benchmarks.serving.channel", ["call", _json({
+                            "kind": kind, "address": address, "tls_dir": str(tls),
+                            "model": "sink", "nbytes": 4 << 20,
+                            "seconds": seconds / CHANNEL_ROUNDS})],
+                        core=1, timeout_s=seconds + 120, env=env))
+            for kind, runs in rounds.items():
+                runs.sort(key=lambda r: r["mb_per_s"])
+                out["runs"][f"{kind}/{label}"] = {**runs[len(runs) // 2],
+                                                  "rounds_mb_per_s": [r["mb_per_s"] for r in runs]}
     for label, _, _ in variants:
         bare = out["runs"][f"bare/{label}"]["mb_per_s"]
         out[f"edgecut_vs_bare_{label}"] = out["runs"][f"edgecut/{label}"]["mb_per_s"] / bare

@@ -3,7 +3,11 @@ models, and requests from two mTLS devices joined into one run on a real server.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +29,12 @@ from edgecut.cloud.batching import (
 from edgecut.cloud.repository import ModelRepository
 from edgecut.cloud.scheduler import ModelScheduler
 from edgecut.cloud.server import create_server
-from edgecut.errors import UserInputError
+from edgecut.errors import (
+    CloudUnavailableError,
+    DeadlineExceededError,
+    OverloadedError,
+    UserInputError,
+)
 from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from edgecut.protocol.tls import channel_credentials
@@ -306,17 +315,149 @@ def test_requests_from_two_devices_share_one_batch(ops_repo: Path, two_devices: 
 
 
 
-def test_an_idle_instance_runs_the_request_in_the_callers_thread(
-        ops_models: ModelRepository) -> None:
+def test_run_uses_the_callers_thread(ops_models: ModelRepository) -> None:
     model = ops_models.get("wide_mlp", "")
     scheduler = ModelScheduler(model, SchedulingPolicy(max_batch_size=4))  # not batching
     x = np.ones((1, 256), np.float32)
     try:
-        future = scheduler.submit({"x": x}, ["y"])
-        assert future.done()  # ran before submit returned: no worker thread was involved
-        np.testing.assert_allclose(future.result().outputs[0], model.session.run(["y"], {"x": x})[0])
+        result = scheduler.run({"x": x}, ["y"])
+        # The scheduler started no thread of its own: the caller ran the model.
+        assert not [t for t in threading.enumerate() if t.name.startswith("edgecut-wide_mlp")]
+        np.testing.assert_allclose(result.outputs[0], model.session.run(["y"], {"x": x})[0])
+        assert (result.batch_rows, result.batch_requests) == (1, 1)
     finally:
         scheduler.close()
+
+
+def test_concurrent_callers_share_a_batch_that_one_of_them_runs(
+        ops_models: ModelRepository) -> None:
+    model = ops_models.get("wide_mlp", "")
+    policy = SchedulingPolicy(max_batch_size=4, dynamic_batching=True, preferred_batch_sizes=(4,),
+                              max_queue_delay_us=60_000_000)
+    scheduler = ModelScheduler(model, policy, max_queue_size=8)
+    xs = [np.random.default_rng(i).normal(size=(1, 256)).astype(np.float32) for i in range(4)]
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda x: scheduler.run({"x": x}, ["y"], timeout_s=WAIT_S),
+                                    xs))
+    finally:
+        scheduler.close()
+    assert {(r.batch_rows, r.batch_requests) for r in results} == {(4, 4)}
+    for x, result in zip(xs, results, strict=True):
+        np.testing.assert_allclose(result.outputs[0], model.session.run(["y"], {"x": x})[0],
+                                   rtol=1e-5, atol=1e-6)
+
+
+def _waiting_policy() -> SchedulingPolicy:
+    """A batch that never fills and a delay that never ends: requests only wait."""
+    return SchedulingPolicy(max_batch_size=8, dynamic_batching=True, preferred_batch_sizes=(8,),
+                            max_queue_delay_us=600_000_000)
+
+
+@contextlib.contextmanager
+def _instance_held(scheduler: ModelScheduler, policy: SchedulingPolicy) -> Iterator[None]:
+    """Keep requests waiting: a batching policy waits by itself (_waiting_policy); for one
+    that never batches, the only instance is taken away (as a long run would hold it) and
+    handed back when done, when the queued requests run."""
+    if policy.batching:
+        yield
+        return
+    session = scheduler._free_sessions.pop()  # white-box: a run that never ends
+    scheduler._running += 1
+    try:
+        yield
+    finally:
+        scheduler._finished_run(session, [])
+
+
+_WAITING = {"batching": _waiting_policy(), "no batching": SchedulingPolicy()}
+
+
+@pytest.mark.parametrize("mode", list(_WAITING))
+def test_run_gives_up_at_its_deadline_and_leaves_the_queue(ops_models: ModelRepository,
+                                                           mode: str) -> None:
+    scheduler = ModelScheduler(ops_models.get("wide_mlp", ""), _WAITING[mode])
+    try:
+        with _instance_held(scheduler, _WAITING[mode]), \
+                pytest.raises(DeadlineExceededError, match="deadline"):
+            scheduler.run({"x": np.ones((1, 256), np.float32)}, ["y"], timeout_s=0.05)
+        assert scheduler.pending() == 0
+    finally:
+        scheduler.close()
+
+
+@pytest.mark.parametrize("mode", list(_WAITING))
+def test_a_cancelled_caller_leaves_the_queue(ops_models: ModelRepository, mode: str) -> None:
+    scheduler = ModelScheduler(ops_models.get("wide_mlp", ""), _WAITING[mode])
+    gone = threading.Event()
+    threading.Timer(0.05, gone.set).start()
+    try:
+        with _instance_held(scheduler, _WAITING[mode]), \
+                pytest.raises(CloudUnavailableError, match="cancelled"):
+            scheduler.run({"x": np.ones((1, 256), np.float32)}, ["y"], timeout_s=WAIT_S,
+                          cancelled=gone.is_set)
+        assert scheduler.pending() == 0
+    finally:
+        scheduler.close()
+
+
+def test_waiting_callers_of_a_model_that_never_batches_all_run_when_it_frees(
+        ops_models: ModelRepository) -> None:
+    """Each caller runs its own request, one at a time, once the instance comes back."""
+    model = ops_models.get("wide_mlp", "")
+    policy = SchedulingPolicy()
+    scheduler = ModelScheduler(model, policy, max_queue_size=16)
+    order: list[int] = []
+    xs = [np.full((1, 256), i, np.float32) for i in range(6)]
+
+    def call(i: int) -> None:
+        result = scheduler.run({"x": xs[i]}, ["y"], timeout_s=WAIT_S)
+        np.testing.assert_allclose(result.outputs[0], model.session.run(["y"], {"x": xs[i]})[0],
+                                   rtol=1e-5, atol=1e-6)
+        order.append(i)
+
+    try:
+        with _instance_held(scheduler, policy):
+            threads = []
+            for i in range(6):
+                threads.append(threading.Thread(target=call, args=(i,)))
+                threads[-1].start()
+                while scheduler.pending() < i + 1:  # queued in this order
+                    time.sleep(0.002)
+        for t in threads:
+            t.join(WAIT_S)
+    finally:
+        scheduler.close()
+    assert sorted(order) == list(range(6))
+    assert scheduler.statistics().batches == 6
+
+
+def test_run_is_refused_when_the_queue_is_full_and_unblocked_by_close(
+        ops_models: ModelRepository) -> None:
+    scheduler = ModelScheduler(ops_models.get("wide_mlp", ""), _waiting_policy(),
+                               max_queue_size=1)
+    x = np.ones((1, 256), np.float32)
+    errors: list[Exception] = []
+
+    def wait() -> None:
+        try:
+            scheduler.run({"x": x}, ["y"], timeout_s=WAIT_S)
+        except Exception as exc:  # what the waiting caller gets when the scheduler closes
+            errors.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    while scheduler.pending() == 0:
+        time.sleep(0.005)
+    with pytest.raises(OverloadedError, match="queue is full") as info:
+        scheduler.run({"x": x}, ["y"], timeout_s=WAIT_S)
+    assert info.value.retry_after_ms >= 1
+    # Closing drains: the waiting request runs (flush), and new ones are refused.
+    scheduler.close()
+    waiter.join(WAIT_S)
+    assert not waiter.is_alive() and not errors
+    with pytest.raises(CloudUnavailableError, match="shutting down"):
+        scheduler.run({"x": x}, ["y"])
 
 
 def test_separate_sessions_count_their_runs(ops_repo: Path) -> None:
