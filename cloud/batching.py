@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -55,6 +55,7 @@ __all__ = [
     "SchedulingPolicy",
     "SchedulingSettings",
     "batch_key",
+    "batchable_policy",
     "concat_inputs",
     "policy_from_settings",
     "split_outputs",
@@ -151,6 +152,32 @@ max_queue_delay_us=0, max_queue_size=0, instance_count=1)
         max_queue_size=int(getattr(dynamic, "max_queue_size", 0) or 0),
         instance_count=int(count),
     )
+
+
+class _InputSpec(Protocol):
+    name: str
+    shape: tuple[int, ...]  # -1: a symbolic dim
+
+
+def batchable_policy(policy: SchedulingPolicy, inputs: Sequence[_InputSpec]
+                     ) -> tuple[SchedulingPolicy, list[str]]:
+    """`policy` with batching turned off when an input has no dynamic first dimension, and
+    the names of those inputs.
+
+    Joining requests along axis 0 is valid only if every input's first dimension is
+    symbolic; a model exported with a fixed batch of 1 would reject the joined tensor.
+
+    >>> from types import SimpleNamespace
+    >>> spec = SimpleNamespace(name="x", shape=(1, 4))
+    >>> policy, fixed = batchable_policy(SchedulingPolicy(max_batch_size=8, dynamic_batching=True),
+    ...                                  [spec])
+    >>> policy.batching, fixed
+    (False, ['x'])
+    """
+    if not policy.batching:
+        return policy, []
+    fixed = [s.name for s in inputs if not s.shape or s.shape[0] != -1]
+    return (replace(policy, dynamic_batching=False) if fixed else policy), fixed
 
 
 def _first(value: Any, *names: str) -> Any:

@@ -1,13 +1,14 @@
-"""Per-model queues and worker threads: the shell around edgecut.cloud.batching.
+"""Per-model queues and instances: the shell around edgecut.cloud.batching.
 
-    handler thread: decode ──submit──▶ ModelScheduler(queue, N instance threads) ──▶ Future
-                                         worker: take batch → concat → session.run → split
+    handler thread: decode ──run──▶ ModelScheduler(bounded queue, N instances) ──▶ BatchResult
+      batching model:    a worker thread takes a batch → concat → session.run → split
+      no batching:       the handler's own thread runs its request when its turn comes
 
 Each model version gets one ModelScheduler, created on its first request: a bounded
-BatchQueue and `instance_count` worker threads. A handler submits decoded inputs and waits
-on the returned Future; a full queue answers OverloadedError at once with a retry hint, so
-memory never grows without bound. A cancelled request (the caller went away or its deadline
-passed) leaves the queue.
+BatchQueue and `instance_count` instances (runs at a time). A handler calls `run` and waits;
+a full queue answers OverloadedError at once with a retry hint, so memory never grows
+without bound. A request whose caller went away or whose deadline passed leaves the queue
+if it has not started. `submit` is the same with a Future, run by worker threads.
 
 If a joined batch fails in the model (one caller's values it rejects) or its outputs do not
 split along the batch dimension, its requests are run again one by one: one device's bad
@@ -15,8 +16,8 @@ request must not fail another's.
 
     >>> scheduler = Scheduler(overrides={"dyn_mlp": SchedulingPolicy(max_batch_size=8,
     ...                                                              dynamic_batching=True)})
-    >>> result = scheduler.for_model(model).submit({"x": x}, ["y"]).result()  # doctest: +SKIP
-    >>> result.batch_rows                                                     # doctest: +SKIP
+    >>> result = scheduler.for_model(model).run({"x": x}, ["y"], timeout_s=5.0)  # doctest: +SKIP
+    >>> result.batch_rows                                                       # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -47,6 +48,7 @@ from .batching import (
     Pending,
     SchedulingPolicy,
     batch_key,
+    batchable_policy,
     concat_inputs,
     policy_from_settings,
     split_outputs,
@@ -61,7 +63,6 @@ __all__ = [
     "ModelScheduler",
     "Scheduler",
     "SchedulerStatistics",
-    "effective_policy",
 ]
 
 logger = logging.getLogger(__name__)
@@ -120,25 +121,6 @@ class _Work:
         default=None, repr=False)
 
 
-def effective_policy(model: LoadedModel, policy: SchedulingPolicy) -> SchedulingPolicy:
-    """`policy`, with batching turned off where the model has no dynamic first dimension.
-
-    Joining requests along axis 0 is valid only if every input's first dimension is
-    symbolic; a model exported with a fixed batch of 1 would reject the joined tensor.
-    """
-    if not policy.batching:
-        return policy
-    fixed = [s.name for s in model.inputs if not s.shape or s.shape[0] != -1]
-    if fixed:
-        logger.warning(
-            "model %r version %d: max_batch_size %d ignored, inputs %s have no dynamic first "
-            "dimension; requests run one by one", model.name, model.version,
-            policy.max_batch_size, ", ".join(repr(n) for n in fixed),
-        )
-        return replace(policy, dynamic_batching=False)
-    return policy
-
-
 class ModelScheduler:
     """The queue and instances of one model version.
 
@@ -165,7 +147,13 @@ class ModelScheduler:
                  on_batch: Callable[[BatchObservation], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._model = model
-        self._policy = effective_policy(model, policy)
+        self._policy, fixed = batchable_policy(policy, model.inputs)
+        if fixed:
+            logger.warning(
+                "model %r version %d: max_batch_size %d ignored, inputs %s have no dynamic "
+                "first dimension; requests run one by one", model.name, model.version,
+                policy.max_batch_size, ", ".join(repr(n) for n in fixed),
+            )
         self._queue: BatchQueue[_Work] = BatchQueue(
             self._policy, max_queue_size=self._policy.max_queue_size or max_queue_size,
             max_queue_bytes=max_queue_bytes,
@@ -377,12 +365,9 @@ class ModelScheduler:
 
     def _gave_up(self, expired: bool) -> Exception:
         if expired:
-            return DeadlineExceededError(
-                f"{self._where()}no answer by the call's deadline ({self.pending()} requests "
-                f"queued)"
-            )
-        return CloudUnavailableError(f"{self._where()}the call was cancelled before the "
-                                     f"model ran")
+            return DeadlineExceededError(f"{self._where()}no answer by the call's deadline "
+                                         f"({self.pending()} requests queued)")
+        return CloudUnavailableError(f"{self._where()}the call was cancelled before it ran")
 
     def _retry_after_ms(self) -> int:
         batch = max(1, self._policy.max_batch_size) if self._policy.batching else 1

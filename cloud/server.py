@@ -13,7 +13,7 @@ Under mutual TLS each call is attributed to the device named by its certificate.
 
 Around the handlers (each piece in its own module):
 
-    scheduler.py   a bounded queue and instance threads per model; dynamic batching
+    scheduler.py   a bounded queue and N instances per model; dynamic batching
     health.py      grpc.health.v1 on the same port: "" and "inference.<model>"
     metrics.py     Prometheus /metrics on `metrics_port`, one registry per server
     logs.py        one JSON line per inference call on `edgecut.cloud.requests`
