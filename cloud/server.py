@@ -45,6 +45,7 @@ from edgecut.errors import (
 )
 from edgecut.protocol.tls import ReloadingServerCertificates, server_credentials
 
+from .allocator import release_free_memory
 from .auth import AuthorizationFile
 from .batching import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_SIZE, SchedulingPolicy
 from .health import EndpointHealth
@@ -70,6 +71,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_WORKERS = 16
 DEFAULT_POLL_INTERVAL_S = 2.0
+TRIM_INTERVAL_S = 30.0
 
 class EndpointServer:
     """A bound, not yet started endpoint (see create_server). Usable as a context manager."""
@@ -195,12 +197,19 @@ class EndpointServer:
         return self._recorder.snapshot(repository=self._repository.statistics(), queues=queues)
 
     def _poll(self) -> None:
+        trimmed_at = time.monotonic()
         while not self._stop_polling.wait(self._poll_interval_s):
             try:
                 self.refresh()
             except Exception:
                 logger.exception("periodic refresh failed; trying again in %.1f s",
                                  self._poll_interval_s)
+            if time.monotonic() - trimmed_at >= TRIM_INTERVAL_S:
+                # Request buffers freed by every worker thread stay in glibc's arenas (the
+                # raised trim threshold keeps them on purpose, for reuse); what no request
+                # has reused for a while goes back to the system, so RSS follows the load.
+                release_free_memory()
+                trimmed_at = time.monotonic()
 
     def __enter__(self) -> EndpointServer:
         self.start()

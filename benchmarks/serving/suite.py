@@ -296,7 +296,7 @@ def summarise_throughput(section: dict, *, level: int) -> dict:
     out["batching_gain_by_model"] = gains
     headline = gains.get("wide_mlp") or next(iter(gains.values()), {})
     out["batching_gain_vs_ort_gain"] = headline.get("ratio")
-    vs_triton = {}
+    vs_triton, same_ort = {}, {}
     for name in models:
         for batching in (False, True):
             e = _find(rows, server="edgecut", client="triton", model=name, batching=batching,
@@ -306,7 +306,13 @@ def summarise_throughput(section: dict, *, level: int) -> dict:
             if e and t and t["throughput_rps"]:
                 vs_triton[f"{name}/{'on' if batching else 'off'}"] = (
                     e["throughput_rps"] / t["throughput_rps"])
+            if e and t and e["vs_ort"] and t["vs_ort"]:
+                same_ort[f"{name}/{'on' if batching else 'off'}"] = e["vs_ort"] / t["vs_ort"]
     out["server_vs_triton_by_model"] = vs_triton
+    # Each server's rows/s over onnxruntime alone measured right after it, compared: the two
+    # servers ran minutes apart, and a shared VM's speed drifts by more than their gap.
+    out["server_vs_triton_at_same_ort_by_model"] = same_ort
+    out["server_vs_triton_at_same_ort"] = same_ort.get("small_cnn/on")
     unshared = {}
     for name in models:
         for batching in (False, True):
