@@ -24,7 +24,10 @@ from edgecut.partitioner.search.scan import scan_prefixes
 
 BANDWIDTHS = [0.0, 1e-3, *(10 ** (k / 8) for k in range(-24, 33)), 1e6, math.inf]
 
-values = st.one_of(st.integers(0, 50).map(float), st.floats(0, 1e4, allow_nan=False))
+# No subnormal floats: a crossing of 1e-313 megabits is no tensor, and a breakpoint it makes
+# (1e-317 Mbit/s) sits where float arithmetic keeps a few bits, so no lookup can be exact.
+values = st.one_of(st.integers(0, 50).map(float),
+                   st.floats(0, 1e4, allow_nan=False, allow_subnormal=False))
 candidates = st.lists(st.tuples(values, values), min_size=1, max_size=25).map(
     lambda ab: [(i, a, b) for i, (a, b) in enumerate(ab)]
 )
