@@ -191,13 +191,19 @@ def _send_concurrently(server: EndpointServer, fleet: Any) -> triton.InferenceSe
     return client
 
 
-def test_statistics_count_executions_and_rows_of_batched_requests(
-        batched_server: EndpointServer, fleet: Any) -> None:
-    client = _send_concurrently(batched_server, fleet)
+def _statistics_after_concurrent_requests(server: EndpointServer, fleet: Any) -> Any:
+    """Model b's ModelStatistics entry once _send_concurrently's requests are answered."""
+    client = _send_concurrently(server, fleet)
     try:
         (entry,) = client.get_inference_statistics("b", client_timeout=TIMEOUT_S).model_stats
     finally:
         client.close()
+    return entry
+
+
+def test_statistics_count_executions_and_rows_of_batched_requests(
+        batched_server: EndpointServer, fleet: Any) -> None:
+    entry = _statistics_after_concurrent_requests(batched_server, fleet)
     runs = REQUESTS * REQUEST_ROWS // BATCH_ROWS
     assert entry.execution_count == runs == 3
     assert entry.inference_count == REQUESTS * REQUEST_ROWS == 12
@@ -211,11 +217,7 @@ def test_statistics_count_executions_and_rows_of_batched_requests(
 
 def test_statistics_count_each_request_once_however_batched(
         batched_server: EndpointServer, fleet: Any) -> None:
-    client = _send_concurrently(batched_server, fleet)
-    try:
-        (entry,) = client.get_inference_statistics("b", client_timeout=TIMEOUT_S).model_stats
-    finally:
-        client.close()
+    entry = _statistics_after_concurrent_requests(batched_server, fleet)
     requests = entry.inference_stats
     assert requests.success.count == REQUESTS  # not the 3 runs that served them
     assert requests.fail.count == 1
