@@ -262,9 +262,9 @@ def create_server(
     `metrics_port` serves Prometheus metrics on the gRPC address's host (0: any free port,
     None: off). `auth_file` (TOML, see edgecut.cloud.auth; needs `mutual_tls`) says which
     models each device may use and which identities may control the repository (operators).
-    Model health and the auth file are re-read every
-    `poll_interval_s`. `request_log_level` is the level of the per-call JSON log lines
-    (None: none).
+    Model health and the auth file are re-read every `poll_interval_s`; freed memory is given
+    back to the system every TRIM_INTERVAL_S. `request_log_level` is the level of the per-call
+    JSON log lines (None: none).
 
     Raises UserInputError for bad settings or an address it cannot listen on, TLSConfigError
     for missing or mismatched certificate files, BadModelError if `repository` is no folder,
