@@ -178,8 +178,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             self._metrics.record_rpc(rpc="ModelMetadata", code="OK", device=device)
         return response
 
-    def ModelInfer(self, request: bytes | pb.ModelInferRequest | InferRequestView,
-                   context: grpc.ServicerContext) -> pb.ModelInferResponse:
+    def ModelInfer(self, data: bytes, context: grpc.ServicerContext) -> pb.ModelInferResponse:
         # gRPC hands over the request's bytes (see add_to_server): the tensors are read as
         # views over them instead of being copied twice by protobuf's parser.
         started = time.perf_counter()
@@ -187,8 +186,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         model: LoadedModel | None = None
         request_id = ""
         try:
-            if isinstance(request, bytes):
-                request = parse_infer_request(request)
+            request = parse_infer_request(data)
             request_id = request.id
             if request.model_name == PROBE_MODEL:
                 return self._answer("ModelInfer", context, self._probe(request))
@@ -207,7 +205,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                             request_id=request_id)
         return outcome.response
 
-    def _probe(self, request: pb.ModelInferRequest | InferRequestView) -> pb.ModelInferResponse:
+    def _probe(self, request: InferRequestView) -> pb.ModelInferResponse:
         """The link probe (edgecut.protocol.probe): `n` bytes down, whatever came up."""
         asked = request.parameters.get(PROBE_DOWNLOAD_PARAMETER)
         n = int(parameter_value(asked)) if asked is not None else 0
