@@ -45,6 +45,7 @@ from edgecut.protocol.grpc_service_pb2 import (
     ModelInferRequest,
     ModelInferResponse,
 )
+from edgecut.protocol.rawfields import InferRequestView
 from edgecut.protocol.tensors import dtype_of, expected_nbytes
 
 from .loaded_model import LoadedModel, format_shape
@@ -125,9 +126,12 @@ class _DirectRun:
 
 
 Runner = Callable[[dict[str, np.ndarray], list[str]], RunResult]
+# The endpoint passes the view edgecut.protocol.rawfields makes of the received bytes; a parsed
+# message reads the same.
+InferRequest = ModelInferRequest | InferRequestView
 
 
-def infer(request: ModelInferRequest, model: LoadedModel, *, max_decoded_bytes: int,
+def infer(request: InferRequest, model: LoadedModel, *, max_decoded_bytes: int,
           runner: Runner | None = None) -> InferOutcome:
     """Check, decode, run and encode one request against `model`.
 
@@ -151,7 +155,7 @@ def infer(request: ModelInferRequest, model: LoadedModel, *, max_decoded_bytes: 
                         compute_s=run.compute_s, batch_rows=run.batch_rows)
 
 
-def requested_outputs(request: ModelInferRequest, model: LoadedModel
+def requested_outputs(request: InferRequest, model: LoadedModel
                       ) -> tuple[RequestedOutput, ...]:
     """The outputs to compute, in response order, each with its codec.
 
@@ -189,7 +193,7 @@ def requested_outputs(request: ModelInferRequest, model: LoadedModel
     return tuple(RequestedOutput(name=n, codec=c) for n, c in pairs)
 
 
-def decode_inputs(request: ModelInferRequest, model: LoadedModel, *,
+def decode_inputs(request: InferRequest, model: LoadedModel, *,
                   max_decoded_bytes: int) -> tuple[dict[str, np.ndarray], int, int]:
     """The request's inputs as arrays, checked against the model's metadata.
 
@@ -251,7 +255,7 @@ def run_model(model: LoadedModel, inputs: Mapping[str, np.ndarray],
         raise BadInputError(f"{_where(model)}the model rejected the inputs: {detail}") from exc
 
 
-def encode_outputs(request: ModelInferRequest, model: LoadedModel,
+def encode_outputs(request: InferRequest, model: LoadedModel,
                    outputs: Sequence[RequestedOutput], arrays: Sequence[np.ndarray]
                    ) -> tuple[ModelInferResponse, int, int]:
     """The response message: raw_output_contents in the order of `outputs`.
@@ -273,7 +277,7 @@ def encode_outputs(request: ModelInferRequest, model: LoadedModel,
     return response, raw_bytes, wire_bytes
 
 
-def _check_names_and_types(request: ModelInferRequest, model: LoadedModel) -> None:
+def _check_names_and_types(request: InferRequest, model: LoadedModel) -> None:
     problems: list[str] = []
     seen: set[str] = set()
     for tensor in request.inputs:
