@@ -52,12 +52,15 @@ from .loaded_model import LoadedModel, format_shape
 
 __all__ = [
     "InferOutcome",
+    "PreparedRequest",
     "RequestedOutput",
     "RunResult",
     "Runner",
+    "complete",
     "decode_inputs",
     "encode_outputs",
     "infer",
+    "prepare",
     "requested_outputs",
     "run_model",
 ]
@@ -131,6 +134,22 @@ Runner = Callable[[dict[str, np.ndarray], list[str]], RunResult]
 InferRequest = ModelInferRequest | InferRequestView
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreparedRequest:
+    """A request checked and decoded, ready to run: `inputs` go to the model, `names` are the
+    outputs to compute, in response order."""
+
+    request: InferRequest = field(repr=False, compare=False)
+    outputs: tuple[RequestedOutput, ...]
+    inputs: dict[str, np.ndarray] = field(repr=False, compare=False)
+    raw_bytes_in: int
+    wire_bytes_in: int
+
+    @property
+    def names(self) -> list[str]:
+        return [o.name for o in self.outputs]
+
+
 def infer(request: InferRequest, model: LoadedModel, *, max_decoded_bytes: int,
           runner: Runner | None = None) -> InferOutcome:
     """Check, decode, run and encode one request against `model`.
@@ -140,19 +159,33 @@ def infer(request: InferRequest, model: LoadedModel, *, max_decoded_bytes: int,
     decoded inputs (the server passes its scheduler, which may batch them with other
     requests); by default the model's session runs them here, at once.
     """
-    outputs = requested_outputs(request, model)
-    inputs, raw_in, wire_in = decode_inputs(request, model, max_decoded_bytes=max_decoded_bytes)
-    names = [o.name for o in outputs]
+    prepared = prepare(request, model, max_decoded_bytes=max_decoded_bytes)
     if runner is None:
         started = time.perf_counter()
-        arrays = run_model(model, inputs, names)
-        run = _DirectRun(outputs=arrays, compute_s=time.perf_counter() - started)
+        arrays = run_model(model, prepared.inputs, prepared.names)
+        run: RunResult = _DirectRun(outputs=arrays, compute_s=time.perf_counter() - started)
     else:
-        run = runner(inputs, names)
-    response, raw_out, wire_out = encode_outputs(request, model, outputs, run.outputs)
-    return InferOutcome(response=response, raw_bytes_in=raw_in, wire_bytes_in=wire_in,
-                        raw_bytes_out=raw_out, wire_bytes_out=wire_out, queue_s=run.queue_s,
-                        compute_s=run.compute_s, batch_rows=run.batch_rows)
+        run = runner(prepared.inputs, prepared.names)
+    return complete(prepared, model, run)
+
+
+def prepare(request: InferRequest, model: LoadedModel, *,
+            max_decoded_bytes: int) -> PreparedRequest:
+    """infer's first half: the checks and the decoding, before the model runs."""
+    outputs = requested_outputs(request, model)
+    inputs, raw_in, wire_in = decode_inputs(request, model, max_decoded_bytes=max_decoded_bytes)
+    return PreparedRequest(request=request, outputs=outputs, inputs=inputs, raw_bytes_in=raw_in,
+                           wire_bytes_in=wire_in)
+
+
+def complete(prepared: PreparedRequest, model: LoadedModel, run: RunResult) -> InferOutcome:
+    """infer's second half: the response to `prepared` once `run` computed its outputs."""
+    response, raw_out, wire_out = encode_outputs(prepared.request, model, prepared.outputs,
+                                                 run.outputs)
+    return InferOutcome(response=response, raw_bytes_in=prepared.raw_bytes_in,
+                        wire_bytes_in=prepared.wire_bytes_in, raw_bytes_out=raw_out,
+                        wire_bytes_out=wire_out, queue_s=run.queue_s, compute_s=run.compute_s,
+                        batch_rows=run.batch_rows)
 
 
 def requested_outputs(request: InferRequest, model: LoadedModel

@@ -119,6 +119,10 @@ class _Work:
     # A batch (with the instance to run it on) handed to this request's caller to run.
     assigned: tuple[list[Pending[_Work]], ort.InferenceSession] | None = field(
         default=None, repr=False)
+    # A submitted request that no longer wants its run: past this clock reading, or once
+    # `cancelled()` turns true (its caller went away). It fails when its batch is taken.
+    deadline: float | None = None
+    cancelled: Callable[[], bool] | None = field(default=None, repr=False)
 
 
 class ModelScheduler:
@@ -265,15 +269,21 @@ class ModelScheduler:
                     f"{self._where()}the endpoint is shutting down; retry on another replica"
                 ) from exc
 
-    def submit(self, inputs: Mapping[str, np.ndarray],
-               output_names: Sequence[str]) -> Future[BatchResult]:
+    def submit(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], *,
+               timeout_s: float | None = None,
+               cancelled: Callable[[], bool] | None = None) -> Future[BatchResult]:
         """Queue a request; its Future gives a BatchResult or the run's error.
 
         Raises OverloadedError (with `retry_after_ms`) when the queue is full and
-        CloudUnavailableError once the scheduler is closing.
+        CloudUnavailableError once the scheduler is closing. A request still queued when
+        `timeout_s` passes, or when `cancelled()` turns true, is not run: its Future fails
+        with DeadlineExceededError or CloudUnavailableError as run() would raise.
         """
         self._start_workers()
         item = self._enqueue(inputs, output_names)
+        if timeout_s is not None:
+            item.payload.deadline = item.enqueued_at + timeout_s
+        item.payload.cancelled = cancelled
         future = item.payload.future
         future.add_done_callback(lambda f: self._withdraw(item) if f.cancelled() else None)
         return future
@@ -445,7 +455,9 @@ class ModelScheduler:
 
     def _run(self, session: ort.InferenceSession, batch: list[Pending[_Work]]) -> None:
         started = self._clock()
-        live = [p for p in batch if p.payload.future.set_running_or_notify_cancel()]
+        live = [p for p in batch
+                if not self._gave_up_before_run(p, started)
+                and p.payload.future.set_running_or_notify_cancel()]
         if not live:
             return
         names = live[0].payload.output_names
@@ -479,6 +491,16 @@ class ModelScheduler:
                 outputs=outputs, queue_s=max(0.0, started - p.enqueued_at),
                 compute_s=compute_s, batch_rows=rows, batch_requests=len(live),
             ))
+
+    def _gave_up_before_run(self, item: Pending[_Work], now: float) -> bool:
+        """Fail a submitted request whose deadline passed or whose caller went away."""
+        work = item.payload
+        expired = work.deadline is not None and now >= work.deadline
+        if not expired and (work.cancelled is None or not work.cancelled()):
+            return False
+        if work.future.set_running_or_notify_cancel():
+            work.future.set_exception(self._gave_up(expired))
+        return True
 
     def _run_alone(self, session: ort.InferenceSession, item: Pending[_Work],
                    started: float) -> None:

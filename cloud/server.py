@@ -51,9 +51,18 @@ from .batching import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_SIZE, Schedulin
 from .health import EndpointHealth
 from .logs import RequestLog
 from .metrics import EndpointMetrics, MetricsHTTPServer
+from .native_server import NativeServer
+from .native_server import available as native_available
+from .native_server import unavailable_reason as native_unavailable_reason
 from .repository import ModelRepository
 from .scheduler import BatchObservation, Scheduler
-from .servicer import DEFAULT_MAX_DECODED_BYTES, PLATFORM, InferenceServicer, add_to_server
+from .servicer import (
+    DEFAULT_MAX_DECODED_BYTES,
+    MODEL_INFER_METHOD,
+    PLATFORM,
+    InferenceServicer,
+    add_to_server,
+)
 from .statistics import EndpointStatistics, StatisticsRecorder
 
 __all__ = [
@@ -73,10 +82,11 @@ DEFAULT_WORKERS = 16
 DEFAULT_POLL_INTERVAL_S = 2.0
 TRIM_INTERVAL_S = 30.0
 
+
 class EndpointServer:
     """A bound, not yet started endpoint (see create_server). Usable as a context manager."""
 
-    def __init__(self, *, server: grpc.Server, executor: ThreadPoolExecutor,
+    def __init__(self, *, server: grpc.Server | NativeServer, executor: ThreadPoolExecutor,
                  servicer: InferenceServicer, repository: ModelRepository,
                  recorder: StatisticsRecorder, host: str, port: int, tls: bool,
                  scheduler: Scheduler | None = None, health: EndpointHealth | None = None,
@@ -121,6 +131,11 @@ class EndpointServer:
     @property
     def metrics(self) -> EndpointMetrics | None:
         return self._metrics
+
+    @property
+    def frontend(self) -> str:
+        """The gRPC transport serving: "native" (C++) or "grpcio" (see create_server)."""
+        return "native" if isinstance(self._server, NativeServer) else "grpcio"
 
     @property
     def metrics_url(self) -> str | None:
@@ -239,6 +254,7 @@ def create_server(
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
     reload_certificates: bool = True,
     request_log_level: int | str | None = logging.DEBUG,
+    frontend: str = "auto",
 ) -> EndpointServer:
     """Load `repository` and bind an endpoint on `address` (port 0: any free port).
 
@@ -265,6 +281,10 @@ def create_server(
     Model health and the auth file are re-read every `poll_interval_s`; freed memory is given
     back to the system every TRIM_INTERVAL_S. `request_log_level` is the level of the per-call
     JSON log lines (None: none).
+
+    `frontend` is the gRPC transport: "native" runs it in C++ (edgecut.cloud.native_server;
+    built at install where gRPC's C++ library is found), "grpcio" in Python's grpcio, "auto"
+    (the default) the native one where built. Both serve the same handlers.
 
     Raises UserInputError for bad settings or an address it cannot listen on, TLSConfigError
     for missing or mismatched certificate files, BadModelError if `repository` is no folder,
@@ -297,9 +317,13 @@ def create_server(
     if problems:
         raise UserInputError("; ".join(problems))
 
+    native = _use_native(frontend)
     certificates: ReloadingServerCertificates | None = None
     credentials: grpc.ServerCredentials | None = None
-    if tls_dir is not None and reload_certificates:
+    if tls_dir is not None and native:
+        # Checked here as for grpcio; the C++ transport reads (and re-reads) the files itself.
+        credentials = server_credentials(Path(tls_dir), mutual=mutual_tls)
+    elif tls_dir is not None and reload_certificates:
         certificates = ReloadingServerCertificates(Path(tls_dir), mutual=mutual_tls)
         credentials = certificates.credentials()
     elif tls_dir is not None:
@@ -327,29 +351,38 @@ def create_server(
     health = EndpointHealth()
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgecut-rpc")
     _start_every_worker(executor, workers)
-    server = grpc.server(
-        executor,
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            # Without this a second server on the same port would bind silently and share it.
-            ("grpc.so_reuseport", 0),
-        ],
-        # Calls waiting for a worker hold their request message: bound them too.
-        maximum_concurrent_rpcs=max_concurrent_rpcs or 4 * workers,
-    )
+    server: grpc.Server | NativeServer
+    if native:
+        server = NativeServer(executor, max_message_bytes=max_message_bytes,
+                              max_open_calls=max_concurrent_rpcs or 4 * workers)
+        server.add_deferred_handler(MODEL_INFER_METHOD, servicer.infer_later)
+    else:
+        server = grpc.server(
+            executor,
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                # Without this a second server on the same port would bind silently and share it.
+                ("grpc.so_reuseport", 0),
+            ],
+            # Calls waiting for a worker hold their request message: bound them too.
+            maximum_concurrent_rpcs=max_concurrent_rpcs or 4 * workers,
+        )
     add_to_server(servicer, server)
     health.register(server)
-    try:
-        if credentials is None:
-            port = server.add_insecure_port(address)
-        else:
-            port = server.add_secure_port(address, credentials)
-    except RuntimeError as exc:
-        port = 0
-        cause: Exception | None = exc
+    cause: Exception | None = None
+    if isinstance(server, NativeServer):
+        port = server.add_port(address, tls_dir=tls_dir, mutual=mutual_tls,
+                               reload=reload_certificates)
     else:
-        cause = None
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(address)
+            else:
+                port = server.add_secure_port(address, credentials)
+        except RuntimeError as exc:
+            port = 0
+            cause = exc
     if port == 0:
         executor.shutdown(wait=False)
         scheduler.close(timeout_s=0)
@@ -363,6 +396,19 @@ def create_server(
                           metrics=metrics, metrics_port=metrics_port,
                           authorization=authorization, certificates=certificates,
                           poll_interval_s=poll_interval_s)
+
+
+FRONTENDS = ("auto", "native", "grpcio")
+
+
+def _use_native(frontend: str) -> bool:
+    """Whether `frontend` ("auto", "native" or "grpcio") means the C++ transport here."""
+    if frontend not in FRONTENDS:
+        raise UserInputError(f"frontend must be one of {', '.join(FRONTENDS)}, got {frontend!r}")
+    if frontend == "native" and not native_available():
+        raise UserInputError(f"frontend 'native' is not built in this installation "
+                             f"({native_unavailable_reason()}); use 'grpcio' or 'auto'")
+    return frontend == "native" or (frontend == "auto" and native_available())
 
 
 def _start_every_worker(executor: ThreadPoolExecutor, workers: int) -> None:

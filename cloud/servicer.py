@@ -4,16 +4,16 @@ the admission, authorisation and accounting around each call (the gRPC server is
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from typing import NoReturn, TypeVar
+from concurrent.futures import CancelledError, Future
+from typing import Any, NoReturn, TypeVar
 
 import grpc
-import numpy as np
 
 from edgecut.errors import (
     BadInputError,
@@ -36,12 +36,13 @@ from edgecut.protocol.tls import peer_identity
 
 from . import management
 from .auth import AuthorizationFile
-from .inference import InferOutcome, RunResult, infer
+from .inference import InferOutcome, complete, prepare
 from .loaded_model import LoadedModel, TensorSpec
 from .logs import RequestLog
 from .metrics import EndpointMetrics
+from .native_server import CallAborted, NativeContext
 from .repository import ModelRepository
-from .scheduler import Scheduler
+from .scheduler import BatchResult, Scheduler
 from .statistics import StatisticsRecorder, Traffic
 from .status import status_for
 
@@ -49,6 +50,7 @@ logger = logging.getLogger("edgecut.cloud.server")
 
 PLATFORM = "onnxruntime_onnx"
 SERVICE = "GRPCInferenceService"
+MODEL_INFER_METHOD = f"/{pb.DESCRIPTOR.package}.{SERVICE}/ModelInfer"
 SERVER_NAME = "edgecut"
 RETRY_AFTER_KEY = "retry-after-ms"
 # Decoded inputs of one request together: a codec can shrink a tensor well below its size
@@ -194,8 +196,12 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             try:
                 model = self._repository.route(request.model_name, request.model_version)
                 self._authorize(device, model.name)
-                outcome = infer(request, model, max_decoded_bytes=self._max_decoded_bytes,
-                                runner=self._runner(model, context))
+                prepared = prepare(request, model, max_decoded_bytes=self._max_decoded_bytes)
+                # This thread waits for its request's batch, and runs it when its turn comes.
+                result = self._scheduler.for_model(model).run(
+                    prepared.inputs, prepared.names, timeout_s=context.time_remaining(),
+                    cancelled=lambda: not context.is_active())
+                outcome = complete(prepared, model, result)
             finally:
                 self._leave()
         except Exception as exc:
@@ -204,6 +210,66 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self._observe_infer(model, outcome, device=device, started=started,
                             request_id=request_id)
         return outcome.response
+
+    def infer_later(self, data: bytes, context: NativeContext) -> None:
+        """ModelInfer for the native frontend: answers through `context.finish`, once the
+        request's batch has run, instead of holding a thread while it waits.
+
+        The same checks, accounting and errors as ModelInfer; the run itself goes to the
+        model's scheduler (submit), whose worker finishes the call.
+        """
+        started = time.perf_counter()
+        device = context.peer_name()
+        model: LoadedModel | None = None
+        request_id = ""
+        try:
+            request = parse_infer_request(data)
+            request_id = request.id
+            if request.model_name == PROBE_MODEL:
+                response = self._answer("ModelInfer", context, self._probe(request))
+                context.finish(response.SerializeToString())
+                return
+            self._enter()
+            try:
+                model = self._repository.route(request.model_name, request.model_version)
+                self._authorize(device, model.name)
+                prepared = prepare(request, model, max_decoded_bytes=self._max_decoded_bytes)
+                scheduler = self._scheduler.for_model(model)
+                future = scheduler.submit(prepared.inputs, prepared.names,
+                                          timeout_s=context.time_remaining(),
+                                          cancelled=lambda: not context.is_active())
+            except BaseException:
+                self._leave()
+                raise
+        except Exception as exc:
+            self._abort_later(context, exc, device=device, model=model, started=started,
+                              request_id=request_id)
+            return
+
+        def ran(future: Future[BatchResult]) -> None:
+            assert model is not None
+            try:
+                try:
+                    outcome = complete(prepared, model, future.result())
+                except CancelledError as exc:
+                    raise CloudUnavailableError(
+                        "the endpoint is shutting down; retry on another replica") from exc
+                self._observe_infer(model, outcome, device=device, started=started,
+                                    request_id=request_id)
+                context.finish(outcome.response.SerializeToString())
+            except Exception as exc:
+                self._abort_later(context, exc, device=device, model=model, started=started,
+                                  request_id=request_id)
+            finally:
+                self._leave()
+
+        future.add_done_callback(ran)
+
+    def _abort_later(self, context: NativeContext, exc: Exception, **where: Any) -> None:
+        """_abort for a call that is answered later: its status goes out with finish()."""
+        with contextlib.suppress(CallAborted):  # the context keeps the status _abort gave it
+            self._abort("ModelInfer", context, exc, **where)
+        context.finish(None)
 
     def _probe(self, request: InferRequestView) -> pb.ModelInferResponse:
         """The link probe (edgecut.protocol.probe): `n` bytes down, whatever came up."""
@@ -219,18 +285,6 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         response.outputs.add(name=PROBE_OUTPUT, datatype="UINT8", shape=[n])
         response.raw_output_contents.append(self._probe_bytes[:n])
         return response
-
-    def _runner(self, model: LoadedModel, context: grpc.ServicerContext
-                ) -> Callable[[dict[str, np.ndarray], list[str]], RunResult]:
-        """Run decoded inputs through the model's scheduler, within the call's deadline."""
-        scheduler = self._scheduler.for_model(model)
-
-        def run(inputs: dict[str, np.ndarray], names: list[str]) -> RunResult:
-            # This thread waits for its request's batch, and runs it when its turn comes.
-            return scheduler.run(inputs, names, timeout_s=context.time_remaining(),
-                                 cancelled=lambda: not context.is_active())
-
-        return run
 
     def _observe_infer(self, model: LoadedModel, outcome: InferOutcome, *,
                        device: str | None, started: float, request_id: str) -> None:

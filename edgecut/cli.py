@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="onnxruntime intra-op threads per session (default 0: onnxruntime decides)")
     p.add_argument("--log-requests", action="store_true", help="log one JSON line per request")
+    p.add_argument("--frontend", choices=("auto", "native", "grpcio"), default="auto",
+                   help="gRPC transport: native = gRPC's C++ server (built at install where "
+                        "libgrpc++-dev is found), grpcio = Python's; auto = native where built "
+                        "(default)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("deploy", help="install a plan's full model and tails into a repository")
@@ -437,8 +441,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         ready = sorted({m.name for m in server.repository.models() if m.ready})
         models = f"{len(ready)} models" if ready else "no models"
         metrics = f"; metrics on {server.metrics_url}" if server.metrics_url else ""
-        print(f"edgecut endpoint listening on {server.address} ({security}); serving {models}"
-              f"{metrics}", flush=True)
+        print(f"edgecut endpoint listening on {server.address} ({security}, {server.frontend} "
+              f"transport); serving {models}{metrics}", flush=True)
 
     from edgecut.cloud.allocator import keep_large_buffers
     from edgecut.cloud.repository import ModelRepository
@@ -455,7 +459,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                   metrics_port=args.metrics_port, auth_file=args.auth,
                   max_queue_size=args.max_queue_size, workers=args.workers,
                   intra_op_threads=args.threads,
-                  request_log_level="INFO" if args.log_requests else None)
+                  request_log_level="INFO" if args.log_requests else None,
+                  frontend=args.frontend)
     print(f"stopped after {stats.infer_requests} inference requests "
           f"({stats.total_failures} failed)", flush=True)
     return 0

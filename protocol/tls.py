@@ -77,22 +77,33 @@ class ReloadingServerCertificates:
         self._mutual = mutual
         self._lock = threading.Lock()
         self._stamp = self._stamps()
-        self._initial = self._configuration()  # raises TLSConfigError at startup
+        self._initial_files = self._files()  # raises TLSConfigError at startup
         self.reloads = 0
 
     def credentials(self) -> grpc.ServerCredentials:
+        cert, key, ca = self._initial_files
+        initial = grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
         return grpc.dynamic_ssl_server_credentials(
-            self._initial, self.fetch, require_client_authentication=self._mutual
+            initial, self.fetch, require_client_authentication=self._mutual
         )
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """gRPC's fetcher: a new configuration if the files changed, else None (keep)."""
+        files = self.changed_files()
+        if files is None:
+            return None
+        cert, key, ca = files
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    def changed_files(self) -> tuple[bytes, bytes, bytes | None] | None:
+        """(certificate, key, CA or None without mutual TLS) when the files changed since
+        last asked and form a consistent set; None to keep the previous ones."""
         stamp = self._stamps()
         with self._lock:
             if stamp == self._stamp:
                 return None
             try:
-                configuration = self._configuration()
+                files = self._files()
             except TLSConfigError as exc:
                 logger.error("TLS files in %s changed but cannot be used yet; the previous "
                              "certificates stay in force: %s", self._dir, exc)
@@ -100,12 +111,16 @@ class ReloadingServerCertificates:
             self._stamp = stamp
             self.reloads += 1
         logger.info("reloaded TLS certificates from %s", self._dir)
-        return configuration
+        return files
 
-    def _configuration(self) -> grpc.ServerCertificateConfiguration:
+    def files(self) -> tuple[bytes, bytes, bytes | None]:
+        """The set in force at startup (see changed_files)."""
+        return self._initial_files
+
+    def _files(self) -> tuple[bytes, bytes, bytes | None]:
         cert, key = _read_pair(self._dir, "server")
         ca = _read(self._dir / "ca.crt", self._dir) if self._mutual else None
-        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+        return cert, key, ca
 
     def _stamps(self) -> tuple[tuple[int, int] | None, ...]:
         stamps: list[tuple[int, int] | None] = []

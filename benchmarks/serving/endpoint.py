@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ModelRepository(share_weights=False): onnxruntime pre-packs weights")
     p.add_argument("--glibc-defaults", action="store_true",
                    help="do not raise glibc's mmap/trim thresholds (edgecut serve does)")
+    p.add_argument("--frontend", choices=("grpcio", "native"), default="grpcio",
+                   help="the endpoint's gRPC transport (create_server's frontend)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not args.glibc_defaults:
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     serve(repository, address="127.0.0.1:0", tls_dir=args.tls, workers=args.workers,
           intra_op_threads=1, max_concurrent_rpcs=args.max_concurrent_rpcs,
           max_queue_size=args.max_queue_size, request_log_level=None, on_started=started,
-          grace_s=5.0)
+          grace_s=5.0, frontend=args.frontend)
     return 0
 
 

@@ -27,6 +27,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from edgecut.cloud.native_server import available as native_available
+from edgecut.cloud.native_server import unavailable_reason as native_unavailable_reason
 from edgecut.cloud.server import EndpointServer, create_server
 from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
@@ -188,6 +190,15 @@ def other_fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     return Fleet(directory=directory, device=DEVICE)
 
 
+@pytest.fixture(scope="session", params=["native", "grpcio"])
+def frontend(request: pytest.FixtureRequest) -> str:
+    """The endpoint's transport (create_server's `frontend`): the shared server fixtures, and
+    the tests that ask for it, run over both."""
+    if request.param == "native" and not native_available():
+        pytest.skip(f"the native transport is not built here: {native_unavailable_reason()}")
+    return str(request.param)
+
+
 def _running(server: EndpointServer) -> Iterator[EndpointServer]:
     server.start()
     try:
@@ -197,24 +208,26 @@ def _running(server: EndpointServer) -> Iterator[EndpointServer]:
 
 
 @pytest.fixture(scope="session")
-def tls_server(model_repo: Path, fleet: Fleet) -> Iterator[EndpointServer]:
+def tls_server(model_repo: Path, fleet: Fleet, frontend: str) -> Iterator[EndpointServer]:
     """Server-authenticated TLS; any client that trusts the CA may call."""
-    yield from _running(create_server(model_repo, tls_dir=fleet.directory, workers=4))
+    yield from _running(create_server(model_repo, tls_dir=fleet.directory, workers=4,
+                                      frontend=frontend))
 
 
 @pytest.fixture(scope="session")
-def mtls_server(model_repo: Path, fleet: Fleet) -> Iterator[EndpointServer]:
+def mtls_server(model_repo: Path, fleet: Fleet, frontend: str) -> Iterator[EndpointServer]:
     """Mutual TLS: only devices with a certificate from the fleet's CA."""
-    yield from _running(
-        create_server(model_repo, tls_dir=fleet.directory, mutual_tls=True, workers=4)
-    )
+    yield from _running(create_server(model_repo, tls_dir=fleet.directory, mutual_tls=True,
+                                      workers=4, frontend=frontend))
 
 
 @pytest.fixture(scope="session")
-def small_limit_server(model_repo: Path, fleet: Fleet) -> Iterator[EndpointServer]:
+def small_limit_server(model_repo: Path, fleet: Fleet,
+                       frontend: str) -> Iterator[EndpointServer]:
     """TLS with a 1 MiB message limit."""
     yield from _running(create_server(model_repo, tls_dir=fleet.directory,
-                                      max_message_bytes=1 << 20, workers=2))
+                                      max_message_bytes=1 << 20, workers=2,
+                                      frontend=frontend))
 
 
 @pytest.fixture

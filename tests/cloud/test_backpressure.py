@@ -29,9 +29,10 @@ def slow_request(iterations: int) -> pb.ModelInferRequest:
 
 
 def test_full_queue_answers_resource_exhausted_with_retry_hint(
-        ops_repo: Path, slow_iterations: Callable[[float], int]) -> None:
+        ops_repo: Path, slow_iterations: Callable[[float], int], frontend: str) -> None:
     policy = SchedulingPolicy(instance_count=1, max_queue_size=2)
-    server = create_server(ops_repo, workers=CLIENTS + 4, scheduling={"slow": policy})
+    server = create_server(ops_repo, workers=CLIENTS + 4, scheduling={"slow": policy},
+                           frontend=frontend)
     request = slow_request(slow_iterations(0.5))
     with server, grpc.insecure_channel(server.address) as channel:
         stub = GRPCInferenceServiceStub(channel)
@@ -66,10 +67,12 @@ def test_full_queue_answers_resource_exhausted_with_retry_hint(
 
 
 def test_rpcs_beyond_the_concurrency_bound_are_refused(
-        ops_repo: Path, slow_iterations: Callable[[float], int]) -> None:
-    """Calls waiting for a worker thread are bounded too (gRPC's maximum_concurrent_rpcs)."""
+        ops_repo: Path, slow_iterations: Callable[[float], int], frontend: str) -> None:
+    """Calls open at once are bounded too (gRPC's maximum_concurrent_rpcs; the native
+    transport's max_open_calls)."""
     server = create_server(ops_repo, workers=2, max_concurrent_rpcs=3,
-                           scheduling={"slow": SchedulingPolicy(instance_count=1)})
+                           scheduling={"slow": SchedulingPolicy(instance_count=1)},
+                           frontend=frontend)
     request = slow_request(slow_iterations(0.5))
     with server, grpc.insecure_channel(server.address) as channel:
         stub = GRPCInferenceServiceStub(channel)

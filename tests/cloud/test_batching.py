@@ -275,12 +275,13 @@ def _scrape(url: str) -> dict[str, float]:
 
 
 def test_requests_from_two_devices_share_one_batch(ops_repo: Path, two_devices: object,
-                                                   ) -> None:
+                                                   frontend: str) -> None:
     fleet = two_devices
     policy = SchedulingPolicy(max_batch_size=8, dynamic_batching=True, preferred_batch_sizes=(4,),
                               max_queue_delay_us=60_000_000, instance_count=1)
     server = create_server(ops_repo, tls_dir=fleet.directory, mutual_tls=True,  # type: ignore[attr-defined]
-                           workers=8, scheduling={"wide_mlp": policy}, metrics_port=0)
+                           workers=8, scheduling={"wide_mlp": policy}, metrics_port=0,
+                           frontend=frontend)
     rng = np.random.default_rng(5)
     xs = {"pi-a": rng.normal(size=(1, 256)).astype(np.float32),
           "pi-b": rng.normal(size=(3, 256)).astype(np.float32)}

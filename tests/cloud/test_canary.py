@@ -94,8 +94,9 @@ def test_broken_candidate_changes_nothing(repo: ModelRepository, tmp_path: Path)
     assert repo.canary_status("m") is None and repo.ready_versions("m") == (1,)
 
 
-def test_no_failed_request_while_switching_under_load(repo: ModelRepository) -> None:
-    server = create_server(repo, workers=8)
+def test_no_failed_request_while_switching_under_load(repo: ModelRepository,
+                                                      frontend: str) -> None:
+    server = create_server(repo, workers=8, frontend=frontend)
     server.start()
     stop = threading.Event()
     failures: list[str] = []

@@ -21,8 +21,8 @@ def _status(stub: health_pb2_grpc.HealthStub, service: str) -> int:
     return int(response.status)
 
 
-def test_health_of_server_and_models(model_repo: Path) -> None:
-    server = create_server(model_repo, workers=2)
+def test_health_of_server_and_models(model_repo: Path, frontend: str) -> None:
+    server = create_server(model_repo, workers=2, frontend=frontend)
     with server, grpc.insecure_channel(server.address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         assert _status(stub, "") == SERVING

@@ -38,14 +38,14 @@ def _wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> Non
 
 
 def test_stop_drains_in_flight_and_queued_requests(
-        ops_repo: Path, slow_iterations: Callable[[float], int]) -> None:
+        ops_repo: Path, slow_iterations: Callable[[float], int], frontend: str) -> None:
     scheduling = {
         "slow": SchedulingPolicy(instance_count=1, max_queue_size=8),
         # A batch that would wait a minute for company: the drain sends it at once.
         "wide_mlp": SchedulingPolicy(max_batch_size=8, dynamic_batching=True,
                                      max_queue_delay_us=60_000_000),
     }
-    server = create_server(ops_repo, workers=8, scheduling=scheduling)
+    server = create_server(ops_repo, workers=8, scheduling=scheduling, frontend=frontend)
     server.start()
     channel = grpc.insecure_channel(server.address)
     stub = GRPCInferenceServiceStub(channel)

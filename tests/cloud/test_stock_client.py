@@ -25,8 +25,10 @@ def _client(server: EndpointServer, fleet: Any, *, device: bool) -> triton.Infer
 
 
 @pytest.fixture(params=["tls", "mtls"])
-def client(request: pytest.FixtureRequest, fleet: Any) -> Iterator[triton.InferenceServerClient]:
-    """The same tests over server-only TLS (no client certificate) and mutual TLS."""
+def client(request: pytest.FixtureRequest, fleet: Any,
+           frontend: str) -> Iterator[triton.InferenceServerClient]:
+    """The same tests over server-only TLS (no client certificate) and mutual TLS, on each
+    transport (`frontend`: the servers asked for below are made for it)."""
     mutual = request.param == "mtls"
     server = request.getfixturevalue("mtls_server" if mutual else "tls_server")
     client = _client(server, fleet, device=mutual)
