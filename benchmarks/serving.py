@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         section = suite.throughput(workdir, levels=levels, edgecut_client_levels=edgecut_levels,
                                    timing=timing, triton_home=home, triton_error=error,
                                    progress=progress, models=tuple(args.models.split(",")),
-                                   unshared_levels=(args.headline_clients,))
+                                   unshared_levels=(args.headline_clients,),
+                                   grpcio_levels=(args.headline_clients,))
         summary = suite.summarise_throughput(section, level=args.headline_clients)
         out["throughput"] = section
         out["throughput_summary"] = summary

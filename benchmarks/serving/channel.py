@@ -7,6 +7,7 @@ that takes the request bytes as they arrive and answers 2 bytes, with a request 
 once before the clock starts.
 
     python -m benchmarks.serving.channel serve --tls DIR --port-file F   # the bare server
+    python -m benchmarks.serving.channel serve --native ...             # same, C++ transport
     python -m benchmarks.serving.channel call '{"kind": "bare", ...}'    # one client run
 
 Copies of the 4 MiB on the ModelInfer path (read from the code, per call):
@@ -115,6 +116,28 @@ def call_run(spec: dict) -> dict:
             "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99))}
 
 
+def serve_bare_native(tls_dir: Path, port_file: Path) -> None:
+    """The same bare handler over edgecut's C++ transport: each group of received calls is
+    answered from Python, one GIL acquisition per group, as the endpoint's dispatcher runs."""
+    from edgecut.cloud import _frontend
+
+    frontend = _frontend.Frontend("127.0.0.1:0", str(tls_dir), False, False, MAX_MESSAGE)
+
+    def dispatch(calls: list, ended: list) -> None:
+        for call_id, _method, payload, _metadata, _peer, _left in calls:
+            frontend.finish(call_id, 0, "", b"ok" if len(payload) else b"")
+
+    frontend.start(dispatch)
+    tmp = port_file.with_suffix(".tmp")
+    tmp.write_text(str(frontend.port))
+    tmp.rename(port_file)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    frontend.stop(2.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "call":
@@ -124,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("command", choices=["serve"])
     p.add_argument("--tls", type=Path, required=True)
     p.add_argument("--port-file", type=Path, required=True)
+    p.add_argument("--native", action="store_true",
+                   help="serve over edgecut's C++ transport instead of grpcio")
     args = p.parse_args(argv)
-    serve_bare(args.tls, args.port_file)
+    (serve_bare_native if args.native else serve_bare)(args.tls, args.port_file)
     return 0
 
 

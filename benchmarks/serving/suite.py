@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from edgecut.cloud.native_server import available as native_available
 from edgecut.protocol.pki import init_ca
 
 from .loadgen import LoadSpec
@@ -181,7 +182,8 @@ def ort_limit_rps(t: dict[int, float], hist: dict[int, int]) -> float | None:
 def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[int],
                timing: Timing, triton_home: Path | None, triton_error: str | None,
                progress: Progress, models: tuple[str, ...] = THROUGHPUT_MODELS,
-               unshared_levels: tuple[int, ...] = ()) -> dict:
+               unshared_levels: tuple[int, ...] = (),
+               grpcio_levels: tuple[int, ...] = ()) -> dict:
     tls, repo, trepo = prepare(workdir, models)
     onnx_dir = workdir / "onnx"
     _EDGECUT_CLIENT_LEVELS[:] = edgecut_client_levels
@@ -199,20 +201,30 @@ def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[
             rows += _run_server_levels(unshared, "edgecut-unshared", tls, list(unshared_levels),
                                        ["triton"], timing, progress, models=models,
                                        onnx_dir=onnx_dir)
-    # The floor of any grpcio (Python) server here: the same request bytes, no model, no OIP.
-    with PinnedServer("benchmarks.serving.channel", ["serve", "--tls", str(tls)],
-                      workdir=workdir) as bare:
-        spec = MODELS[models[0]]
-        for level in levels:
-            progress(f"bare grpcio handler, {spec.name} payload, {level} clients")
-            with ForeignCpu(bare.pid) as foreign:
-                result = run_load_pinned(LoadSpec(
-                    client="bare", address=bare.address, tls_dir=str(tls), model="",
-                    row_shape=spec.row_shape, clients=level, duration_s=timing.duration_s,
-                    warmup_s=timing.warmup_s))
-            rows.append({"server": "bare-grpcio", "client": "bare", "model": spec.name,
-                         "batching": False, "clients": level, "batch_histogram": {},
-                         "foreign_cpu": foreign.fraction, **asdict(result)})
+    # The endpoint as shipped runs the native transport where it is built; the same endpoint
+    # over grpcio, next to it, says what the transport is worth.
+    if grpcio_levels and native_available():
+        with endpoint_process(repo, tls, workdir=workdir,
+                              extra_args=["--frontend", "grpcio"]) as over_grpcio:
+            rows += _run_server_levels(over_grpcio, "edgecut-grpcio", tls, list(grpcio_levels),
+                                       ["triton"], timing, progress, models=models,
+                                       onnx_dir=onnx_dir)
+    # The floor of each transport here: the same request bytes, no model, no OIP.
+    floors = [("bare-grpcio", [])] + ([("bare-native", ["--native"])] if native_available() else [])
+    for floor, flags in floors:
+        with PinnedServer("benchmarks.serving.channel", ["serve", "--tls", str(tls), *flags],
+                          workdir=workdir) as bare:
+            spec = MODELS[models[0]]
+            for level in levels:
+                progress(f"{floor} handler, {spec.name} payload, {level} clients")
+                with ForeignCpu(bare.pid) as foreign:
+                    result = run_load_pinned(LoadSpec(
+                        client="bare", address=bare.address, tls_dir=str(tls), model="",
+                        row_shape=spec.row_shape, clients=level, duration_s=timing.duration_s,
+                        warmup_s=timing.warmup_s))
+                rows.append({"server": floor, "client": "bare", "model": spec.name,
+                             "batching": False, "clients": level, "batch_histogram": {},
+                             "foreign_cpu": foreign.fraction, **asdict(result)})
     triton_status = triton_error
     if triton_home is not None and triton_error is None:
         try:
@@ -249,13 +261,14 @@ def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[
         r["ort_limit_rps"] = limit
         r["vs_ort"] = r["throughput_rps"] / limit if limit else None
         r["ort_batch1_rps"] = 1.0 / table[1]
-        if r["server"] == "bare-grpcio":  # no model ran: what would be left for one
+        if r["server"].startswith("bare-"):  # no model ran: what would be left for one
             r["ort_limit_rps"] = r["ort_batch1_rps"]
             r["vs_ort"] = None
     return {"rows": rows, "ort_seconds_per_run": {m: {str(b): s for b, s in t.items()}
                                                    for m, t in ort.items()},
             "ort_foreign_cpu": ort_foreign, "server_rss_bytes": server_rss,
-            "triton_unavailable": triton_status}
+            "triton_unavailable": triton_status,
+            "edgecut_frontend": "native" if native_available() else "grpcio"}
 
 
 def _find(rows: list[dict], **want: Any) -> dict | None:
@@ -329,19 +342,34 @@ def summarise_throughput(section: dict, *, level: int) -> dict:
                                             next(iter(vs_triton.values()), None))
     triton_row = _find(rows, server="triton", model="small_cnn", batching=True, clients=level)
     out["triton_vs_ort"] = triton_row["vs_ort"] if triton_row else None
-    # The most a Python grpcio server could reach: the bare handler's time per request (same
-    # bytes, same TLS, no model) plus onnxruntime's time per row at the mix edgecut formed.
-    ceilings = {}
+    # The most a server on each transport could reach: the bare handler's time per request
+    # (same bytes, same TLS, no model) plus onnxruntime's time per row at the mix edgecut formed.
+    for floor, key in (("bare-grpcio", "python_grpc_ceiling_vs_ort"),
+                       ("bare-native", "native_ceiling_vs_ort")):
+        ceilings = {}
+        for name in models:
+            bare = _find(rows, server=floor, model=name, clients=level)
+            for batching in (False, True):
+                e = _find(rows, server="edgecut", client="triton", model=name,
+                          batching=batching, clients=level)
+                if bare and bare["throughput_rps"] and e and e["ort_limit_rps"]:
+                    ceiling = 1.0 / (1.0 / bare["throughput_rps"] + 1.0 / e["ort_limit_rps"])
+                    ceilings[f"{name}/{'on' if batching else 'off'}"] = (
+                        ceiling / e["ort_limit_rps"])
+        out[f"{key}_by_model"] = ceilings
+        out[key] = ceilings.get("small_cnn/on")
+    transport = {}
     for name in models:
-        bare = _find(rows, server="bare-grpcio", model=name, clients=level)
         for batching in (False, True):
             e = _find(rows, server="edgecut", client="triton", model=name, batching=batching,
                       clients=level)
-            if bare and bare["throughput_rps"] and e and e["ort_limit_rps"]:
-                ceiling = 1.0 / (1.0 / bare["throughput_rps"] + 1.0 / e["ort_limit_rps"])
-                ceilings[f"{name}/{'on' if batching else 'off'}"] = ceiling / e["ort_limit_rps"]
-    out["python_grpc_ceiling_vs_ort_by_model"] = ceilings
-    out["python_grpc_ceiling_vs_ort"] = ceilings.get("small_cnn/on")
+            g = _find(rows, server="edgecut-grpcio", client="triton", model=name,
+                      batching=batching, clients=level)
+            if e and g and g["throughput_rps"]:
+                transport[f"{name}/{'on' if batching else 'off'}"] = (
+                    e["throughput_rps"] / g["throughput_rps"])
+    out["native_vs_grpcio_by_model"] = transport
+    out["edgecut_frontend"] = section.get("edgecut_frontend")
     return out
 
 

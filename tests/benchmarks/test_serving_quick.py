@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from edgecut.cloud.native_server import available as native_available
+
 REPO = Path(__file__).resolve().parents[2]
 KEYS = ("batching_gain_vs_ort_gain", "server_vs_ort", "server_vs_triton", "tails_rss_ratio_8",
         "channel_vs_bare_grpc")
@@ -39,10 +41,18 @@ def test_quick_smoke_writes_the_keys_and_fails_no_request(tmp_path: Path) -> Non
         assert key in result
     rows = result["throughput"]["rows"]
     # batching off and on, each driven by tritonclient and by edgecut's own client; the
-    # endpoint without shared weights; the bare grpcio floor
+    # endpoint without shared weights; the bare grpcio floor; where the native transport is
+    # built (the endpoint's default then), the endpoint over grpcio and the bare native floor
     assert {(r["batching"], r["client"]) for r in rows if r["server"] == "edgecut"} == {
         (False, "triton"), (False, "edgecut"), (True, "triton"), (True, "edgecut")}
-    assert {r["server"] for r in rows} == {"edgecut", "edgecut-unshared", "bare-grpcio"}
+    native = native_available()
+    assert {r["server"] for r in rows} == {
+        "edgecut", "edgecut-unshared", "bare-grpcio",
+        *(("edgecut-grpcio", "bare-native") if native else ())}
+    assert result["throughput"]["edgecut_frontend"] == ("native" if native else "grpcio")
+    if native:
+        assert set(result["throughput_summary"]["native_vs_grpcio_by_model"]) == {
+            "small_cnn/off", "small_cnn/on"}
     for row in rows:
         assert row["failures"] == 0, row["errors"]
         assert row["requests"] > 0
