@@ -9,6 +9,7 @@ server), and received calls reach Python in groups instead of one thread hand-of
 
 from __future__ import annotations
 
+import atexit
 import logging
 import shutil
 import tempfile
@@ -275,6 +276,8 @@ class NativeServer:
     # Lifecycle, as on grpc.Server.
     def start(self) -> None:
         self._frontend.start(self._dispatch)
+        # Its C++ threads call into Python: they must be gone before the interpreter is.
+        atexit.register(self._frontend.stop, 0.0)
 
     def stop(self, grace: float | None) -> threading.Event:
         done = threading.Event()
@@ -283,6 +286,7 @@ class NativeServer:
         def stop_now() -> None:
             if frontend is not None:
                 frontend.stop(grace or 0.0)
+                atexit.unregister(frontend.stop)
             self._close_certificates()
             self._stopped.set()
             done.set()

@@ -68,6 +68,7 @@ struct Call {
 
   // Guarded by the server's calls mutex: streamed messages wait here while one is written.
   std::deque<grpc::ByteBuffer> outbox;
+  bool reading = false;
   bool writing = false;
   std::optional<grpc::Status> final_status;  // set by finish(); sent once the outbox is empty
   bool finish_sent = false;
@@ -161,7 +162,7 @@ class Frontend {
   int port() const { return port_; }
 
   void start(py::object dispatch) {
-    if (started_) throw std::runtime_error("the frontend is already started");
+    if (started_ || stopped_) throw std::runtime_error("a frontend starts once, before stop()");
     started_ = true;
     dispatch_ = std::move(dispatch);
     for (int i = 0; i < accept_depth_; ++i) accept();
@@ -225,19 +226,29 @@ class Frontend {
     if (stopped_.exchange(true)) return;
     {
       py::gil_scoped_release release;
-      if (server_) {
-        auto deadline = std::chrono::system_clock::now() +
-                        std::chrono::microseconds(static_cast<int64_t>(grace_s * 1e6));
-        server_->Shutdown(deadline);
+      auto deadline = std::chrono::system_clock::now() +
+                      std::chrono::microseconds(static_cast<int64_t>(grace_s * 1e6));
+      server_->Shutdown(deadline);
+      queue_->Shutdown();
+      if (poller_.joinable()) {
+        poller_.join();
+      } else {  // never started: nothing was asked of the queue but its shutdown
+        void* tag = nullptr;
+        bool ok = false;
+        while (queue_->Next(&tag, &ok)) {
+        }
       }
-      if (queue_) queue_->Shutdown();
-      if (poller_.joinable()) poller_.join();
       {
         std::lock_guard<std::mutex> lock(received_mutex_);
         closing_ = true;
       }
       received_ready_.notify_all();
       if (dispatcher_.joinable()) dispatcher_.join();
+      // The queue is drained: every operation has come back, so no call is in use.
+      for (auto& [id, call] : calls_) delete call;
+      calls_.clear();
+      server_.reset();
+      queue_.reset();
     }
     dispatch_ = py::object();
   }
@@ -307,15 +318,16 @@ class Frontend {
     while (queue_->Next(&raw, &ok)) {
       auto* tag = static_cast<Tag*>(raw);
       Call* call = tag->call;
-      switch (tag->op) {
-        case Op::kAccepted:
-          if (!ok) {  // shutting down: the call never started
-            delete call;
-            break;
-          }
-          if (!stopped_) accept();
-          {
-            std::lock_guard<std::mutex> lock(calls_mutex_);
+      if (tag->op == Op::kAccepted && !ok) {  // shutting down: the call never started
+        delete call;
+        continue;
+      }
+      if (tag->op == Op::kAccepted && !stopped_) accept();
+      bool received = false;
+      {
+        std::lock_guard<std::mutex> lock(calls_mutex_);
+        switch (tag->op) {
+          case Op::kAccepted:
             calls_.emplace(call->id, call);
             if (calls_.size() > max_open_calls_) {
               call->final_status = grpc::Status(
@@ -323,65 +335,59 @@ class Frontend {
                   "the endpoint has " + std::to_string(max_open_calls_) +
                       " calls open already (its limit); retry later");
               pump(call);
-              break;
+            } else {
+              call->reading = true;
+              call->stream.Read(&call->request, &call->read);
             }
-          }
-          call->stream.Read(&call->request, &call->read);
-          break;
-        case Op::kRead:
-          if (!ok) {  // the client closed without a message
-            std::lock_guard<std::mutex> lock(calls_mutex_);
-            call->final_status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                              "the call carried no request message");
+            break;
+          case Op::kRead:
+            call->reading = false;
+            if (ok) {
+              received = true;
+            } else if (!call->final_status) {  // the client closed without a message
+              call->final_status = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                                "the call carried no request message");
+              pump(call);
+            }
+            break;
+          case Op::kWritten:
+            call->writing = false;
+            call->outbox.pop_front();
+            if (!ok) {
+              call->outbox.clear();
+              call->cancelled = true;
+              if (!call->final_status) call->final_status = grpc::Status::CANCELLED;
+            }
             pump(call);
             break;
-          }
-          hand_over(call);
-          break;
-        case Op::kWritten: {
-          std::lock_guard<std::mutex> lock(calls_mutex_);
-          call->writing = false;
-          call->outbox.pop_front();
-          if (!ok) {
-            call->outbox.clear();
-            call->cancelled = true;
-            if (!call->final_status) call->final_status = grpc::Status::CANCELLED;
-          }
-          pump(call);
-          break;
+          case Op::kFinished:
+            call->finish_done = true;
+            break;
+          case Op::kDone:
+            call->done_seen = true;
+            if (call->context.IsCancelled()) call->cancelled = true;
+            if (call->notify_done) {
+              std::lock_guard<std::mutex> ended_lock(received_mutex_);
+              ended_.push_back(call->id);
+              received_ready_.notify_one();
+            }
+            break;
         }
-        case Op::kFinished:
-          release(call, &Call::finish_done);
-          break;
-        case Op::kDone: {
-          if (call->context.IsCancelled()) call->cancelled = true;
-          bool notify = false;
-          {
-            std::lock_guard<std::mutex> lock(calls_mutex_);
-            notify = call->notify_done;
-          }
-          if (notify) {
-            std::lock_guard<std::mutex> lock(received_mutex_);
-            ended_.push_back(call->id);
-          }
-          if (notify) received_ready_.notify_one();
-          release(call, &Call::done_seen);
-          break;
+        if (settled(call)) {
+          calls_.erase(call->id);
+          delete call;
+          continue;
         }
       }
+      if (received) hand_over(call);
     }
   }
 
-  void release(Call* call, bool Call::*flag) {
-    bool last = false;
-    {
-      std::lock_guard<std::mutex> lock(calls_mutex_);
-      call->*flag = true;
-      // A call whose read never completed has no finish to wait for once it is done.
-      last = call->done_seen && (call->finish_done || !call->finish_sent);
-      if (last) calls_.erase(call->id);
-    }
-    if (last) delete call;
+  // Whether nothing of the call's is outstanding any more: gRPC said it is done, and no read,
+  // write or finish of it is waiting in the queue. Holds calls_mutex_.
+  static bool settled(const Call* call) {
+    return call->done_seen && !call->reading && !call->writing &&
+           (call->finish_done || !call->finish_sent);
   }
 
   void hand_over(Call* call) {
