@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         keep_large_buffers()
 
     def started(server: object) -> None:
+        # Which transport runs, for the record (see endpoint_frontend); then the port.
+        frontend_file = args.port_file.with_name(args.port_file.name + ".frontend")
+        frontend_file.write_text(server.frontend)  # type: ignore[attr-defined]
         tmp = args.port_file.with_suffix(".tmp")
         tmp.write_text(str(server.port))  # type: ignore[attr-defined]
         tmp.rename(args.port_file)

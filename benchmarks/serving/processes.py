@@ -23,7 +23,7 @@ import psutil
 from .loadgen import LoadResult, LoadSpec
 
 __all__ = ["CLIENT_CORE", "MALLOC_ENV", "REPO", "SERVER_CORE", "ForeignCpu", "PinnedServer",
-           "endpoint_process", "ort_alone", "run_json", "run_load_pinned"]
+           "endpoint_frontend", "endpoint_process", "ort_alone", "run_json", "run_load_pinned"]
 
 REPO = Path(__file__).resolve().parents[2]
 SERVER_CORE = 0
@@ -157,6 +157,7 @@ class PinnedServer:
                 self.stop()
                 raise RuntimeError(f"{module} did not start; see {log}")
             time.sleep(0.05)
+        self.port_file = port_file
         self.port = int(port_file.read_text())
         self.address = f"localhost:{self.port}"
         self.pid = self._proc.pid
@@ -180,6 +181,11 @@ class PinnedServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def endpoint_frontend(server: PinnedServer) -> str:
+    """The transport an endpoint_process runs ("native" or "grpcio"), as it wrote it."""
+    return server.port_file.with_name(server.port_file.name + ".frontend").read_text()
 
 
 def endpoint_process(repository: Path, tls_dir: Path, *, workdir: Path,

@@ -27,6 +27,7 @@ from .processes import (
     MALLOC_ENV,
     ForeignCpu,
     PinnedServer,
+    endpoint_frontend,
     endpoint_process,
     ort_alone,
     run_json,
@@ -190,6 +191,7 @@ def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[
     rows: list[dict] = []
     server_rss: dict[str, int] = {}
     with endpoint_process(repo, tls, workdir=workdir) as edgecut:
+        frontend = endpoint_frontend(edgecut)
         rows += _run_server_levels(edgecut, "edgecut", tls, levels, ["triton", "edgecut"],
                                    timing, progress, models=models, onnx_dir=onnx_dir)
         server_rss["edgecut"] = edgecut.rss_bytes()
@@ -268,7 +270,7 @@ def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[
                                                    for m, t in ort.items()},
             "ort_foreign_cpu": ort_foreign, "server_rss_bytes": server_rss,
             "triton_unavailable": triton_status,
-            "edgecut_frontend": "native" if native_available() else "grpcio"}
+            "edgecut_frontend": frontend}
 
 
 def _find(rows: list[dict], **want: Any) -> dict | None:
