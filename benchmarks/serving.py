@@ -40,6 +40,7 @@ from rich.table import Table  # noqa: E402
 
 from benchmarks.serving import suite  # noqa: E402
 from benchmarks.serving.memory import VARIANTS  # noqa: E402
+from benchmarks.serving.summary import summarise_throughput  # noqa: E402
 from benchmarks.serving.triton import TritonUnavailable, find_triton  # noqa: E402
 
 console = Console(stderr=True, width=170)
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                                    progress=progress, models=tuple(args.models.split(",")),
                                    unshared_levels=(args.headline_clients,),
                                    grpcio_levels=(args.headline_clients,))
-        summary = suite.summarise_throughput(section, level=args.headline_clients)
+        summary = summarise_throughput(section, level=args.headline_clients)
         out["throughput"] = section
         out["throughput_summary"] = summary
         for key in ("batching_gain_vs_ort_gain", "server_vs_ort", "server_vs_triton"):

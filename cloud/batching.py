@@ -4,7 +4,9 @@
                                                                     ◀──split_outputs──
 
 The core here is pure: no threads, sockets or clocks (time is passed in), so the rules can be
-tested exactly; edgecut.cloud.scheduler wraps it in worker threads.
+tested exactly; edgecut.cloud.scheduler wraps it in worker threads. The records a run leaves
+(BatchResult per request, BatchObservation per run, SchedulerStatistics per queue) are here
+too.
 
 The rules follow Triton's dynamic batcher (docs/user_guide/batcher.md):
 
@@ -50,8 +52,11 @@ from edgecut.errors import UserInputError
 __all__ = [
     "DEFAULT_MAX_QUEUE_BYTES",
     "DEFAULT_MAX_QUEUE_SIZE",
+    "BatchObservation",
     "BatchQueue",
+    "BatchResult",
     "Pending",
+    "SchedulerStatistics",
     "SchedulingPolicy",
     "SchedulingSettings",
     "batch_key",
@@ -373,3 +378,38 @@ def split_outputs(outputs: Sequence[np.ndarray], rows: Sequence[int]) -> list[li
         return [list(outputs)]
     bounds = itertools.pairwise(itertools.accumulate(rows, initial=0))
     return [[o[start:stop] for o in outputs] for start, stop in bounds]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchResult:
+    """What one request gets back: its outputs, and how it was run."""
+
+    outputs: list[np.ndarray] = field(repr=False)
+    queue_s: float
+    compute_s: float
+    batch_rows: int  # rows of the run it was part of (its own included)
+    batch_requests: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchObservation:
+    """One execution of a model, for metrics: `rows` in `requests` requests."""
+
+    model: str
+    version: int
+    rows: int
+    requests: int
+    compute_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchedulerStatistics:
+    model: str
+    version: int
+    policy: SchedulingPolicy
+    pending: int
+    max_queue_size: int
+    queued_bytes: int
+    batches: int
+    rows: int
+    rejected: int

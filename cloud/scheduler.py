@@ -44,8 +44,11 @@ from edgecut.errors import (
 from .batching import (
     DEFAULT_MAX_QUEUE_BYTES,
     DEFAULT_MAX_QUEUE_SIZE,
+    BatchObservation,
     BatchQueue,
+    BatchResult,
     Pending,
+    SchedulerStatistics,
     SchedulingPolicy,
     batch_key,
     batchable_policy,
@@ -72,41 +75,6 @@ _INITIAL_BATCH_S = 0.01
 _MAX_RETRY_AFTER_MS = 60_000
 # A caller waiting in ModelScheduler.run looks at least this often whether it was cancelled.
 _POLL_S = 0.25
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BatchResult:
-    """What one request gets back: its outputs, and how it was run."""
-
-    outputs: list[np.ndarray] = field(repr=False)
-    queue_s: float
-    compute_s: float
-    batch_rows: int  # rows of the run it was part of (its own included)
-    batch_requests: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BatchObservation:
-    """One execution of a model, for metrics: `rows` in `requests` requests."""
-
-    model: str
-    version: int
-    rows: int
-    requests: int
-    compute_s: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SchedulerStatistics:
-    model: str
-    version: int
-    policy: SchedulingPolicy
-    pending: int
-    max_queue_size: int
-    queued_bytes: int
-    batches: int
-    rows: int
-    rejected: int
 
 
 @dataclass(slots=True, kw_only=True, eq=False)

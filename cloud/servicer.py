@@ -194,8 +194,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                 return self._answer("ModelInfer", context, self._probe(request))
             self._enter()
             try:
-                model = self._repository.route(request.model_name, request.model_version)
-                self._authorize(device, model.name)
+                model = self._routed(request, device)
                 prepared = prepare(request, model, max_decoded_bytes=self._max_decoded_bytes)
                 # This thread waits for its request's batch, and runs it when its turn comes.
                 result = self._scheduler.for_model(model).run(
@@ -231,8 +230,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                 return
             self._enter()
             try:
-                model = self._repository.route(request.model_name, request.model_version)
-                self._authorize(device, model.name)
+                model = self._routed(request, device)
                 prepared = prepare(request, model, max_decoded_bytes=self._max_decoded_bytes)
                 scheduler = self._scheduler.for_model(model)
                 future = scheduler.submit(prepared.inputs, prepared.names,
@@ -264,6 +262,12 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                 self._leave()
 
         future.add_done_callback(ran)
+
+    def _routed(self, request: InferRequestView, device: str | None) -> LoadedModel:
+        """The model version that serves `request`, once `device` may use the model."""
+        model = self._repository.route(request.model_name, request.model_version)
+        self._authorize(device, model.name)
+        return model
 
     def _abort_later(self, context: NativeContext, exc: Exception, **where: Any) -> None:
         """_abort for a call that is answered later: its status goes out with finish()."""
