@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,16 @@ class NativeContext(grpc.ServicerContext):
         pass  # gRPC's C++ server sends its initial metadata itself
 
     # What the server sends.
+    def fail(self, code: grpc.StatusCode, details: str) -> None:
+        """End the call with `code` and no message."""
+        self.set_code(code)
+        self.set_details(details)
+        self.finish(None)
+
+    def write(self, payload: bytes) -> bool:
+        """Send one message of a streamed answer; False once the call has ended."""
+        return bool(self._frontend.write(self._call_id, payload))
+
     def finish(self, payload: bytes | None) -> None:
         trailing = [(k, v.decode() if isinstance(v, bytes) else v) for k, v in self._trailing]
         self._frontend.finish(self._call_id, self._code.value[0], self._details, payload,
@@ -327,9 +337,7 @@ class NativeServer:
                 deferred(payload, context)
             except Exception as exc:  # a deferred handler answers its own errors
                 logger.exception("handler of %s failed", method)
-                context.set_code(grpc.StatusCode.UNKNOWN)
-                context.set_details(f"Exception calling application: {exc}")
-                context.finish(None)
+                context.fail(grpc.StatusCode.UNKNOWN, f"Exception calling application: {exc}")
 
     def _handler(self, method: str, metadata: Metadata) -> grpc.RpcMethodHandler | None:
         if method not in self._resolved:
@@ -347,39 +355,28 @@ class NativeServer:
         context = NativeContext(self, self._frontend, call_id, metadata, peer, time_left_s)
         handler = self._handler(method, metadata)
         if handler is None:
-            context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-            context.set_details(f"Method not found: {method}")
-            context.finish(None)
+            context.fail(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {method}")
             return
         try:
             request = (handler.request_deserializer(payload)
                        if handler.request_deserializer is not None else payload)
         except Exception as exc:
-            context.set_code(grpc.StatusCode.INTERNAL)
-            context.set_details(f"Exception deserializing request: {exc}")
-            context.finish(None)
+            context.fail(grpc.StatusCode.INTERNAL, f"Exception deserializing request: {exc}")
             return
         serialize = handler.response_serializer or (lambda message: message)
         try:
             if handler.unary_unary is not None:
                 context.finish(serialize(handler.unary_unary(request, context)))
             elif handler.unary_stream is not None:
-                self._stream(context, call_id, handler.unary_stream(request, context), serialize)
-            else:
-                context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-                context.set_details(f"{method}: client streaming is not served here")
+                for message in handler.unary_stream(request, context):
+                    if not context.write(serialize(message)):
+                        return  # the call ended: nobody to answer
                 context.finish(None)
+            else:
+                context.fail(grpc.StatusCode.UNIMPLEMENTED,
+                             f"{method}: client streaming is not served here")
         except CallAborted:
             context.finish(None)
         except Exception as exc:
             logger.exception("handler of %s failed", method)
-            context.set_code(grpc.StatusCode.UNKNOWN)
-            context.set_details(f"Exception calling application: {exc}")
-            context.finish(None)
-
-    def _stream(self, context: NativeContext, call_id: int, messages: Iterator[Any],
-                serialize: Callable[[Any], bytes]) -> None:
-        for message in messages:
-            if not self._frontend.write(call_id, serialize(message)):
-                return
-        context.finish(None)
+            context.fail(grpc.StatusCode.UNKNOWN, f"Exception calling application: {exc}")
