@@ -5,7 +5,9 @@
 
 The machine is split in two with taskset: every server (edgecut's endpoint, Triton, and
 onnxruntime alone as the limit) on core 0, every load generator on core 1 in a process of its
-own. All traffic is gRPC over TLS on loopback. Sections (see benchmarks/README.md):
+own. `--server-cpus 0-3 --client-cpus 4-11` gives the server 4 cores (one model instance per
+core; onnxruntime alone then keeps 4 runs in flight) and the clients 8 (one load generator
+process per core). All traffic is gRPC over TLS on loopback. Sections (see benchmarks/README.md):
 
   throughput   1/8/32/128 clients x batching off/on x {small CNN tail, wide MLP}; edgecut
                driven by tritonclient and by its own CloudClient; Triton 2.51 (Python
@@ -40,6 +42,7 @@ from rich.table import Table  # noqa: E402
 
 from benchmarks.serving import suite  # noqa: E402
 from benchmarks.serving.memory import VARIANTS  # noqa: E402
+from benchmarks.serving.processes import CpuLayout, layout, parse_cpus, use_layout  # noqa: E402
 from benchmarks.serving.summary import summarise_throughput  # noqa: E402
 from benchmarks.serving.triton import TritonUnavailable, find_triton  # noqa: E402
 
@@ -58,7 +61,7 @@ def _fmt(value: object, digits: int = 2) -> str:
 
 
 def print_throughput(section: dict) -> None:
-    table = Table(title="Throughput (rows/s) and latency (ms); server on core 0, clients on core 1")
+    table = Table(title=f"Throughput (rows/s) and latency (ms); {layout().describe()}")
     for col in ("server", "client", "model", "batching", "clients", "rows/s", "p50", "p99",
                 "mean batch", "ORT alone rows/s", "vs ORT", "failed", "empty out", "others' CPU"):
         table.add_column(col, justify="right")
@@ -100,9 +103,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sections", default="throughput,memory,channel,canary")
     p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
                    help="also soak at 80%% of measured capacity for SECONDS")
+    p.add_argument("--server-cpus", default="0", help="CPUs of every server (taskset -c list)")
+    p.add_argument("--client-cpus", default="1",
+                   help="CPUs of the load generators, one process per CPU (taskset -c list)")
+    p.add_argument("--no-variant-rows", action="store_true",
+                   help="skip the endpoint without shared weights and the endpoint over grpcio")
+    p.add_argument("--machine-note", default="none lent to this session: CPU only",
+                   help="what the JSON says of the device machine")
     args = p.parse_args(argv)
     if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
         console.print("needs taskset and at least 2 cores (server and clients on their own)")
+        return 2
+    try:
+        use_layout(CpuLayout(server=parse_cpus(args.server_cpus),
+                             clients=parse_cpus(args.client_cpus)))
+    except ValueError as exc:
+        console.print(f"--server-cpus/--client-cpus: {exc}")
+        return 2
+    missing = sorted(set(layout().server + layout().clients) - os.sched_getaffinity(0))
+    if missing:
+        console.print(f"--server-cpus/--client-cpus: CPUs {missing} are not available here "
+                      f"(this process may use {sorted(os.sched_getaffinity(0))})")
         return 2
     sections = set(args.sections.split(","))
     suite.MAX_ATTEMPTS = max(1, args.max_attempts)
@@ -116,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     out: dict = {"quick": args.quick, "complete": False, "machine": {
-        "cpus": os.cpu_count(), "server_core": 0, "client_core": 1,
-        "device_machine": "none lent to this session: CPU only"}, "timing": asdict(timing)}
+        "cpus": os.cpu_count(), "server_core": layout().server[0],
+        "client_core": layout().clients[0], "server_cpus": list(layout().server),
+        "client_cpus": list(layout().clients), "device_machine": args.machine_note},
+        "timing": asdict(timing)}
     for key in KEYS:
         out[key] = None
 
@@ -137,11 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             except TritonUnavailable as exc:
                 error = str(exc)
         edgecut_levels = [args.headline_clients] if args.quick else levels
+        variant_levels = () if args.no_variant_rows else (args.headline_clients,)
         section = suite.throughput(workdir, levels=levels, edgecut_client_levels=edgecut_levels,
                                    timing=timing, triton_home=home, triton_error=error,
                                    progress=progress, models=tuple(args.models.split(",")),
-                                   unshared_levels=(args.headline_clients,),
-                                   grpcio_levels=(args.headline_clients,))
+                                   unshared_levels=variant_levels, grpcio_levels=variant_levels)
         summary = summarise_throughput(section, level=args.headline_clients)
         out["throughput"] = section
         out["throughput_summary"] = summary

@@ -48,6 +48,10 @@ class LoadSpec:
     # False: an answer without output bytes is counted in `empty_outputs`, not as a failure
     # (Triton 2.51's Python backend on a machine without CUDA answers so, see triton.py).
     check_output: bool = True
+    # Several generators side by side (processes.run_load_pinned): each returns its window's
+    # latencies for merging, and starts its clock at the same wall-clock instant (time.time()).
+    keep_latencies: bool = False
+    start_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,6 +69,8 @@ class LoadResult:
     # generator that fell behind would otherwise hide the wait: coordinated omission)
     p99_from_schedule_ms: float = 0.0
     errors: list[str] = field(default_factory=list)
+    latencies_ms: list[float] | None = None  # the window's, when the spec keeps them
+    processes: int = 1  # load generator processes merged into this result
 
 
 def _make_call(spec: LoadSpec) -> Any:
@@ -128,6 +134,8 @@ def run_load(spec: LoadSpec) -> LoadResult:
     clients = [make() for _ in range(max(1, min(spec.clients, spec.channels)))]
     for client in clients:  # connect (TLS handshake) before the clock starts
         call(client)
+    if spec.start_at is not None:
+        time.sleep(max(0.0, spec.start_at - time.time()))
     lock = threading.Lock()
     done: list[tuple[float, float]] = []  # (finished at, latency s)
     late: list[float] = []
@@ -195,6 +203,8 @@ def run_load(spec: LoadSpec) -> LoadResult:
         late_ms_p99=float(np.percentile(late_ms, 99)), errors=errors, empty_outputs=empty,
         p99_from_schedule_ms=float(np.percentile(np.array(from_schedule) * 1e3, 99))
         if from_schedule else 0.0,
+        latencies_ms=[round(x, 4) for x in lat_ms.tolist()] if spec.keep_latencies and window
+        else None,
     )
 
 

@@ -1,8 +1,11 @@
-"""Processes pinned to one core: the edgecut endpoint, onnxruntime alone, load generators.
+"""Pinned processes: the edgecut endpoint, onnxruntime alone, load generators.
 
-The machine is split in two: the server (edgecut's, Triton, or onnxruntime alone) on
-SERVER_CORE, the load generator on CLIENT_CORE, each started under `taskset -c CORE` so every
-thread it makes stays there.
+The machine is split in two (LAYOUT): the server (edgecut's, Triton, or onnxruntime alone) on
+the server CPUs, the load generators on the client CPUs, each started under `taskset -c` so
+every thread it makes stays there. By default the server has core 0 and the clients core 1;
+`use_layout(CpuLayout(server=(0, 1, 2, 3), clients=tuple(range(4, 12))))` gives the server 4
+cores (one model instance and one onnxruntime run per core) and starts one load generator
+process per client core, their windows aligned, their latencies merged.
 """
 
 from __future__ import annotations
@@ -13,28 +16,77 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import numpy as np
 import psutil
 
 from .loadgen import LoadResult, LoadSpec
 
-__all__ = ["CLIENT_CORE", "MALLOC_ENV", "REPO", "SERVER_CORE", "ForeignCpu", "PinnedServer",
-           "endpoint_frontend", "endpoint_process", "ort_alone", "run_json", "run_load_pinned"]
+__all__ = ["MALLOC_ENV", "REPO", "CpuLayout", "ForeignCpu", "PinnedServer", "endpoint_frontend",
+           "endpoint_process", "layout", "ort_alone", "parse_cpus", "pinned", "run_json",
+           "run_load_pinned", "use_layout"]
 
 REPO = Path(__file__).resolve().parents[2]
-SERVER_CORE = 0
-CLIENT_CORE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CpuLayout:
+    """Which CPUs the server gets and which the load generators get (disjoint)."""
+
+    server: tuple[int, ...] = (0,)
+    clients: tuple[int, ...] = (1,)
+
+    def __post_init__(self) -> None:
+        if not self.server or not self.clients:
+            raise ValueError("the server and the clients each need at least one CPU")
+        if set(self.server) & set(self.clients):
+            raise ValueError(f"server CPUs {self.server} and client CPUs {self.clients} overlap")
+
+    def describe(self) -> str:
+        def one(cpus: tuple[int, ...]) -> str:
+            return f"core {cpus[0]}" if len(cpus) == 1 else f"cores {_cpu_list(cpus)}"
+        return f"server on {one(self.server)}, clients on {one(self.clients)}"
+
+
+_LAYOUT = CpuLayout()
+
+
+def use_layout(new: CpuLayout) -> None:
+    """Every process started from now on is pinned by `new`."""
+    global _LAYOUT
+    _LAYOUT = new
+
+
+def layout() -> CpuLayout:
+    return _LAYOUT
+
+
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """`taskset -c` style: "0", "0-3", "4-11,14" -> the CPU numbers, in order."""
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"CPU list must look like 0-3,6, got {text!r}")
+        cpus += range(int(lo), int(hi or lo) + 1)
+    return tuple(dict.fromkeys(cpus))
+
+
+def _cpu_list(cpus: Sequence[int]) -> str:
+    return ",".join(map(str, cpus))
 # glibc: keep buffers up to 64 MiB on the heap, and do not give the top of the heap back
 # below 128 MiB, so 4 MiB messages reuse memory instead of mmap/munmap (and page faults) per call.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
 
 
-def pinned(cmd: list[str], core: int) -> list[str]:
-    return ["taskset", "-c", str(core), *cmd]
+def pinned(cmd: list[str], cpus: Sequence[int]) -> list[str]:
+    return ["taskset", "-c", _cpu_list(cpus), *cmd]
 
 
 def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -44,10 +96,10 @@ def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_json(module: str, args: list[str], *, core: int, timeout_s: float,
+def run_json(module: str, args: list[str], *, cpus: Sequence[int], timeout_s: float,
              env: dict[str, str] | None = None) -> Any:
-    """Run `python -m module args` pinned to `core`; its last stdout line parsed as JSON."""
-    proc = subprocess.run(pinned([sys.executable, "-m", module, *args], core), cwd=REPO,
+    """Run `python -m module args` pinned to `cpus`; its last stdout line parsed as JSON."""
+    proc = subprocess.run(pinned([sys.executable, "-m", module, *args], cpus), cwd=REPO,
                           env=python_env(env), capture_output=True, text=True, timeout=timeout_s,
                           check=False)
     lines = proc.stdout.strip().splitlines()
@@ -57,20 +109,59 @@ def run_json(module: str, args: list[str], *, core: int, timeout_s: float,
 
 
 def run_load_pinned(spec: LoadSpec, *, env: dict[str, str] | None = None) -> LoadResult:
-    """The load generator in its own process on CLIENT_CORE."""
-    args = asdict(spec)
+    """The load from processes of its own: one per client CPU (no more than there are
+    clients), each pinned to its CPU with its share of the clients and of the rate. Their
+    measured windows start at the same instant; their latencies are merged."""
+    cpus = _LAYOUT.clients[:max(1, spec.clients)]
     timeout = spec.warmup_s + spec.duration_s + 2 * spec.timeout_s + 60
-    out = run_json("benchmarks.serving.loadgen", [json.dumps(args)], core=CLIENT_CORE,
-                   timeout_s=timeout, env=env)
-    return LoadResult(**out)
+    if len(cpus) == 1:
+        out = run_json("benchmarks.serving.loadgen", [json.dumps(asdict(spec))], cpus=cpus,
+                       timeout_s=timeout, env=env)
+        return LoadResult(**out)
+    shares = [spec.clients // len(cpus) + (i < spec.clients % len(cpus)) for i in range(len(cpus))]
+    # Connecting (a TLS handshake per channel) takes each process a moment: start together.
+    start_at = time.time() + 3.0
+
+    def part(i: int) -> LoadResult:
+        share = replace(spec, clients=shares[i], keep_latencies=True, start_at=start_at,
+                        max_requests=max(1, spec.max_requests * shares[i] // spec.clients),
+                        rate_per_s=spec.rate_per_s * shares[i] / spec.clients
+                        if spec.rate_per_s else None)
+        out = run_json("benchmarks.serving.loadgen", [json.dumps(asdict(share))],
+                       cpus=[cpus[i]], timeout_s=timeout + 5.0, env=env)
+        return LoadResult(**out)
+
+    with ThreadPoolExecutor(len(cpus)) as pool:
+        return merge_loads(list(pool.map(part, range(len(cpus)))))
+
+
+def merge_loads(parts: list[LoadResult]) -> LoadResult:
+    """One result of load generators that measured the same window side by side."""
+    lat = np.array([x for p in parts for x in (p.latencies_ms or ())]) if parts else np.array([])
+    if lat.size == 0:
+        lat = np.array([np.nan])
+    return LoadResult(
+        requests=sum(p.requests for p in parts), failures=sum(p.failures for p in parts),
+        throughput_rps=sum(p.throughput_rps for p in parts),
+        p50_ms=float(np.percentile(lat, 50)), p99_ms=float(np.percentile(lat, 99)),
+        mean_ms=float(np.mean(lat)), window_s=max(p.window_s for p in parts),
+        late_ms_p99=max(p.late_ms_p99 for p in parts),
+        empty_outputs=sum(p.empty_outputs for p in parts),
+        # each generator's own p99; the worst of them (no raw samples are kept for it)
+        p99_from_schedule_ms=max(p.p99_from_schedule_ms for p in parts),
+        errors=[e for p in parts for e in p.errors][:5], processes=len(parts))
 
 
 def ort_alone(model: Path, batch_sizes: list[int], *, seconds: float) -> dict[int, float]:
-    """Seconds per `session.run` at each batch size, onnxruntime alone on SERVER_CORE."""
+    """Seconds per `session.run` at each batch size, onnxruntime alone on the server CPUs:
+    with several, one run in flight per CPU at once (what one instance per CPU can reach),
+    and the seconds are the window over all runs."""
     timeout = 60 + 3 * seconds * len(batch_sizes) + 30
+    cpus = _LAYOUT.server
     out = run_json("benchmarks.serving.ort_alone",
                    [str(model), "--batch-sizes", ",".join(map(str, batch_sizes)),
-                    "--seconds", str(seconds)], core=SERVER_CORE, timeout_s=timeout)
+                    "--seconds", str(seconds), "--parallel", str(len(cpus))],
+                   cpus=cpus, timeout_s=timeout)
     return {int(k): float(v) for k, v in out.items()}
 
 
@@ -139,7 +230,7 @@ class ForeignCpu:
 
 
 class PinnedServer:
-    """`python -m module ARGS --port-file F` on SERVER_CORE, up once F holds its port."""
+    """`python -m module ARGS --port-file F` on the server CPUs, up once F holds its port."""
 
     def __init__(self, module: str, args: list[str], *, workdir: Path,
                  env: dict[str, str] | None = None, start_timeout_s: float = 60.0) -> None:
@@ -147,7 +238,7 @@ class PinnedServer:
         log = workdir / f"{module.rsplit('.', 1)[-1]}-server.log"
         self._proc = subprocess.Popen(
             pinned([sys.executable, "-m", module, *args, "--port-file", str(port_file)],
-                   SERVER_CORE),
+                   _LAYOUT.server),
             cwd=REPO, env=python_env(env), stdout=subprocess.DEVNULL,
             stderr=open(log, "ab"),  # noqa: SIM115
         )
@@ -191,7 +282,7 @@ def endpoint_frontend(server: PinnedServer) -> str:
 def endpoint_process(repository: Path, tls_dir: Path, *, workdir: Path,
                      env: dict[str, str] | None = None,
                      extra_args: list[str] | None = None) -> PinnedServer:
-    """edgecut's endpoint (benchmarks.serving.endpoint) on SERVER_CORE."""
+    """edgecut's endpoint (benchmarks.serving.endpoint) on the server CPUs."""
     return PinnedServer("benchmarks.serving.endpoint",
                         ["--repository", str(repository), "--tls", str(tls_dir),
                          *(extra_args or [])], workdir=workdir, env=env)

@@ -4,7 +4,8 @@
     REPO/<model>_nb/1/model.onnx     max_batch_size 32, no dynamic_batching: one request a run
     REPO/<model>_b/1/model.onnx      max_batch_size 32, dynamic_batching {} (no queue delay)
 
-Both get one instance (`instance_group [{count: 1, kind: KIND_CPU}]`): the server has one core.
+Both get one instance per server core (`instance_group [{count: N, kind: KIND_CPU}]`), one
+onnxruntime thread each.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class TritonPythonModel:
 
 
 def _config(name: str, spec: ModelSpec, model: onnx.ModelProto, *, batching: bool,
-            backend: str) -> str:
+            backend: str, instances: int) -> str:
     out_dims = ", ".join(str(d.dim_value) for d in
                          model.graph.output[0].type.tensor_type.shape.dim[1:])
     head = 'backend: "python"' if backend == "python" else 'platform: "onnxruntime_onnx"'
@@ -69,12 +70,12 @@ def _config(name: str, spec: ModelSpec, model: onnx.ModelProto, *, batching: boo
         f'input [ {{ name: "{spec.input_name}" data_type: TYPE_FP32 dims: [ {dims} ] }} ]\n'
         f'output [ {{ name: "{spec.output_name}" data_type: TYPE_FP32 dims: [ {out_dims} ] }} ]\n'
         + ("dynamic_batching { }\n" if batching else "")
-        + "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+        + f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n"
     )
 
 
 def write_model(root: Path, name: str, spec: ModelSpec, model: onnx.ModelProto, *,
-                batching: bool, backend: str = "onnxruntime") -> Path:
+                batching: bool, backend: str = "onnxruntime", instances: int = 1) -> Path:
     """REPO/name/{config.pbtxt, 1/model.onnx[, 1/model.py]}; returns the model folder."""
     folder = root / name
     (folder / "1").mkdir(parents=True, exist_ok=True)
@@ -84,5 +85,6 @@ def write_model(root: Path, name: str, spec: ModelSpec, model: onnx.ModelProto, 
 
         (folder / "1" / "model.py").write_text(
             TRITON_MODEL_PY.replace("{site_packages!r}", repr(site.getsitepackages())))
-    (folder / "config.pbtxt").write_text(_config(name, spec, model, batching=batching, backend=backend))
+    (folder / "config.pbtxt").write_text(_config(name, spec, model, batching=batching, backend=backend,
+                                                      instances=instances))
     return folder

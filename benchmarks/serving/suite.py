@@ -1,5 +1,6 @@
 """The benchmark's sections, each a function returning JSON-ready dicts (benchmarks/serving.py
-prints and saves them). Every server runs on SERVER_CORE, every client on CLIENT_CORE.
+prints and saves them). Every server runs on the server CPUs, every client on the client CPUs
+(processes.layout()).
 
     throughput   clients 1/8/32/128 x batching off/on x models, edgecut vs Triton vs
                  onnxruntime alone at the batch sizes each server formed
@@ -29,6 +30,7 @@ from .processes import (
     PinnedServer,
     endpoint_frontend,
     endpoint_process,
+    layout,
     ort_alone,
     run_json,
     run_load_pinned,
@@ -64,8 +66,11 @@ def prepare(workdir: Path, models: tuple[str, ...] = THROUGHPUT_MODELS
         model = spec.build()
         save(model, workdir / "onnx" / f"{name}.onnx")
         for batching, suffix in ((False, "_nb"), (True, "_b")):
-            write_model(repo, name + suffix, spec, model, batching=batching)
-            write_model(trepo, name + suffix, spec, model, batching=batching, backend="python")
+            # One instance per server CPU: a run in flight on each, as onnxruntime alone has.
+            instances = len(layout().server)
+            write_model(repo, name + suffix, spec, model, batching=batching, instances=instances)
+            write_model(trepo, name + suffix, spec, model, batching=batching, backend="python",
+                        instances=instances)
     return tls, repo, trepo
 
 
@@ -292,7 +297,7 @@ def memory(workdir: Path, *, k: int, variants: list[str], progress: Progress) ->
         for which in ("full", "tails"):
             res = run_json("benchmarks.serving.memory",
                            [str(base / which), "--variant", variant, "--intra-op-threads", "1"],
-                           core=0, timeout_s=300)
+                           cpus=layout().server[:1], timeout_s=300)
             added[which] = res["rss_added_bytes"]
         out["variants"][variant] = {"full_mib": added["full"] / 2**20,
                                     "tails_mib": added["tails"] / 2**20,
@@ -341,7 +346,7 @@ def channel(workdir: Path, *, seconds: float, progress: Progress) -> dict:
                             "kind": kind, "address": address, "tls_dir": str(tls),
                             "model": "sink", "nbytes": 4 << 20,
                             "seconds": seconds / CHANNEL_ROUNDS})],
-                        core=1, timeout_s=seconds + 120, env=env))
+                        cpus=layout().clients[:1], timeout_s=seconds + 120, env=env))
             for kind, runs in rounds.items():
                 runs.sort(key=lambda r: r["mb_per_s"])
                 out["runs"][f"{kind}/{label}"] = {**runs[len(runs) // 2],

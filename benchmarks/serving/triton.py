@@ -26,7 +26,7 @@ import zipfile
 from pathlib import Path
 from types import TracebackType
 
-from .processes import SERVER_CORE, pinned
+from .processes import layout, pinned
 
 __all__ = ["PYTRITON_VERSION", "TritonProcess", "TritonUnavailable", "find_triton"]
 
@@ -79,7 +79,7 @@ def _free_port() -> int:
 
 
 class TritonProcess:
-    """tritonserver on SERVER_CORE, gRPC over TLS only (no HTTP, no metrics port)."""
+    """tritonserver on the server CPUs, gRPC over TLS only (no HTTP, no metrics port)."""
 
     def __init__(self, home: Path, repository: Path, tls_dir: Path, *, workdir: Path,
                  start_timeout_s: float = 90.0) -> None:
@@ -105,7 +105,7 @@ class TritonProcess:
                "--grpc-use-ssl=true", f"--grpc-server-cert={tls_dir / 'server.crt'}",
                f"--grpc-server-key={tls_dir / 'server.key'}",
                "--pinned-memory-pool-byte-size=0", "--log-verbose=0"]
-        self._proc = subprocess.Popen(pinned(cmd, SERVER_CORE), env=env,
+        self._proc = subprocess.Popen(pinned(cmd, layout().server), env=env,
                                       stdout=subprocess.DEVNULL,
                                       stderr=open(self.log, "wb"))  # noqa: SIM115
         self.pid = self._proc.pid
