@@ -253,7 +253,17 @@ class ModelScheduler:
             item.payload.deadline = item.enqueued_at + timeout_s
         item.payload.cancelled = cancelled
         future = item.payload.future
-        future.add_done_callback(lambda f: self._withdraw(item) if f.cancelled() else None)
+        # The callback lets go of the request once the future is done: the future holds its
+        # callbacks for good, and a callback holding the request (which holds the future)
+        # would be a cycle keeping the request's bytes alive until a full garbage collection.
+        waiting = [item]
+
+        def withdraw_if_cancelled(f: Future[BatchResult]) -> None:
+            mine = waiting.pop()
+            if f.cancelled():
+                self._withdraw(mine)
+
+        future.add_done_callback(withdraw_if_cancelled)
         return future
 
     def pending(self) -> int:
@@ -386,6 +396,7 @@ class ModelScheduler:
                 logger.exception("%sbatch failed unexpectedly", self._where())
             finally:
                 self._finished_run(session, batch)
+                del batch  # an idle worker holds on to no request
 
     def _finished_run(self, session: ort.InferenceSession,
                       batch: list[Pending[_Work]]) -> None:

@@ -4,9 +4,11 @@ models, and requests from two mTLS devices joined into one run on a real server.
 from __future__ import annotations
 
 import contextlib
+import gc
 import threading
 import time
 import urllib.request
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -249,6 +251,42 @@ def test_outputs_that_do_not_split_run_each_request_alone(ops_models: ModelRepos
     for x, result in zip(xs, results, strict=True):
         np.testing.assert_array_equal(result.outputs[0], x.sum(axis=0, keepdims=True))
         assert result.batch_requests == 1
+
+
+class _Held:
+    def __init__(self, data: bytearray) -> None:
+        self.data = data
+
+
+def test_a_done_request_is_freed_without_the_garbage_collector(
+        ops_models: ModelRepository) -> None:
+    """Nothing a submitted request holds (its future, and what the caller's callback holds:
+    the server's request bytes) may sit in a reference cycle: it would stay in memory until a
+    full collection, and under load RSS would swell with request payloads."""
+    model = ops_models.get("wide_mlp", "")
+    scheduler = ModelScheduler(model, SchedulingPolicy(max_batch_size=4, dynamic_batching=True))
+    request = _Held(bytearray(1 << 20))  # stands for the server's request, held by a callback
+    request_alive = weakref.ref(request)
+    gc.collect()
+    gc.disable()
+    try:
+        future = scheduler.submit({"x": np.ones((1, 256), np.float32)}, ["y"])
+        done = threading.Event()
+        future.add_done_callback(lambda f, held=request: done.set())
+        del request
+        assert done.wait(WAIT_S)
+        assert future.result().outputs[0].shape == (1, 512)
+        future_alive = weakref.ref(future)
+        del future
+        # The worker lets go once it has finished the batch; a cycle would never let go.
+        deadline = time.monotonic() + 5.0
+        while future_alive() is not None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert future_alive() is None, "the future outlived its last reference (in a cycle)"
+        assert request_alive() is None, "what its callback held is still alive"
+    finally:
+        gc.enable()
+        scheduler.close()
 
 
 def test_a_fixed_first_dimension_turns_batching_off(model_repo: Path) -> None:
