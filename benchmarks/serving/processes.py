@@ -1,6 +1,6 @@
 """Pinned processes: the edgecut endpoint, onnxruntime alone, load generators.
 
-The machine is split in two (LAYOUT): the server (edgecut's, Triton, or onnxruntime alone) on
+The machine is split in two (layout()): the server (edgecut's, Triton, or onnxruntime alone) on
 the server CPUs, the load generators on the client CPUs, each started under `taskset -c` so
 every thread it makes stays there. By default the server has core 0 and the clients core 1;
 `use_layout(CpuLayout(server=(0, 1, 2, 3), clients=tuple(range(4, 12))))` gives the server 4
@@ -29,8 +29,8 @@ import psutil
 from .loadgen import LoadResult, LoadSpec
 
 __all__ = ["MALLOC_ENV", "REPO", "CpuLayout", "ForeignCpu", "PinnedServer", "endpoint_frontend",
-           "endpoint_process", "layout", "ort_alone", "parse_cpus", "pinned", "run_json",
-           "run_load_pinned", "use_layout"]
+           "endpoint_process", "layout", "merge_loads", "ort_alone", "parse_cpus", "pinned",
+           "run_json", "run_load_pinned", "use_layout"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,8 +71,8 @@ def parse_cpus(text: str) -> tuple[int, ...]:
     """`taskset -c` style: "0", "0-3", "4-11,14" -> the CPU numbers, in order."""
     cpus: list[int] = []
     for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
+        lo, dash, hi = part.strip().partition("-")
+        if not lo.isdigit() or (dash and not hi.isdigit()):
             raise ValueError(f"CPU list must look like 0-3,6, got {text!r}")
         cpus += range(int(lo), int(hi or lo) + 1)
     return tuple(dict.fromkeys(cpus))
@@ -80,6 +80,8 @@ def parse_cpus(text: str) -> tuple[int, ...]:
 
 def _cpu_list(cpus: Sequence[int]) -> str:
     return ",".join(map(str, cpus))
+
+
 # glibc: keep buffers up to 64 MiB on the heap, and do not give the top of the heap back
 # below 128 MiB, so 4 MiB messages reuse memory instead of mmap/munmap (and page faults) per call.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_": str(128 << 20)}
