@@ -85,6 +85,6 @@ def write_model(root: Path, name: str, spec: ModelSpec, model: onnx.ModelProto, 
 
         (folder / "1" / "model.py").write_text(
             TRITON_MODEL_PY.replace("{site_packages!r}", repr(site.getsitepackages())))
-    (folder / "config.pbtxt").write_text(_config(name, spec, model, batching=batching, backend=backend,
-                                                      instances=instances))
+    config = _config(name, spec, model, batching=batching, backend=backend, instances=instances)
+    (folder / "config.pbtxt").write_text(config)
     return folder

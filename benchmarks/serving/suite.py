@@ -61,13 +61,13 @@ def prepare(workdir: Path, models: tuple[str, ...] = THROUGHPUT_MODELS
     if not (tls / "ca.crt").exists():
         init_ca(tls)
     repo, trepo = workdir / "repo", workdir / "triton_repo"
+    # One instance per server CPU: a run in flight on each, as onnxruntime alone has.
+    instances = len(layout().server)
     for name in models:
         spec = MODELS[name]
         model = spec.build()
         save(model, workdir / "onnx" / f"{name}.onnx")
         for batching, suffix in ((False, "_nb"), (True, "_b")):
-            # One instance per server CPU: a run in flight on each, as onnxruntime alone has.
-            instances = len(layout().server)
             write_model(repo, name + suffix, spec, model, batching=batching, instances=instances)
             write_model(trepo, name + suffix, spec, model, batching=batching, backend="python",
                         instances=instances)
