@@ -83,7 +83,9 @@ class _Work:
     output_names: tuple[str, ...]
     future: Future[BatchResult] = field(repr=False)
     # Set to wake the caller waiting in ModelScheduler.run: its result is in, or its turn.
-    wake: threading.Event = field(default_factory=threading.Event, repr=False)
+    # None for a submitted request: nobody waits on it, and an Event per request (a lock and
+    # a condition) is a measurable share of the per-request cost.
+    wake: threading.Event | None = field(default=None, repr=False)
     # A batch (with the instance to run it on) handed to this request's caller to run.
     assigned: tuple[list[Pending[_Work]], ort.InferenceSession] | None = field(
         default=None, repr=False)
@@ -91,6 +93,30 @@ class _Work:
     # `cancelled()` turns true (its caller went away). It fails when its batch is taken.
     deadline: float | None = None
     cancelled: Callable[[], bool] | None = field(default=None, repr=False)
+
+
+def _wake(work: _Work) -> None:
+    """Wake the caller waiting in ModelScheduler.run for `work` (submitted work has none)."""
+    if work.wake is not None:
+        work.wake.set()
+
+
+class _Submitted(Future):  # type: ignore[type-arg]
+    """The Future of a submitted request: cancelling it takes the request out of the queue.
+
+    It names the scheduler, not the request: the request holds this future, so a reference
+    back would be a cycle keeping the request's bytes alive until a full garbage collection.
+    """
+
+    def __init__(self, scheduler: ModelScheduler):
+        super().__init__()
+        self._scheduler = scheduler
+
+    def cancel(self) -> bool:
+        cancelled = super().cancel()
+        if cancelled:
+            self._scheduler._withdraw_future(self)
+        return cancelled
 
 
 class ModelScheduler:
@@ -179,9 +205,11 @@ class ModelScheduler:
                                         cancelled=cancelled)
         item = self._enqueue(inputs, output_names)
         work = item.payload
+        wake = work.wake
+        assert wake is not None  # _enqueue gives run()'s requests an Event
         deadline = None if timeout_s is None else self._clock() + timeout_s
         while True:
-            work.wake.clear()  # before looking: a wake-up from now on is not lost
+            wake.clear()  # before looking: a wake-up from now on is not lost
             if work.future.done():
                 break
             if work.assigned is not None:  # the previous runner passed its instance on
@@ -209,7 +237,7 @@ class ModelScheduler:
                 timeout = min(timeout, deadline - now)
             if wake_at is not None:
                 timeout = min(timeout, wake_at - now)
-            work.wake.wait(max(0.0, timeout))
+            wake.wait(max(0.0, timeout))
         try:
             return work.future.result()
         except CancelledError as exc:
@@ -248,23 +276,11 @@ class ModelScheduler:
         with DeadlineExceededError or CloudUnavailableError as run() would raise.
         """
         self._start_workers()
-        item = self._enqueue(inputs, output_names)
+        item = self._enqueue(inputs, output_names, future=_Submitted(self))
         if timeout_s is not None:
             item.payload.deadline = item.enqueued_at + timeout_s
         item.payload.cancelled = cancelled
-        future = item.payload.future
-        # The callback lets go of the request once the future is done: the future holds its
-        # callbacks for good, and a callback holding the request (which holds the future)
-        # would be a cycle keeping the request's bytes alive until a full garbage collection.
-        waiting = [item]
-
-        def withdraw_if_cancelled(f: Future[BatchResult]) -> None:
-            mine = waiting.pop()
-            if f.cancelled():
-                self._withdraw(mine)
-
-        future.add_done_callback(withdraw_if_cancelled)
-        return future
+        return item.payload.future
 
     def pending(self) -> int:
         with self._cond:
@@ -289,7 +305,7 @@ class ModelScheduler:
             self._cond.notify_all()
         for item in left:
             item.payload.future.cancel()
-            item.payload.wake.set()
+            _wake(item.payload)
         for thread in self._threads:
             thread.join(timeout_s)
 
@@ -302,10 +318,13 @@ class ModelScheduler:
                 rejected=self._rejected,
             )
 
-    def _enqueue(self, inputs: Mapping[str, np.ndarray],
-                 output_names: Sequence[str]) -> Pending[_Work]:
+    def _enqueue(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], *,
+                 future: Future[BatchResult] | None = None) -> Pending[_Work]:
+        """Queue a request. Without `future` it is run()'s: a Future and a wake-up Event."""
         rows, key = batch_key(inputs, output_names, self._policy)
-        work = _Work(inputs=inputs, output_names=tuple(output_names), future=Future())
+        work = _Work(inputs=inputs, output_names=tuple(output_names),
+                     future=Future() if future is None else future,
+                     wake=threading.Event() if future is None else None)
         item = Pending(key=key, rows=rows, nbytes=sum(a.nbytes for a in inputs.values()),
                        enqueued_at=self._clock(), payload=work)
         with self._cond:
@@ -344,8 +363,15 @@ class ModelScheduler:
 
     def _withdraw(self, item: Pending[_Work]) -> bool:
         """Take `item` out of the queue; False when it already left (it is running)."""
+        return self._withdraw_where(lambda p: p is item)
+
+    def _withdraw_future(self, future: Future[BatchResult]) -> None:
+        """Take the request of a cancelled `future` out of the queue, if it is still there."""
+        self._withdraw_where(lambda p: p.payload.future is future)
+
+    def _withdraw_where(self, predicate: Callable[[Pending[_Work]], bool]) -> bool:
         with self._cond:
-            gone = bool(self._queue.remove(lambda p: p is item))
+            gone = bool(self._queue.remove(predicate))
             self._cond.notify_all()
         if gone:
             self._wake_next()
@@ -419,9 +445,9 @@ class ModelScheduler:
                 self._free_sessions.append(session)
             self._cond.notify_all()
         for p in batch:
-            p.payload.wake.set()
+            _wake(p.payload)
         if handed:
-            handed[0].payload.wake.set()
+            _wake(handed[0].payload)
         else:
             self._wake_next()
 
@@ -430,7 +456,7 @@ class ModelScheduler:
         with self._cond:
             oldest = self._queue.oldest()
         if oldest is not None:
-            oldest.payload.wake.set()
+            _wake(oldest.payload)
 
     def _run(self, session: ort.InferenceSession, batch: list[Pending[_Work]]) -> None:
         started = self._clock()

@@ -440,6 +440,23 @@ def test_a_cancelled_caller_leaves_the_queue(ops_models: ModelRepository, mode: 
         scheduler.close()
 
 
+def test_cancelling_a_submitted_request_takes_it_out_of_the_queue(
+        ops_models: ModelRepository) -> None:
+    scheduler = ModelScheduler(ops_models.get("wide_mlp", ""), _waiting_policy())
+    try:
+        kept = scheduler.submit({"x": np.ones((1, 256), np.float32)}, ["y"])
+        dropped = scheduler.submit({"x": np.zeros((1, 256), np.float32)}, ["y"])
+        assert scheduler.pending() == 2
+        assert dropped.cancel() and dropped.cancelled()
+        assert scheduler.pending() == 1
+        assert not kept.done()
+        scheduler.drain(WAIT_S)  # runs what is queued without waiting for the delay
+        assert kept.result(WAIT_S).batch_rows == 1
+        assert scheduler.statistics().rows == 1  # the cancelled request never ran
+    finally:
+        scheduler.close()
+
+
 def test_waiting_callers_of_a_model_that_never_batches_all_run_when_it_frees(
         ops_models: ModelRepository) -> None:
     """Each caller runs its own request, one at a time, once the instance comes back."""
