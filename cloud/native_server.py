@@ -226,12 +226,13 @@ class NativeServer:
     """A grpc.Server look-alike over the C++ transport (see the module docstring)."""
 
     def __init__(self, executor: ThreadPoolExecutor, *, max_message_bytes: int,
-                 max_open_calls: int):
+                 max_open_calls: int, receive_window_bytes: int = 0):
         if _frontend is None:
             raise RuntimeError(unavailable_reason())
         self._executor = executor
         self._max_message_bytes = max_message_bytes
         self._max_open_calls = max_open_calls
+        self._receive_window_bytes = receive_window_bytes  # 0: gRPC's BDP probing
         self._handlers: list[grpc.GenericRpcHandler] = []
         self._resolved: dict[str, grpc.RpcMethodHandler | None] = {}
         self._deferred: dict[str, Callable[[bytes, NativeContext], None]] = {}
@@ -272,7 +273,8 @@ class NativeServer:
         try:
             self._frontend = _frontend.Frontend(
                 address, str(watched) if watched is not None else None, mutual, reload,
-                self._max_message_bytes, self._max_open_calls)
+                self._max_message_bytes, self._max_open_calls,
+                receive_window_bytes=self._receive_window_bytes)
         except RuntimeError:
             self._close_certificates()
             return 0

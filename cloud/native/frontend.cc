@@ -132,8 +132,12 @@ class Frontend {
   // (gRPC 1.51 loads whatever it finds, so the Python side hands it only consistent sets).
   // At most `max_open_calls` calls are open at once (received, running or being answered);
   // one more is answered RESOURCE_EXHAUSTED at once, as grpcio's maximum_concurrent_rpcs does.
+  // `receive_window_bytes` > 0 turns gRPC's BDP probing off and lets each call's request
+  // have that many bytes in flight instead (see RECEIVE_WINDOW_BYTES in server.py for why);
+  // 0 keeps gRPC's defaults.
   Frontend(const std::string& address, std::optional<std::string> tls_dir, bool mutual,
-           bool reload, int max_message_bytes, int max_open_calls, int accept_depth)
+           bool reload, int max_message_bytes, int max_open_calls, int accept_depth,
+           int receive_window_bytes)
       : max_open_calls_(static_cast<size_t>(max_open_calls)), accept_depth_(accept_depth) {
     std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
     if (tls_dir) credentials = tls_credentials(*tls_dir, mutual, reload);
@@ -143,6 +147,10 @@ class Frontend {
     builder.SetMaxSendMessageSize(max_message_bytes);
     // Without this a second server on the same port would bind silently and share it.
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    if (receive_window_bytes > 0) {
+      builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+      builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, receive_window_bytes);
+    }
     builder.RegisterAsyncGenericService(&service_);
     queue_ = builder.AddCompletionQueue();
     server_ = builder.BuildAndStart();
@@ -484,10 +492,12 @@ class Frontend {
 PYBIND11_MODULE(_frontend, module) {
   module.doc() = "gRPC transport in C++ for the edgecut endpoint (see edgecut.cloud.native_server)";
   py::class_<Frontend>(module, "Frontend")
-      .def(py::init<const std::string&, std::optional<std::string>, bool, bool, int, int, int>(),
+      .def(py::init<const std::string&, std::optional<std::string>, bool, bool, int, int, int,
+                    int>(),
            py::arg("address"), py::arg("tls_dir") = py::none(), py::arg("mutual") = false,
            py::arg("reload") = true, py::arg("max_message_bytes") = 64 << 20,
-           py::arg("max_open_calls") = 1024, py::arg("accept_depth") = 64)
+           py::arg("max_open_calls") = 1024, py::arg("accept_depth") = 64,
+           py::arg("receive_window_bytes") = 0)
       .def_property_readonly("port", &Frontend::port)
       .def("start", &Frontend::start, py::arg("dispatch"))
       .def("finish", &Frontend::finish, py::arg("call_id"), py::arg("code"), py::arg("details"),
