@@ -101,7 +101,7 @@ def _wake(work: _Work) -> None:
         work.wake.set()
 
 
-class _Submitted(Future):  # type: ignore[type-arg]
+class _Submitted(Future[BatchResult]):
     """The Future of a submitted request: cancelling it takes the request out of the queue.
 
     It names the scheduler, not the request: the request holds this future, so a reference
