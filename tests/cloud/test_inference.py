@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgecut.cloud.inference import infer, requested_outputs
+from edgecut.cloud.inference import infer, requested_outputs, run_model
 from edgecut.cloud.repository import LoadedModel, ModelRepository
 from edgecut.errors import BadInputError, PayloadTooLargeError, ProtocolError
 from edgecut.protocol import grpc_service_pb2 as pb
@@ -170,3 +170,18 @@ def test_outputs_match_onnxruntime(repo: ModelRepository, cnn_input: np.ndarray,
     logits, features = reference("tiny_cnn", 1, {"x": cnn_input})
     np.testing.assert_array_equal(out["logits"], logits)
     np.testing.assert_array_equal(out["features"], features)
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_inputs_at_any_byte_offset_run_as_aligned_ones(scale: LoadedModel, offset: int) -> None:
+    """A raw input is read in place from the request's bytes, wherever they put it: at odd
+    offsets too (onnxruntime is handed an aligned copy of those)."""
+    def at(array: np.ndarray) -> np.ndarray:
+        bytes_ = b"\0" * offset + array.tobytes()
+        view = np.frombuffer(memoryview(bytes_)[offset:], dtype=array.dtype).reshape(array.shape)
+        assert view.flags.aligned == (offset == 0)
+        return view
+
+    y, k2 = run_model(scale, {"x": at(X), "k": at(K)}, ["y", "k2"])
+    np.testing.assert_array_equal(y, X * 3)
+    np.testing.assert_array_equal(k2, K * 2)
