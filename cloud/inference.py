@@ -281,8 +281,9 @@ def run_model(model: LoadedModel, inputs: Mapping[str, np.ndarray],
 
     An input read in place from a request sits wherever the request's bytes put it, often at
     an address that is no multiple of its item size. onnxruntime converts such an array
-    through a slow path: a 128 KiB fp32 input cost 33 us per run that way against 9 us
-    aligned; numpy copies it to an aligned array in 3.5 us, so that is done here.
+    through a slow path: with a 128 KiB fp32 input, a run took 24 us against 8 us aligned
+    (33 against 19 inside the endpoint); numpy copies it to an aligned array in 3.5 us, so
+    that is done here.
     """
     feed = {name: array if array.flags.aligned else array.copy()
             for name, array in inputs.items()}
