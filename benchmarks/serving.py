@@ -217,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
                                  clients=args.headline_clients, progress=progress)
         save()
         s = out["soak"]
-        console.print(f"soak {s['seconds']:.0f} s at {s['target_rps']:.0f} req/s (80% of "
+        console.print(f"soak, after a {s['burst_s']:.0f} s burst ({s['burst_rps']:.0f} req/s, "
+                      f"{s['burst_failures']} failures, RSS {s['rss_after_burst_mib']:.0f} MiB): "
+                      f"{s['seconds']:.0f} s at {s['target_rps']:.0f} req/s (80% of "
                       f"{s['capacity_rps']:.0f}): achieved {s['achieved_rps']:.0f}, "
                       f"{s['failures']} failures, p99 {s['p99_ms']:.1f} ms (from schedule "
                       f"{s['p99_from_schedule_ms']:.1f} ms), RSS {s['rss_start_mib']:.0f} -> "

@@ -16,6 +16,7 @@ from edgecut.protocol.model_config_pb2 import ModelConfig
 
 from .canary import VersionStatistics, VersionTraffic
 from .model_config import CONFIG_FILENAME, ModelSettings
+from .providers import ARENA_SHRINK_INTERVAL_S, ArenaShrinker
 
 # onnxruntime's element type strings -> Open Inference Protocol datatypes. BYTES and BF16 are
 # listed so a model that uses them reports them honestly; requests for them are refused by
@@ -78,16 +79,19 @@ class TrackedSession:
     (LoadedModel.request_succeeded / request_failed).
 
     `run` has InferenceSession's signature and raises what it raises; every other attribute
-    is the session's own. `inner` is the bare InferenceSession.
+    is the session's own. `inner` is the bare InferenceSession. A run that comes without
+    run options shrinks the session's CPU arena when its ArenaShrinker says one is due.
     """
 
-    __slots__ = ("_batched", "_session", "_traffic")
+    __slots__ = ("_batched", "_session", "_shrinker", "_traffic")
 
     def __init__(self, session: ort.InferenceSession, traffic: VersionTraffic, *,
-                 batched: bool) -> None:
+                 batched: bool, arena_shrink_interval_s: float = ARENA_SHRINK_INTERVAL_S
+                 ) -> None:
         self._session = session
         self._traffic = traffic
         self._batched = batched
+        self._shrinker = ArenaShrinker(arena_shrink_interval_s)
 
     @property
     def inner(self) -> ort.InferenceSession:
@@ -98,7 +102,8 @@ class TrackedSession:
         started = self._traffic.run_started()
         ok = False
         try:
-            outputs = self._session.run(output_names, input_feed, run_options)
+            outputs = self._session.run(output_names, input_feed,
+                                        self._shrinker.run_options(run_options))
             ok = True
             return outputs
         finally:

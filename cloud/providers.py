@@ -14,10 +14,16 @@ Session options (`session_options`):
 - memory pattern on: it plans one allocation per run, and is reused while the input shapes
   repeat; with dynamic batching the batch dimension varies, and onnxruntime then falls back
   to the arena for the shapes it has not seen;
-- the CPU arena on: it keeps the largest batch's buffers and reuses them; it never returns
-  memory to the system, so a model's resident memory grows to what its largest batch
-  (max_batch_size) needs and stays there. That is the price of not calling malloc per run,
-  and it is bounded by max_batch_size.
+- the CPU arena on: it keeps the buffers of past runs and reuses them, so a run does not call
+  malloc for each tensor. Left alone it never gives memory back, and a burst of large or
+  unusual batches leaves it holding more than the steady load needs: in a 5-minute soak a
+  10-second backlog (batches of 18-22 rows instead of 2-7) grew a small CNN's arena by
+  12 MiB, +8% of the endpoint's RSS, for good. So each session asks onnxruntime, on one run
+  every ARENA_SHRINK_INTERVAL_S (`ArenaShrinker`), to free the arena's regions that no run
+  is using; the server's periodic malloc_trim then returns them to the system. Measured
+  (small CNN, 2,400 runs alternating batches of 1-7 and 16-32 rows): RSS 95 MiB without,
+  68 MiB with a shrink every 50 runs, at the same speed. Shrinking on every run instead
+  costs up to 7% (4.1 against 4.4 ms at batch 8), as the arena regrows each time.
 
 Instances: `instance_count` N runs at once. Measured on this 2-core machine (onnxruntime
 1.32, intra_op 1 per run, 2 instances, runs/s over 1 s windows, best of 2): one shared
@@ -30,17 +36,32 @@ over one shared session by default (`separate_sessions=False`), N sessions when 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import onnxruntime as ort
 
-__all__ = ["GPU_PROVIDERS", "create_session", "providers_for", "session_options"]
+__all__ = [
+    "ARENA_SHRINK_INTERVAL_S",
+    "GPU_PROVIDERS",
+    "ArenaShrinker",
+    "create_session",
+    "providers_for",
+    "session_options",
+]
 
 # In order of preference: TensorRT compiles subgraphs it supports and hands the rest to CUDA,
 # which hands what it cannot run to the CPU; the CPU provider is always last.
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 _CPU = "CPUExecutionProvider"
+
+ARENA_SHRINK_INTERVAL_S = 5.0
+# onnxruntime's run option (onnxruntime_run_options_config_keys.h): at the end of the run,
+# free the named arenas' regions that hold no live tensor. The CPU arena only: session_options
+# always enables it, and a GPU arena's memory is not what the endpoint's RSS counts.
+_ARENA_SHRINKAGE_KEY = "memory.enable_memory_arena_shrinkage"
+_CPU_ARENA = "cpu:0"
 
 
 def providers_for(available: Sequence[str] | None = None, *, use_gpu: bool = True,
@@ -71,6 +92,37 @@ def session_options(*, intra_op_threads: int = 0) -> ort.SessionOptions:
     options.enable_mem_pattern = True
     options.enable_cpu_mem_arena = True
     return options
+
+
+class ArenaShrinker:
+    """Decides which run of a session also shrinks its CPU arena: one per `interval_s`.
+
+    `run_options(given)` is what to pass to `session.run`: the caller's own options when it
+    has some (they are left alone), else shrinking options when a shrink is due, else None.
+    Two threads may both see a shrink due at once; both shrinking is harmless.
+
+        >>> shrinker = ArenaShrinker(interval_s=0.0)
+        >>> shrinker.run_options(None) is not None
+        True
+    """
+
+    __slots__ = ("_due_at", "_interval_s")
+
+    def __init__(self, interval_s: float = ARENA_SHRINK_INTERVAL_S) -> None:
+        self._interval_s = interval_s
+        self._due_at = time.monotonic() + interval_s
+
+    def run_options(self, given: ort.RunOptions | None = None) -> ort.RunOptions | None:
+        if given is not None:
+            return given
+        now = time.monotonic()
+        if now < self._due_at:
+            return None
+        self._due_at = now + self._interval_s
+        # A fresh RunOptions each time (once per interval): never shared between runs.
+        options = ort.RunOptions()
+        options.add_run_config_entry(_ARENA_SHRINKAGE_KEY, _CPU_ARENA)
+        return options
 
 
 def create_session(path: Path, *, intra_op_threads: int = 0,
