@@ -170,10 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0, metavar="N",
                    help="onnxruntime intra-op threads per session (default 0: onnxruntime decides)")
     p.add_argument("--log-requests", action="store_true", help="log one JSON line per request")
-    p.add_argument("--frontend", choices=("grpcio", "native", "auto"), default="grpcio",
-                   help="gRPC transport: grpcio = Python's (default); native = gRPC's C++ "
-                        "server, faster on small requests (built at install where libgrpc++-dev "
-                        "is found); auto = native where built")
+    p.add_argument("--frontend", choices=("grpcio", "native", "auto"), default="auto",
+                   help="gRPC transport: native = gRPC's C++ server, faster on small requests "
+                        "(built at install where libgrpc++-dev is found); grpcio = Python's; "
+                        "auto (default) = native where built, else grpcio")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("deploy", help="install a plan's full model and tails into a repository")

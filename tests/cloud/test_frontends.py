@@ -109,9 +109,9 @@ def test_an_unknown_frontend_is_a_user_error(model_repo: Path) -> None:
         create_server(model_repo, frontend="rust")
 
 
-def test_grpcio_by_default_and_auto_picks_the_native_transport_where_built(
+def test_the_native_transport_by_default_where_built_and_grpcio_on_request(
         model_repo: Path) -> None:
     with create_server(model_repo, workers=2) as server:
-        assert server.frontend == "grpcio"
-    with create_server(model_repo, workers=2, frontend="auto") as server:
         assert server.frontend == ("native" if native_available() else "grpcio")
+    with create_server(model_repo, workers=2, frontend="grpcio") as server:
+        assert server.frontend == "grpcio"
