@@ -9,7 +9,7 @@ import threading
 import time
 import urllib.request
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -393,51 +393,65 @@ def _waiting_policy() -> SchedulingPolicy:
                             max_queue_delay_us=600_000_000)
 
 
+HOLD_S = 1.5  # how long a run of `slow` holds the only instance of a model that never batches
+
+MODES = ("batching", "no batching")
+
+
 @contextlib.contextmanager
-def _instance_held(scheduler: ModelScheduler, policy: SchedulingPolicy) -> Iterator[None]:
-    """Keep requests waiting: a batching policy waits by itself (_waiting_policy); for one
-    that never batches, the only instance is taken away (as a long run would hold it) and
-    handed back when done, when the queued requests run."""
-    if policy.batching:
-        yield
+def _requests_wait(ops_models: ModelRepository, mode: str,
+                   slow_iterations: Callable[[float], int]
+                   ) -> Iterator[tuple[ModelScheduler, dict[str, np.ndarray]]]:
+    """A scheduler whose requests only wait, and a request for it.
+
+    Batching: the batch never fills and its delay never ends (_waiting_policy). No batching:
+    a caller runs `slow` for HOLD_S on the only instance, as a long request would; the block
+    runs while that run lasts, and ends after it.
+    """
+    if mode == "batching":
+        scheduler = ModelScheduler(ops_models.get("wide_mlp", ""), _waiting_policy())
+        try:
+            yield scheduler, {"x": np.ones((1, 256), np.float32)}
+        finally:
+            scheduler.close()
         return
-    session = scheduler._free_sessions.pop()  # white-box: a run that never ends
-    scheduler._running += 1
+    model = ops_models.get("slow", "")
+    scheduler = ModelScheduler(model, SchedulingPolicy())
+    long_run = {"x": np.ones((1, 64), np.float32),
+                "iterations": np.array(slow_iterations(HOLD_S), np.int64)}
+    holder = threading.Thread(target=scheduler.run, args=(long_run, ["y"]),
+                              kwargs={"timeout_s": WAIT_S})
+    holder.start()
     try:
-        yield
+        deadline = time.monotonic() + WAIT_S
+        while model.session.in_flight_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert model.session.in_flight_count() == 1, "the long run never started"
+        yield scheduler, {"x": np.ones((1, 64), np.float32),
+                          "iterations": np.array(0, np.int64)}
     finally:
-        scheduler._finished_run(session, [])
-
-
-_WAITING = {"batching": _waiting_policy(), "no batching": SchedulingPolicy()}
-
-
-@pytest.mark.parametrize("mode", list(_WAITING))
-def test_run_gives_up_at_its_deadline_and_leaves_the_queue(ops_models: ModelRepository,
-                                                           mode: str) -> None:
-    scheduler = ModelScheduler(ops_models.get("wide_mlp", ""), _WAITING[mode])
-    try:
-        with _instance_held(scheduler, _WAITING[mode]), \
-                pytest.raises(DeadlineExceededError, match="deadline"):
-            scheduler.run({"x": np.ones((1, 256), np.float32)}, ["y"], timeout_s=0.05)
-        assert scheduler.pending() == 0
-    finally:
+        holder.join(WAIT_S)
         scheduler.close()
 
 
-@pytest.mark.parametrize("mode", list(_WAITING))
-def test_a_cancelled_caller_leaves_the_queue(ops_models: ModelRepository, mode: str) -> None:
-    scheduler = ModelScheduler(ops_models.get("wide_mlp", ""), _WAITING[mode])
+@pytest.mark.parametrize("mode", MODES)
+def test_run_gives_up_at_its_deadline_and_leaves_the_queue(
+        ops_models: ModelRepository, slow_iterations: Callable[[float], int], mode: str) -> None:
+    with _requests_wait(ops_models, mode, slow_iterations) as (scheduler, request):
+        with pytest.raises(DeadlineExceededError, match="deadline"):
+            scheduler.run(request, ["y"], timeout_s=0.05)
+        assert scheduler.pending() == 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_cancelled_caller_leaves_the_queue(
+        ops_models: ModelRepository, slow_iterations: Callable[[float], int], mode: str) -> None:
     gone = threading.Event()
-    threading.Timer(0.05, gone.set).start()
-    try:
-        with _instance_held(scheduler, _WAITING[mode]), \
-                pytest.raises(CloudUnavailableError, match="cancelled"):
-            scheduler.run({"x": np.ones((1, 256), np.float32)}, ["y"], timeout_s=WAIT_S,
-                          cancelled=gone.is_set)
+    with _requests_wait(ops_models, mode, slow_iterations) as (scheduler, request):
+        threading.Timer(0.05, gone.set).start()
+        with pytest.raises(CloudUnavailableError, match="cancelled"):
+            scheduler.run(request, ["y"], timeout_s=WAIT_S, cancelled=gone.is_set)
         assert scheduler.pending() == 0
-    finally:
-        scheduler.close()
 
 
 def test_cancelling_a_submitted_request_takes_it_out_of_the_queue(
@@ -458,34 +472,32 @@ def test_cancelling_a_submitted_request_takes_it_out_of_the_queue(
 
 
 def test_waiting_callers_of_a_model_that_never_batches_all_run_when_it_frees(
-        ops_models: ModelRepository) -> None:
+        ops_models: ModelRepository, slow_iterations: Callable[[float], int]) -> None:
     """Each caller runs its own request, one at a time, once the instance comes back."""
-    model = ops_models.get("wide_mlp", "")
-    policy = SchedulingPolicy()
-    scheduler = ModelScheduler(model, policy, max_queue_size=16)
     order: list[int] = []
-    xs = [np.full((1, 256), i, np.float32) for i in range(6)]
+    xs = [np.full((1, 64), i / 10, np.float32) for i in range(6)]
+    with _requests_wait(ops_models, "no batching", slow_iterations) as (scheduler, request):
+        model = ops_models.get("slow", "")
 
-    def call(i: int) -> None:
-        result = scheduler.run({"x": xs[i]}, ["y"], timeout_s=WAIT_S)
-        np.testing.assert_allclose(result.outputs[0], model.session.run(["y"], {"x": xs[i]})[0],
-                                   rtol=1e-5, atol=1e-6)
-        order.append(i)
+        def call(i: int) -> None:
+            inputs = {**request, "x": xs[i]}
+            result = scheduler.run(inputs, ["y"], timeout_s=WAIT_S)
+            np.testing.assert_allclose(result.outputs[0], model.session.run(["y"], inputs)[0],
+                                       rtol=1e-5, atol=1e-6)
+            order.append(i)
 
-    try:
-        with _instance_held(scheduler, policy):
-            threads = []
-            for i in range(6):
-                threads.append(threading.Thread(target=call, args=(i,)))
-                threads[-1].start()
-                while scheduler.pending() < i + 1:  # queued in this order
-                    time.sleep(0.002)
+        threads = []
+        for i in range(6):
+            threads.append(threading.Thread(target=call, args=(i,)))
+            threads[-1].start()
+            while scheduler.pending() < i + 1:  # queued in this order
+                time.sleep(0.002)
+        assert model.session.in_flight_count() == 1  # still the long run: they all waited
         for t in threads:
             t.join(WAIT_S)
-    finally:
-        scheduler.close()
+        statistics = scheduler.statistics()
     assert sorted(order) == list(range(6))
-    assert scheduler.statistics().batches == 6
+    assert statistics.batches == 7  # the long run, then one run per caller
 
 
 def test_run_is_refused_when_the_queue_is_full_and_unblocked_by_close(
