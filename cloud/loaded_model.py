@@ -4,6 +4,7 @@ session, and the check of a model against its config.pbtxt (the repository is in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +81,8 @@ class TrackedSession:
 
     `run` has InferenceSession's signature and raises what it raises; every other attribute
     is the session's own. `inner` is the bare InferenceSession. A run that comes without
-    run options shrinks the session's CPU arena when its ArenaShrinker says one is due.
+    run options shrinks the session's CPU arena when its ArenaShrinker says one is due (never,
+    for a session without the arena: onnxruntime refuses to shrink one it does not have).
     """
 
     __slots__ = ("_batched", "_session", "_shrinker", "_traffic")
@@ -91,7 +93,8 @@ class TrackedSession:
         self._session = session
         self._traffic = traffic
         self._batched = batched
-        self._shrinker = ArenaShrinker(arena_shrink_interval_s)
+        has_arena = session.get_session_options().enable_cpu_mem_arena
+        self._shrinker = ArenaShrinker(arena_shrink_interval_s if has_arena else math.inf)
 
     @property
     def inner(self) -> ort.InferenceSession:

@@ -16,14 +16,14 @@ Session options (`session_options`):
   to the arena for the shapes it has not seen;
 - the CPU arena on: it keeps the buffers of past runs and reuses them, so a run does not call
   malloc for each tensor. Left alone it never gives memory back, and a burst of large or
-  unusual batches leaves it holding more than the steady load needs: in a 5-minute soak a
-  10-second backlog (batches of 18-22 rows instead of 2-7) grew a small CNN's arena by
-  12 MiB, +8% of the endpoint's RSS, for good. So each session asks onnxruntime, on one run
-  every ARENA_SHRINK_INTERVAL_S (`ArenaShrinker`), to free the arena's regions that no run
-  is using; the server's periodic malloc_trim then returns them to the system. Measured
-  (small CNN, 2,400 runs alternating batches of 1-7 and 16-32 rows): RSS 95 MiB without,
-  68 MiB with a shrink every 50 runs, at the same speed. Shrinking on every run instead
-  costs up to 7% (4.1 against 4.4 ms at batch 8), as the arena regrows each time.
+  unusual batches leaves it holding more than the steady load needs. So each session asks
+  onnxruntime, on one run every ARENA_SHRINK_INTERVAL_S (`ArenaShrinker`), to free the
+  arena's regions that no run is using; the server's periodic malloc_trim then returns them
+  to the system. Measured (small CNN, 2,400 runs alternating batches of 1-7 and 16-32 rows):
+  RSS 95 MiB without, 68 MiB with a shrink every 50 runs, at the same speed; in a soak, glibc's
+  in-use memory went back to 27 MiB after each backlog where it had stayed at 31-39 MiB.
+  Shrinking on every run instead costs up to 7% (4.1 against 4.4 ms at batch 8), as the
+  arena regrows each time.
 
 Instances: `instance_count` N runs at once. Measured on this 2-core machine (onnxruntime
 1.32, intra_op 1 per run, 2 instances, runs/s over 1 s windows, best of 2): one shared

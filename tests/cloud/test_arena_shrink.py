@@ -100,3 +100,17 @@ def test_a_tracked_session_gives_back_a_large_batchs_arena(
         assert kept < intermediate // 2, f"{kept} bytes kept after a shrinking run"
     else:
         assert kept >= intermediate // 2, f"only {kept} bytes kept with no shrink due"
+
+
+def test_a_session_without_the_arena_is_never_asked_to_shrink(wide_mlp: Path) -> None:
+    """onnxruntime refuses the shrink option on a session that has no CPU arena."""
+    options = session_options(intra_op_threads=1)
+    options.enable_cpu_mem_arena = False
+    session = ort.InferenceSession(str(wide_mlp), sess_options=options,
+                                   providers=["CPUExecutionProvider"])
+    x = np.ones((2, 64), np.float32)
+    with pytest.raises(Exception, match="arena"):  # what a shrink would meet
+        session.run(None, {"x": x}, ArenaShrinker(interval_s=0.0).run_options())
+    tracked = TrackedSession(session, VersionTraffic("wide_mlp", 1), batched=True,
+                             arena_shrink_interval_s=0.0)
+    np.testing.assert_array_equal(tracked.run(None, {"x": x})[0], session.run(None, {"x": x})[0])
