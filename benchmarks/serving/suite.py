@@ -524,15 +524,11 @@ def _start_and_end_rss(samples: list[tuple[float, int]], seconds: float) -> tupl
     buffers of the requests in flight in a backlog, freed memory between trims), and one
     sample taken in such a swing would read as growth or shrinkage that is not there.
     """
-    def median_between(lo_s: float, hi_s: float) -> int:
-        values = sorted(b for t, b in samples if lo_s <= t <= hi_s)
-        return values[len(values) // 2] if values else 0
-
     if not samples:
         return 0, 0
-    start = median_between(0.10 * seconds, 0.25 * seconds) or samples[0][1]
-    end = median_between(0.85 * seconds, seconds) or samples[-1][1]
-    return start, end
+    start = _median([b for t, b in samples if 0.10 * seconds <= t <= 0.25 * seconds])
+    end = _median([b for t, b in samples if 0.85 * seconds <= t <= seconds])
+    return start or samples[0][1], end or samples[-1][1]
 
 
 def _second_half_growth(samples: list[tuple[float, int]]) -> float | None:
@@ -541,6 +537,11 @@ def _second_half_growth(samples: list[tuple[float, int]]) -> float | None:
     n = len(samples)
     if n < 8:
         return None
-    third = sorted(b for _, b in samples[n // 2: 3 * n // 4])
-    fourth = sorted(b for _, b in samples[3 * n // 4:])
-    return fourth[len(fourth) // 2] / third[len(third) // 2] - 1
+    third = _median([b for _, b in samples[n // 2: 3 * n // 4]])
+    fourth = _median([b for _, b in samples[3 * n // 4:]])
+    return fourth / third - 1
+
+
+def _median(values: list[int]) -> int:
+    """The upper median (0 for none): one of the samples, not an average of two."""
+    return sorted(values)[len(values) // 2] if values else 0
