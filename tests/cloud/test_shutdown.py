@@ -14,7 +14,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgecut.cloud.batching import SchedulingPolicy
-from edgecut.cloud.server import create_server
+from edgecut.cloud.server import EndpointServer, create_server
 from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 
@@ -30,11 +30,22 @@ def _slow(iterations: int) -> pb.ModelInferRequest:
     return request
 
 
-def _wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
+def _wait_until(predicate: Callable[[], bool], timeout_s: float = WAIT_S, *,
+                hold_s: float = 0.0) -> None:
+    """Until `predicate` is true, and has stayed true for `hold_s`."""
     deadline = time.monotonic() + timeout_s
-    while not predicate():
+    true_since: float | None = None
+    while true_since is None or time.monotonic() - true_since < hold_s:
         assert time.monotonic() < deadline, "condition not reached in time"
+        if not predicate():
+            true_since = None
+        elif true_since is None:
+            true_since = time.monotonic()
         time.sleep(0.01)
+
+
+def _pending(server: EndpointServer, model: str) -> int:
+    return sum(q.pending for q in server.statistics().queues if q.model == model)
 
 
 def test_stop_drains_in_flight_and_queued_requests(
@@ -56,9 +67,13 @@ def test_stop_drains_in_flight_and_queued_requests(
     mlp.raw_input_contents.append(np.ones((1, 256), np.float32).tobytes())
     try:
         with ThreadPoolExecutor(4) as pool:
+            # All three must have arrived before the stop: one slow request running and one
+            # queued behind it (held for 0.1 s: a request alone is queued only for the moment
+            # its caller takes the free instance), then the batch waiting for company.
             in_flight = [pool.submit(stub.ModelInfer, slow, timeout=WAIT_S) for _ in range(2)]
+            _wait_until(lambda: _pending(server, "slow") == 1, hold_s=0.1)
             queued_batch = pool.submit(stub.ModelInfer, mlp, timeout=WAIT_S)
-            _wait_until(lambda: sum(q.pending for q in server.statistics().queues) >= 2)
+            _wait_until(lambda: _pending(server, "wide_mlp") == 1)
             stopper = threading.Thread(target=server.stop, kwargs={"grace_s": 30.0})
             started = time.monotonic()
             stopper.start()
