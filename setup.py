@@ -19,6 +19,7 @@ from setuptools.command.build_ext import build_ext
 
 MODULE = "edgecut.cloud._frontend"
 SOURCE = "cloud/native/frontend.cc"
+HEADERS = ["cloud/native/infer_wire.h"]
 
 
 def _pkg_config(*args: str) -> list[str] | None:
@@ -65,8 +66,8 @@ def _extensions() -> list:
         return []
     from pybind11.setup_helpers import Pybind11Extension
 
-    return [Pybind11Extension(MODULE, [SOURCE], cxx_std=17, extra_compile_args=cflags,
-                              extra_link_args=libs)]
+    return [Pybind11Extension(MODULE, [SOURCE], depends=HEADERS, cxx_std=17,
+                              extra_compile_args=cflags, extra_link_args=libs)]
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -236,6 +236,8 @@ class NativeServer:
         self._handlers: list[grpc.GenericRpcHandler] = []
         self._resolved: dict[str, grpc.RpcMethodHandler | None] = {}
         self._deferred: dict[str, Callable[[bytes, NativeContext], None]] = {}
+        self._lane: tuple[str, Callable[[Sequence[Any], NativeServer], None],
+                          tuple[str, ...]] | None = None
         self._frontend: Any = None
         self._stopped = threading.Event()
         self._watching: dict[int, NativeContext] = {}  # calls with end-of-call callbacks
@@ -255,6 +257,33 @@ class NativeServer:
         the dispatcher thread as the call arrives. It must not block: it answers with
         `context.finish` later, from whichever thread has the answer."""
         self._deferred[method] = handler
+
+    def add_infer_lane(self, method: str,
+                       handler: Callable[[Sequence[Any], NativeServer], None], *,
+                       excluded_models: Sequence[str] = ()) -> None:
+        """Take the plain calls of `method` (ModelInfer's full path) through the transport's
+        infer lane (frontend.cc): `handler(groups, server)` gets them on the dispatcher thread
+        in groups, and answers them with finish_infers or, one by one, through lane_context.
+        Calls that are not plain, or name one of `excluded_models`, still go to the method's
+        deferred handler. Before start()."""
+        self._lane = (method, handler, tuple(excluded_models))
+
+    def lane_context(self, call_id: int, peer: str | None,
+                     time_left_s: float | None) -> NativeContext:
+        """A context for one infer-lane call: to answer it alone (an error, mostly)."""
+        return NativeContext(self, self._frontend, call_id, (), peer, time_left_s)
+
+    def finish_infers(self, call_ids: Sequence[int], request_ids: Sequence[bytes],
+                      rows: Sequence[int], model_name: str, model_version: str,
+                      outputs: list[tuple[str, str, tuple[int, ...], Any]]) -> int:
+        """Answer infer-lane calls from one run (see Frontend.finish_infers in frontend.cc);
+        returns how many were still open."""
+        return int(self._frontend.finish_infers(call_ids, request_ids, rows, model_name,
+                                                model_version, outputs))
+
+    def call_cancelled(self, call_id: int) -> bool:
+        """Whether the call ended without an answer (its client went away)."""
+        return bool(self._frontend.cancelled(call_id))
 
     def add_port(self, address: str, *, tls_dir: Path | None, mutual: bool,
                  reload: bool) -> int:
@@ -287,6 +316,9 @@ class NativeServer:
 
     # Lifecycle, as on grpc.Server.
     def start(self) -> None:
+        if self._lane is not None:
+            method, _, excluded = self._lane
+            self._frontend.enable_infer_lane(method, list(excluded))
         self._frontend.start(self._dispatch)
         # Its C++ threads call into Python: they must be gone before the interpreter is.
         atexit.register(self._frontend.stop, 0.0)
@@ -321,7 +353,7 @@ class NativeServer:
         return False
 
     def _dispatch(self, calls: Sequence[tuple[int, str, bytes, list, str | None, float | None]],
-                  ended: Sequence[int]) -> None:
+                  ended: Sequence[int], infers: Sequence[Any] = ()) -> None:
         for call_id in ended:
             with self._watching_lock:
                 context = self._watching.pop(call_id, None)
@@ -340,6 +372,19 @@ class NativeServer:
             except Exception as exc:  # a deferred handler answers its own errors
                 logger.exception("handler of %s failed", method)
                 context.fail(grpc.StatusCode.UNKNOWN, f"Exception calling application: {exc}")
+        if infers and self._lane is not None:
+            self._serve_lane(infers)
+
+    def _serve_lane(self, infers: Sequence[Any]) -> None:
+        method, handler, _ = self._lane  # type: ignore[misc]
+        try:
+            handler(infers, self)
+        except Exception as exc:  # the handler answers its own errors; this is a bug
+            logger.exception("infer-lane handler of %s failed", method)
+            for group in infers:
+                for call_id, *_ in group[5]:
+                    self._frontend.finish(call_id, grpc.StatusCode.UNKNOWN.value[0],
+                                          f"Exception calling application: {exc}", None, [])
 
     def _handler(self, method: str, metadata: Metadata) -> grpc.RpcMethodHandler | None:
         if method not in self._resolved:

@@ -213,6 +213,15 @@ class ModelRepository:
                 return model.loaded[model.canary.pick()]
             return model.loaded[self._choose(model, version)]
 
+    def route_many(self, name: str, version: str, count: int) -> list[LoadedModel]:
+        """route() for `count` requests that arrived together, in order: with a canary, each
+        takes its turn in the canary's share, as it would one at a time."""
+        with self._lock:
+            model = self._find(name)
+            if version == "" and model.canary is not None:
+                return [model.loaded[model.canary.pick()] for _ in range(count)]
+            return [model.loaded[self._choose(model, version)]] * count
+
     def ready_versions(self, name: str) -> tuple[int, ...]:
         with self._lock:
             model = self._models.get(name)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -77,11 +78,26 @@ _MAX_RETRY_AFTER_MS = 60_000
 _POLL_S = 0.25
 
 
+class GroupedReceiver(Protocol):
+    """Where a request queued by `submit_many` gets its result instead of a Future: it is set
+    (`set_result` or `set_exception`) during its batch's run, and once the run is over
+    `group.answer(receivers)` is called once for each run of consecutive requests of the
+    batch that share a `group` (the infer lane answers all of them in one call)."""
+
+    group: Any
+
+    def set_running_or_notify_cancel(self) -> bool: ...
+    def set_result(self, result: BatchResult) -> None: ...
+    def set_exception(self, exception: BaseException) -> None: ...
+    def done(self) -> bool: ...
+    def cancel(self) -> bool: ...
+
+
 @dataclass(slots=True, kw_only=True, eq=False)
 class _Work:
     inputs: Mapping[str, np.ndarray] = field(repr=False)
     output_names: tuple[str, ...]
-    future: Future[BatchResult] = field(repr=False)
+    future: Future[BatchResult] | GroupedReceiver = field(repr=False)
     # Set to wake the caller waiting in ModelScheduler.run: its result is in, or its turn.
     # None for a submitted request: nobody waits on it, and an Event per request (a lock and
     # a condition) is a measurable share of the per-request cost.
@@ -282,6 +298,50 @@ class ModelScheduler:
         item.payload.cancelled = cancelled
         return item.payload.future
 
+    def submit_many(self, requests: Sequence[Mapping[str, np.ndarray]],
+                    output_names: Sequence[str], receivers: Sequence[GroupedReceiver], *,
+                    timeouts_s: Sequence[float | None],
+                    cancelled: Sequence[Callable[[], bool] | None]
+                    ) -> tuple[int, OverloadedError | None]:
+        """Queue requests that arrived together, in order, each answered through its
+        receiver (GroupedReceiver) rather than a Future. Each is its own request in the
+        queue, batched as if submitted one by one.
+
+        Returns (how many were queued, None) or, when the queue filled up first, the
+        OverloadedError the others get. Raises CloudUnavailableError once the scheduler is
+        closing. Request i has `timeouts_s[i]` and `cancelled[i]`, as `submit` has them.
+        """
+        self._start_workers()
+        now = self._clock()
+        names = tuple(output_names)
+        items = []
+        for inputs, receiver, timeout_s, gone in zip(requests, receivers, timeouts_s, cancelled,
+                                                     strict=True):
+            rows, key = batch_key(inputs, names, self._policy)
+            work = _Work(inputs=inputs, output_names=names, future=receiver,
+                         deadline=None if timeout_s is None else now + timeout_s,
+                         cancelled=gone)
+            items.append(Pending(key=key, rows=rows,
+                                 nbytes=sum(a.nbytes for a in inputs.values()),
+                                 enqueued_at=now, payload=work))
+        with self._cond:
+            if self._closing or self._flush:
+                raise CloudUnavailableError(
+                    f"{self._where()}the endpoint is shutting down; retry on another replica"
+                )
+            queued = 0
+            for item in items:
+                if not self._queue.push(item):
+                    break
+                queued += 1
+            refused = None
+            if queued < len(items):
+                self._rejected += len(items) - queued
+                refused = self._overloaded()
+            if queued and self._threads:
+                self._cond.notify()
+        return queued, refused
+
     def pending(self) -> int:
         with self._cond:
             return len(self._queue)
@@ -334,16 +394,20 @@ class ModelScheduler:
                 )
             if not self._queue.push(item):
                 self._rejected += 1
-                retry_ms = self._retry_after_ms()
-                raise OverloadedError(
-                    f"{self._where()}queue is full ({len(self._queue)} requests, "
-                    f"{self._queue.queued_bytes} bytes waiting; limit "
-                    f"{self._queue.max_queue_size} requests); retry after {retry_ms} ms",
-                    retry_after_ms=retry_ms,
-                )
+                raise self._overloaded()
             if self._threads:
                 self._cond.notify()
         return item
+
+    def _overloaded(self) -> OverloadedError:
+        """The error of a request the full queue refuses. Call with the lock held."""
+        retry_ms = self._retry_after_ms()
+        return OverloadedError(
+            f"{self._where()}queue is full ({len(self._queue)} requests, "
+            f"{self._queue.queued_bytes} bytes waiting; limit "
+            f"{self._queue.max_queue_size} requests); retry after {retry_ms} ms",
+            retry_after_ms=retry_ms,
+        )
 
     def _take_turn(self, item: Pending[_Work]
                    ) -> tuple[list[Pending[_Work]] | None, ort.InferenceSession | None,
@@ -459,6 +523,12 @@ class ModelScheduler:
             _wake(oldest.payload)
 
     def _run(self, session: ort.InferenceSession, batch: list[Pending[_Work]]) -> None:
+        try:
+            self._run_batch(session, batch)
+        finally:
+            _answer_groups(batch)
+
+    def _run_batch(self, session: ort.InferenceSession, batch: list[Pending[_Work]]) -> None:
         started = self._clock()
         live = [p for p in batch
                 if not self._gave_up_before_run(p, started)
@@ -538,6 +608,27 @@ class ModelScheduler:
 
     def _where(self) -> str:
         return f"model {self._model.name!r} version {self._model.version}: "
+
+
+def _answer_groups(batch: list[Pending[_Work]]) -> None:
+    """Call `group.answer` for each run of the batch's grouped receivers (GroupedReceiver)."""
+    run: list[Any] = []
+    for item in batch:
+        group = getattr(item.payload.future, "group", None)
+        if run and group is not run[0].group:
+            _answer(run)
+            run = []
+        if group is not None:
+            run.append(item.payload.future)
+    if run:
+        _answer(run)
+
+
+def _answer(receivers: list[Any]) -> None:
+    try:
+        receivers[0].group.answer(receivers)
+    except Exception:  # a worker must survive what an answer does
+        logger.exception("answering a group of requests failed")
 
 
 class Scheduler:

@@ -43,6 +43,7 @@ import grpc
 from edgecut.errors import (
     UserInputError,
 )
+from edgecut.protocol.probe import PROBE_MODEL
 from edgecut.protocol.tls import ReloadingServerCertificates, server_credentials
 
 from .allocator import release_free_memory
@@ -367,6 +368,8 @@ def create_server(
                               max_open_calls=max_concurrent_rpcs or 4 * workers,
                               receive_window_bytes=RECEIVE_WINDOW_BYTES)
         server.add_deferred_handler(MODEL_INFER_METHOD, servicer.infer_later)
+        server.add_infer_lane(MODEL_INFER_METHOD, servicer.infer_lane,
+                              excluded_models=[PROBE_MODEL])
     else:
         server = grpc.server(
             executor,

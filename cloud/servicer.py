@@ -5,20 +5,24 @@ the admission, authorisation and accounting around each call (the gRPC server is
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+import numpy as np
 
 from edgecut.errors import (
     BadInputError,
     CloudUnavailableError,
     OverloadedError,
+    ProtocolError,
 )
 from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.codecs import SERVER_EXTENSIONS, parameter_value
@@ -32,15 +36,17 @@ from edgecut.protocol.probe import (
     PROBE_OUTPUT,
 )
 from edgecut.protocol.rawfields import InferRequestView, parse_infer_request
+from edgecut.protocol.tensors import datatype_of, dtype_of
 from edgecut.protocol.tls import peer_identity
 
 from . import management
 from .auth import AuthorizationFile
-from .inference import InferOutcome, complete, prepare
+from .infer_lane import LaneCall, LaneGroup, LaneOutcome, LaneSlot, LaneTicket
+from .inference import InferOutcome, complete, encode_outputs, prepare
 from .loaded_model import LoadedModel, TensorSpec
 from .logs import RequestLog
 from .metrics import EndpointMetrics
-from .native_server import CallAborted, NativeContext
+from .native_server import CallAborted, NativeContext, NativeServer
 from .repository import ModelRepository
 from .scheduler import BatchResult, Scheduler
 from .statistics import StatisticsRecorder, Traffic
@@ -108,18 +114,18 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         with self._flight:
             return self._flight.wait_for(lambda: self._inflight == 0, timeout=timeout_s)
 
-    def _enter(self) -> None:
-        """Count an inference call in, or refuse it while draining."""
+    def _enter(self, calls: int = 1) -> None:
+        """Count inference calls in, or refuse them while draining."""
         with self._flight:
             if self._draining:
                 raise CloudUnavailableError(
                     "the endpoint is shutting down; retry on another replica"
                 )
-            self._inflight += 1
+            self._inflight += calls
 
-    def _leave(self) -> None:
+    def _leave(self, calls: int = 1) -> None:
         with self._flight:
-            self._inflight -= 1
+            self._inflight -= calls
             if not self._inflight:
                 self._flight.notify_all()
 
@@ -263,6 +269,177 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
         future.add_done_callback(ran)
 
+    def infer_lane(self, entries: Sequence[Any], server: NativeServer) -> None:
+        """ModelInfer for the plain calls the native transport groups (cloud/infer_lane.py):
+        the checks, accounting and errors of infer_later, made once per group, and the
+        answers written by the transport, once per run."""
+        for entry in entries:
+            started = time.perf_counter()
+            try:
+                group = LaneGroup.from_frontend(entry)
+            except ProtocolError as exc:
+                for call in entry[5]:
+                    self._lane_fail(server, entry[2], LaneCall(*call), exc, started=started)
+                continue
+            self._infer_group(group, server, started)
+
+    def _infer_group(self, group: LaneGroup, server: NativeServer, started: float) -> None:
+        calls = group.calls
+        try:
+            self._enter(len(calls))
+        except CloudUnavailableError as exc:
+            for call in calls:
+                self._lane_fail(server, group.peer, call, exc, started=started)
+            return
+        try:
+            models = self._repository.route_many(group.model_name, group.model_version,
+                                                 len(calls))
+        except Exception as exc:
+            for call in calls:
+                self._lane_fail(server, group.peer, call, exc, started=started)
+            self._leave(len(calls))
+            return
+        for model, first, end in group.runs(models):
+            self._submit_lane(group, model, first, end, server, started)
+
+    def _submit_lane(self, group: LaneGroup, model: LoadedModel, first: int, end: int,
+                     server: NativeServer, started: float) -> None:
+        """Check calls first..end-1 of `group` and queue each; every call is counted in
+        (_enter) and left here on failure, or once answered (_lane_answer)."""
+        calls = group.calls[first:end]
+        try:
+            self._authorize(group.peer, model.name)
+            scheduler = self._scheduler.for_model(model)
+        except Exception as exc:
+            for call in calls:
+                self._lane_fail(server, group.peer, call, exc, model=model, started=started)
+            self._leave(len(calls))
+            return
+        ready, outputs = self._lane_prepare(group, model, first, end, server, started)
+        if not ready:
+            return
+        ticket = LaneTicket(self._lane_answer, server, group, model, outputs, started)
+        slots = [LaneSlot(ticket, i) for i, _ in ready]
+        try:
+            queued, refused = scheduler.submit_many(
+                [inputs for _, inputs in ready], [o.name for o in outputs], slots,
+                timeouts_s=[slot.call.time_left_s for slot in slots],
+                cancelled=[functools.partial(server.call_cancelled, slot.call.call_id)
+                           for slot in slots])
+        except Exception as exc:
+            queued, refused = 0, exc
+        if refused is not None:
+            for slot in slots[queued:]:
+                self._lane_fail(server, group.peer, slot.call, refused, model=model,
+                                started=started)
+            self._leave(len(slots) - queued)
+
+    def _lane_prepare(self, group: LaneGroup, model: LoadedModel, first: int, end: int,
+                      server: NativeServer, started: float
+                      ) -> tuple[list[tuple[int, dict[str, np.ndarray]]], tuple[Any, ...]]:
+        """The inputs of each call of first..end-1 that passes prepare's checks, with the
+        outputs they ask for; each call that fails is answered and left here.
+
+        The calls share names, datatypes and shapes, so the first call's checks stand for
+        all, and the others' tensors are read as its were; except BOOL tensors, whose
+        values are checked too, so each call is checked alone.
+        """
+        ready: list[tuple[int, dict[str, np.ndarray]]] = []
+        outputs: tuple[Any, ...] = ()
+        checked: dict[str, np.ndarray] | None = None
+        same_checks = "BOOL" not in group.datatypes
+        for i in range(first, end):
+            if checked is not None:
+                ready.append((i, group.inputs_like(i, checked)))
+                continue
+            try:
+                prepared = prepare(group.request(i), model,
+                                   max_decoded_bytes=self._max_decoded_bytes)
+            except Exception as exc:
+                self._lane_fail(server, group.peer, group.calls[i], exc, model=model,
+                                started=started)
+                self._leave()
+                continue
+            ready.append((i, prepared.inputs))
+            outputs = prepared.outputs
+            if same_checks:
+                checked = prepared.inputs
+        return ready, outputs
+
+    def _lane_answer(self, ticket: LaneTicket, slots: list[LaneSlot]) -> None:
+        """Answer the calls of `slots` that one batch ran (GroupedReceiver.answer): those
+        that ran together in one transport call, the others one by one."""
+        group, model, server = ticket.lane_group, ticket.model, ticket.server
+        try:
+            ran = [s for s in slots if isinstance(s.outcome, BatchResult)]
+            for slot in slots:
+                if not isinstance(slot.outcome, BatchResult):
+                    exc = slot.outcome
+                    if isinstance(exc, CancelledError):
+                        exc = CloudUnavailableError(
+                            "the endpoint is shutting down; retry on another replica")
+                    self._lane_fail(server, group.peer, slot.call, exc, model=model,
+                                    started=ticket.started)
+            if ran:
+                self._lane_answer_ran(ticket, ran)
+        finally:
+            self._leave(len(slots))
+
+    def _lane_answer_ran(self, ticket: LaneTicket, slots: list[LaneSlot]) -> None:
+        group, model, server = ticket.lane_group, ticket.model, ticket.server
+        calls = [slot.call for slot in slots]
+        columns = []
+        for j, output in enumerate(ticket.outputs):
+            shares = [slot.outcome.outputs[j] for slot in slots]
+            inner = shares[0].shape[1:] if shares[0].ndim else None
+            if inner is None or any(share.shape != (group.rows, *inner) for share in shares):
+                # Outputs that do not follow the batch dimension: each as it is.
+                for slot in slots:
+                    self._lane_encoded(ticket, slot, server)
+                return
+            datatype = datatype_of(shares[0].dtype)
+            joined = shares[0] if len(shares) == 1 else np.concatenate(shares)
+            columns.append((output.name, datatype, inner,
+                            np.ascontiguousarray(joined, dtype=dtype_of(datatype))))
+        # Counted before the answers go, as infer_later counts: a client that has its answer
+        # finds its call in the statistics.
+        in_bytes = group.call_bytes
+        out_bytes = sum(column[3].nbytes for column in columns) // len(calls)
+        for slot, call in zip(slots, calls, strict=True):
+            result = slot.outcome
+            self._observe_infer(model, LaneOutcome(
+                raw_bytes_in=in_bytes, wire_bytes_in=in_bytes, raw_bytes_out=out_bytes,
+                wire_bytes_out=out_bytes, queue_s=result.queue_s, compute_s=result.compute_s,
+                batch_rows=result.batch_rows,
+            ), device=group.peer, started=ticket.started, request_id=_text(call.request_id))
+        server.finish_infers([c.call_id for c in calls], [c.request_id for c in calls],
+                             [group.rows] * len(calls), model.name, str(model.version), columns)
+
+    def _lane_encoded(self, ticket: LaneTicket, slot: LaneSlot, server: NativeServer) -> None:
+        """Answer one lane call from its outputs as they are, as infer_later would."""
+        group, model, call, result = ticket.lane_group, ticket.model, slot.call, slot.outcome
+        request = group.request(slot.index)
+        try:
+            response, raw_out, wire_out = encode_outputs(request, model, ticket.outputs,
+                                                         result.outputs)
+        except Exception as exc:
+            self._lane_fail(server, group.peer, call, exc, model=model, started=ticket.started)
+            return
+        in_bytes = group.call_bytes
+        self._observe_infer(model, LaneOutcome(
+            raw_bytes_in=in_bytes, wire_bytes_in=in_bytes, raw_bytes_out=raw_out,
+            wire_bytes_out=wire_out, queue_s=result.queue_s, compute_s=result.compute_s,
+            batch_rows=result.batch_rows,
+        ), device=group.peer, started=ticket.started, request_id=_text(call.request_id))
+        context = server.lane_context(call.call_id, group.peer, call.time_left_s)
+        context.finish(response.SerializeToString())
+
+    def _lane_fail(self, server: NativeServer, peer: str | None, call: LaneCall,
+                   exc: Exception, *, started: float, model: LoadedModel | None = None) -> None:
+        context = server.lane_context(call.call_id, peer, call.time_left_s)
+        self._abort_later(context, exc, device=peer, model=model, started=started,
+                          request_id=_text(call.request_id))
+
     def _routed(self, request: InferRequestView, device: str | None) -> LoadedModel:
         """The model version that serves `request`, once `device` may use the model."""
         model = self._repository.route(request.model_name, request.model_version)
@@ -290,7 +467,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         response.raw_output_contents.append(self._probe_bytes[:n])
         return response
 
-    def _observe_infer(self, model: LoadedModel, outcome: InferOutcome, *,
+    def _observe_infer(self, model: LoadedModel, outcome: InferOutcome | LaneOutcome, *,
                        device: str | None, started: float, request_id: str) -> None:
         request_s = time.perf_counter() - started
         model.request_succeeded(request_s=request_s, queue_s=outcome.queue_s,
@@ -429,6 +606,11 @@ def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name,
                                                                           handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _text(request_id: bytes) -> str:
+    """A lane call's request id as protobuf would read it (lane ids arrive as bytes)."""
+    return request_id.decode(errors="replace")
 
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:

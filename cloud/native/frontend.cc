@@ -9,9 +9,17 @@
 //
 // Threads: one C++ thread drives gRPC's completion queue and never touches Python; one
 // dispatcher thread waits for received calls and passes each group to the Python callable
-// given to start(), as dispatch(calls, ended): `ended` lists the calls that ended (finished
-// or cancelled) since, of those Python asked about with watch_done(). Python answers a call with finish() (and streams with write()) from any
+// given to start(), as dispatch(calls, ended, infers): `ended` lists the calls that ended
+// (finished or cancelled) since, of those Python asked about with watch_done(); `infers`
+// holds the infer lane's groups (below). Python answers a call with finish() (and streams with write()) from any
 // thread; those start gRPC operations and return without waiting for the network.
+//
+// The infer lane (enable_infer_lane): plain ModelInfer calls (infer_wire.h) skip Python's
+// per-call path. The dispatcher reads them here, groups those of one model, version, peer
+// and input layout, and passes each group to Python as one entry of dispatch's third
+// argument, every tensor a view of the message it came in; finish_infers answers all the
+// calls one batch ran in one call. Python still decides everything (routing, checks,
+// batching, errors), once per group instead of once per call.
 
 #include <absl/synchronization/mutex.h>
 #include <grpcpp/generic/async_generic_service.h>
@@ -36,8 +44,11 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
+
+#include "infer_wire.h"
 
 namespace py = pybind11;
 
@@ -98,6 +109,21 @@ grpc::ByteBuffer to_buffer(const py::bytes& data) {
   return grpc::ByteBuffer(&slice, 1);
 }
 
+// The message in one contiguous string (gRPC holds it as a list of slices).
+bool to_string(grpc::ByteBuffer* buffer, std::string* out) {
+  std::vector<grpc::Slice> slices;
+  if (!buffer->Dump(&slices).ok()) return false;
+  size_t total = 0;
+  for (const auto& slice : slices) total += slice.size();
+  out->resize(total);
+  char* cursor = out->data();
+  for (const auto& slice : slices) {
+    std::memcpy(cursor, slice.begin(), slice.size());
+    cursor += slice.size();
+  }
+  return true;
+}
+
 py::bytes to_bytes(grpc::ByteBuffer* buffer) {
   // One contiguous copy: the request parsers in Python read one buffer.
   std::vector<grpc::Slice> slices;
@@ -120,10 +146,84 @@ struct Received {
   uint64_t id;
   std::string method;
   grpc::ByteBuffer request;
+  std::optional<std::string> message;  // the request made contiguous already (infer lane)
   std::vector<std::pair<std::string, std::string>> metadata;
   std::optional<std::string> peer;
   std::optional<double> time_left_s;
 };
+
+// The bytes of a received message, handed to Python as a read-only buffer: the infer lane's
+// tensors are read in place, as numpy views that keep this alive.
+struct Payload {
+  std::string bytes;
+};
+
+// A call taken by the infer lane: its message, and the plain request read from it.
+struct LaneCall {
+  Received received;
+  std::unique_ptr<Payload> message = std::make_unique<Payload>();
+  infer_wire::Request request;  // views into `message`
+};
+
+// One output given to finish_infers, read in place from a C-contiguous Python buffer.
+struct OutputColumn {
+  OutputColumn(std::string name_, std::string datatype_, std::vector<int64_t> inner_,
+               const py::handle& buffer)
+      : name(std::move(name_)), datatype(std::move(datatype_)), inner(std::move(inner_)) {
+    row_bytes = infer_wire::element_size(datatype);
+    if (row_bytes == 0) {
+      throw std::invalid_argument("finish_infers: datatype " + datatype + " has no fixed size");
+    }
+    for (int64_t dim : inner) {
+      if (dim < 0) throw std::invalid_argument("finish_infers: negative dimension");
+      row_bytes *= static_cast<size_t>(dim);
+    }
+    if (PyObject_GetBuffer(buffer.ptr(), &view, PyBUF_C_CONTIGUOUS) != 0) {
+      throw py::error_already_set();
+    }
+    held = true;
+  }
+  OutputColumn(const OutputColumn&) = delete;
+  OutputColumn& operator=(const OutputColumn&) = delete;
+  ~OutputColumn() {
+    if (held) PyBuffer_Release(&view);  // finish_infers holds the GIL again by then
+  }
+
+  const char* data() const { return static_cast<const char*>(view.buf); }
+  size_t bytes() const { return static_cast<size_t>(view.len); }
+
+  std::string name;
+  std::string datatype;
+  std::vector<int64_t> inner;
+  size_t row_bytes = 0;
+  Py_buffer view{};
+  bool held = false;
+};
+
+// Which lane calls may share a group: same model, version, peer, input names, datatypes and
+// shapes, and outputs asked for. Each part is length-prefixed, so none can pass for another.
+std::string lane_key(const LaneCall& call) {
+  std::string key;
+  auto part = [&key](std::string_view text) {
+    key += std::to_string(text.size());
+    key += ':';
+    key.append(text.data(), text.size());
+  };
+  const infer_wire::Request& request = call.request;
+  part(request.model_name);
+  part(request.model_version);
+  part(call.received.peer ? "+" + *call.received.peer : "-");
+  for (const auto& input : request.inputs) {
+    part(input.name);
+    part(input.datatype);
+    for (int64_t dim : input.shape) part(std::to_string(dim));
+    part("|");
+  }
+  for (const auto& output : request.outputs) part(output);
+  return key;
+}
+
+py::bytes view_bytes(std::string_view text) { return py::bytes(text.data(), text.size()); }
 
 class Frontend {
  public:
@@ -207,6 +307,80 @@ class Frontend {
     call->outbox.push_back(std::move(buffer));
     pump(call);
     return true;
+  }
+
+  // Take the plain ModelInfer calls of `method` through the infer lane (see the top of this
+  // file), except those to `excluded_models`. Before start().
+  void enable_infer_lane(const std::string& method,
+                         const std::vector<std::string>& excluded_models) {
+    if (started_) throw std::runtime_error("enable_infer_lane comes before start()");
+    infer_method_ = method;
+    infer_excluded_ = {excluded_models.begin(), excluded_models.end()};
+  }
+
+  // Answer infer-lane calls from one run: `outputs` holds (name, datatype, inner shape,
+  // buffer) per output, each buffer C-contiguous with the rows of every call in turn; call i
+  // gets the next rows[i] of them. Returns how many calls were still open to answer.
+  size_t finish_infers(const std::vector<uint64_t>& call_ids,
+                       const std::vector<std::string>& request_ids,
+                       const std::vector<int64_t>& rows, const std::string& model_name,
+                       const std::string& model_version, const py::list& outputs) {
+    if (request_ids.size() != call_ids.size() || rows.size() != call_ids.size()) {
+      throw std::invalid_argument("finish_infers: call_ids, request_ids and rows differ in length");
+    }
+    size_t total_rows = 0;
+    for (int64_t count : rows) {
+      if (count < 0) throw std::invalid_argument("finish_infers: negative rows");
+      total_rows += static_cast<size_t>(count);
+    }
+    std::vector<std::unique_ptr<OutputColumn>> columns;
+    for (const auto& item : outputs) {
+      auto entry = item.cast<py::tuple>();
+      if (entry.size() != 4) {
+        throw std::invalid_argument("finish_infers: outputs are (name, datatype, inner shape, buffer)");
+      }
+      columns.push_back(std::make_unique<OutputColumn>(
+          entry[0].cast<std::string>(), entry[1].cast<std::string>(),
+          entry[2].cast<std::vector<int64_t>>(), entry[3]));
+      const OutputColumn& column = *columns.back();
+      if (column.row_bytes * total_rows != column.bytes()) {
+        throw std::invalid_argument("finish_infers: output " + column.name + " holds " +
+                                    std::to_string(column.bytes()) + " bytes, not " +
+                                    std::to_string(total_rows) + " rows of " +
+                                    std::to_string(column.row_bytes));
+      }
+    }
+    size_t answered = 0;
+    py::gil_scoped_release release;
+    std::vector<grpc::ByteBuffer> answers(call_ids.size());
+    std::vector<infer_wire::Output> parts(columns.size());
+    std::vector<size_t> offsets(columns.size(), 0);
+    for (size_t i = 0; i < call_ids.size(); ++i) {
+      for (size_t j = 0; j < columns.size(); ++j) {
+        const OutputColumn& column = *columns[j];
+        size_t size = column.row_bytes * static_cast<size_t>(rows[i]);
+        parts[j].name = column.name;
+        parts[j].datatype = column.datatype;
+        parts[j].shape.assign(1, rows[i]);
+        parts[j].shape.insert(parts[j].shape.end(), column.inner.begin(), column.inner.end());
+        parts[j].raw = std::string_view(column.data() + offsets[j], size);
+        offsets[j] += size;
+      }
+      infer_wire::Response response(model_name, model_version, request_ids[i], parts);
+      grpc::Slice slice(response.size());
+      response.write(reinterpret_cast<char*>(const_cast<uint8_t*>(slice.begin())));
+      answers[i] = grpc::ByteBuffer(&slice, 1);
+    }
+    std::lock_guard<std::mutex> lock(calls_mutex_);
+    for (size_t i = 0; i < call_ids.size(); ++i) {
+      Call* call = find(call_ids[i]);
+      if (call == nullptr || call->final_status) continue;
+      call->outbox.push_back(std::move(answers[i]));
+      call->final_status = grpc::Status::OK;
+      pump(call);
+      ++answered;
+    }
+    return answered;
   }
 
   // Report the call's end (finished or cancelled) to the dispatch callable's `ended` list;
@@ -428,6 +602,7 @@ class Frontend {
   void dispatch_loop() {
     std::vector<Received> group;
     std::vector<uint64_t> ended;
+    std::vector<std::unique_ptr<LaneCall>> lane;
     while (true) {
       {
         std::unique_lock<std::mutex> lock(received_mutex_);
@@ -439,6 +614,7 @@ class Frontend {
         received_.clear();
         ended.swap(ended_);
       }
+      take_lane_calls(&group, &lane);
       py::gil_scoped_acquire acquire;
       try {
         py::list calls;
@@ -450,19 +626,98 @@ class Frontend {
           for (const auto& [key, value] : item.metadata) {
             metadata.append(py::make_tuple(py::str(key), py::bytes(value)));
           }
-          calls.append(py::make_tuple(item.id, py::str(item.method),
-                                      to_bytes(&item.request), metadata, peer, left));
+          py::bytes payload = item.message ? py::bytes(*item.message) : to_bytes(&item.request);
+          calls.append(py::make_tuple(item.id, py::str(item.method), payload, metadata, peer,
+                                      left));
         }
         group.clear();
+        py::list infers = lane_groups(lane);
+        lane.clear();
         py::list ended_ids;
         for (uint64_t id : ended) ended_ids.append(id);
         ended.clear();
-        dispatch_(calls, ended_ids);
+        dispatch_(calls, ended_ids, infers);
       } catch (py::error_already_set& error) {
         // The dispatcher answers its own failures; one that escapes must not end the thread.
         error.discard_as_unraisable("edgecut.cloud._frontend dispatch");
       }
+      group.clear();
+      lane.clear();
     }
+  }
+
+  // Move the plain ModelInfer calls of `group` to `lane`, read; the others stay. Runs
+  // without the GIL.
+  void take_lane_calls(std::vector<Received>* group,
+                       std::vector<std::unique_ptr<LaneCall>>* lane) {
+    if (infer_method_.empty()) return;
+    size_t kept = 0;
+    for (auto& item : *group) {
+      if (item.method == infer_method_) {
+        auto call = std::make_unique<LaneCall>();
+        if (to_string(&item.request, &call->message->bytes)) {
+          if (infer_wire::parse_plain_infer(call->message->bytes, &call->request) &&
+              !infer_excluded_.count(std::string(call->request.model_name))) {
+            call->received = std::move(item);
+            lane->push_back(std::move(call));
+            continue;
+          }
+          item.message = std::move(call->message->bytes);  // Python's full path reads it
+        }
+      }
+      if (&(*group)[kept] != &item) (*group)[kept] = std::move(item);
+      ++kept;
+    }
+    group->resize(kept);
+  }
+
+  // The lane calls as Python receives them: one tuple per group of calls that can share a
+  // run (lane_key), in the order of each group's first call:
+  // (model name, model version, peer or None, [(input name, datatype, shape)],
+  //  [output names asked for], [(call id, request id, seconds left or None, message,
+  //  (offset of each input's tensor in message))]). Names and ids are bytes; each message
+  //  is a read-only buffer.
+  py::list lane_groups(std::vector<std::unique_ptr<LaneCall>>& lane) {
+    py::list out;
+    if (lane.empty()) return out;
+    std::vector<std::vector<LaneCall*>> groups;
+    std::unordered_map<std::string, size_t> index;
+    for (auto& call : lane) {
+      auto [it, fresh] = index.try_emplace(lane_key(*call), groups.size());
+      if (fresh) groups.emplace_back();
+      groups[it->second].push_back(call.get());
+    }
+    for (const auto& members : groups) {
+      const LaneCall& first = *members.front();
+      const infer_wire::Request& request = first.request;
+      py::list inputs, outputs, calls;
+      for (const auto& input : request.inputs) {
+        py::tuple shape(input.shape.size());
+        for (size_t d = 0; d < input.shape.size(); ++d) shape[d] = py::int_(input.shape[d]);
+        inputs.append(py::make_tuple(view_bytes(input.name), view_bytes(input.datatype), shape));
+      }
+      for (const auto& name : request.outputs) outputs.append(view_bytes(name));
+      for (LaneCall* call : members) {
+        const Received& received = call->received;
+        py::object left = received.time_left_s ? py::object(py::float_(*received.time_left_s))
+                                               : py::none();
+        const char* start = call->message->bytes.data();
+        py::tuple offsets(call->request.inputs.size());
+        for (size_t j = 0; j < call->request.inputs.size(); ++j) {
+          offsets[j] = py::int_(call->request.inputs[j].raw.data() - start);
+        }
+        py::bytes id = view_bytes(call->request.id);
+        py::object message = py::cast(call->message.release(),
+                                      py::return_value_policy::take_ownership);
+        calls.append(py::make_tuple(received.id, id, left, message, offsets));
+      }
+      py::object peer = first.received.peer ? py::object(py::str(*first.received.peer))
+                                            : py::none();
+      out.append(py::make_tuple(view_bytes(request.model_name),
+                                view_bytes(request.model_version), peer, inputs, outputs,
+                                calls));
+    }
+    return out;
   }
 
   int port_ = 0;
@@ -476,6 +731,8 @@ class Frontend {
   std::thread poller_;
   std::thread dispatcher_;
   py::object dispatch_;
+  std::string infer_method_;  // "" : no infer lane
+  std::unordered_set<std::string> infer_excluded_;
   uint64_t next_id_ = 1;  // only the poller thread (and start()) take ids
 
   std::mutex calls_mutex_;
@@ -497,6 +754,12 @@ PYBIND11_MODULE(_frontend, module) {
   // CPU under load with 1.5 % in Abseil's mutexes in all (perf, small CNN, 32 clients).
   // A release build of Abseil ignores cycles; so does this process from here on.
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  py::class_<Payload>(module, "Payload", py::buffer_protocol())
+      .def_buffer([](Payload& payload) {
+        return py::buffer_info(payload.bytes.data(), 1, py::format_descriptor<uint8_t>::format(),
+                               1, {static_cast<py::ssize_t>(payload.bytes.size())}, {1},
+                               /*readonly=*/true);
+      });
   py::class_<Frontend>(module, "Frontend")
       .def(py::init<const std::string&, std::optional<std::string>, bool, bool, int, int, int,
                     int>(),
@@ -510,6 +773,11 @@ PYBIND11_MODULE(_frontend, module) {
            py::arg("payload") = py::none(),
            py::arg("trailing") = std::vector<std::pair<std::string, std::string>>{})
       .def("write", &Frontend::write, py::arg("call_id"), py::arg("payload"))
+      .def("enable_infer_lane", &Frontend::enable_infer_lane, py::arg("method"),
+           py::arg("excluded_models") = std::vector<std::string>{})
+      .def("finish_infers", &Frontend::finish_infers, py::arg("call_ids"),
+           py::arg("request_ids"), py::arg("rows"), py::arg("model_name"),
+           py::arg("model_version"), py::arg("outputs"))
       .def("cancelled", &Frontend::cancelled, py::arg("call_id"))
       .def("watch_done", &Frontend::watch_done, py::arg("call_id"))
       .def("open_calls", &Frontend::open_calls)
