@@ -281,6 +281,11 @@ class NativeServer:
         return int(self._frontend.finish_infers(call_ids, request_ids, rows, model_name,
                                                 model_version, outputs))
 
+    @property
+    def lane_calls(self) -> int:
+        """How many calls the infer lane has taken (0 before the port is open)."""
+        return int(self._frontend.lane_calls) if self._frontend is not None else 0
+
     def call_cancelled(self, call_id: int) -> bool:
         """Whether the call ended without an answer (its client went away)."""
         return bool(self._frontend.cancelled(call_id))

@@ -146,6 +146,12 @@ class EndpointServer:
         return "native" if isinstance(self._server, NativeServer) else "grpcio"
 
     @property
+    def lane_calls(self) -> int:
+        """ModelInfer calls the native transport's infer lane has served (its plain calls,
+        see cloud/infer_lane.py); 0 over grpcio."""
+        return self._server.lane_calls if isinstance(self._server, NativeServer) else 0
+
+    @property
     def metrics_url(self) -> str | None:
         """`http://host:port/metrics` once started with a metrics_port, else None."""
         return None if self._metrics_http is None else self._metrics_http.url

@@ -9,9 +9,9 @@
 //
 // Threads: one C++ thread drives gRPC's completion queue and never touches Python; one
 // dispatcher thread waits for received calls and passes each group to the Python callable
-// given to start(), as dispatch(calls, ended, infers): `ended` lists the calls that ended
-// (finished or cancelled) since, of those Python asked about with watch_done(); `infers`
-// holds the infer lane's groups (below). Python answers a call with finish() (and streams with write()) from any
+// given to start(), as dispatch(calls, ended[, infers]): `ended` lists the calls that ended
+// (finished or cancelled) since, of those Python asked about with watch_done(); `infers`,
+// passed once the infer lane is enabled, holds its groups (below). Python answers a call with finish() (and streams with write()) from any
 // thread; those start gRPC operations and return without waiting for the network.
 //
 // The infer lane (enable_infer_lane): plain ModelInfer calls (infer_wire.h) skip Python's
@@ -399,6 +399,9 @@ class Frontend {
     return call == nullptr || call->cancelled.load();
   }
 
+  // How many calls the infer lane has taken so far.
+  uint64_t lane_calls() const { return lane_calls_.load(); }
+
   size_t open_calls() {
     std::lock_guard<std::mutex> lock(calls_mutex_);
     return calls_.size();
@@ -636,7 +639,11 @@ class Frontend {
         py::list ended_ids;
         for (uint64_t id : ended) ended_ids.append(id);
         ended.clear();
-        dispatch_(calls, ended_ids, infers);
+        if (infer_method_.empty()) {
+          dispatch_(calls, ended_ids);  // without the lane, the two-argument form
+        } else {
+          dispatch_(calls, ended_ids, infers);
+        }
       } catch (py::error_already_set& error) {
         // The dispatcher answers its own failures; one that escapes must not end the thread.
         error.discard_as_unraisable("edgecut.cloud._frontend dispatch");
@@ -660,6 +667,7 @@ class Frontend {
               !infer_excluded_.count(std::string(call->request.model_name))) {
             call->received = std::move(item);
             lane->push_back(std::move(call));
+            ++lane_calls_;
             continue;
           }
           item.message = std::move(call->message->bytes);  // Python's full path reads it
@@ -733,6 +741,7 @@ class Frontend {
   py::object dispatch_;
   std::string infer_method_;  // "" : no infer lane
   std::unordered_set<std::string> infer_excluded_;
+  std::atomic<uint64_t> lane_calls_{0};
   uint64_t next_id_ = 1;  // only the poller thread (and start()) take ids
 
   std::mutex calls_mutex_;
@@ -781,5 +790,6 @@ PYBIND11_MODULE(_frontend, module) {
       .def("cancelled", &Frontend::cancelled, py::arg("call_id"))
       .def("watch_done", &Frontend::watch_done, py::arg("call_id"))
       .def("open_calls", &Frontend::open_calls)
+      .def_property_readonly("lane_calls", &Frontend::lane_calls)
       .def("stop", &Frontend::stop, py::arg("grace_s") = 0.0);
 }

@@ -1,0 +1,212 @@
+"""The native transport's infer lane (cloud/infer_lane.py, cloud/native/infer_wire.h): plain
+ModelInfer calls read in C++, checked once per group and answered once per batch.
+
+Each test compares the lane with the per-call path: the same requests to a grpcio endpoint
+(which has no lane) or to the unsplit model in onnxruntime must give the same answers, the
+same errors and the same statuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as triton
+
+from edgecut.cloud.batching import SchedulingPolicy
+from edgecut.cloud.native_server import available as native_available
+from edgecut.cloud.native_server import unavailable_reason
+from edgecut.cloud.server import EndpointServer, create_server
+from edgecut.protocol import grpc_service_pb2 as pb
+
+pytestmark = pytest.mark.skipif(not native_available(),
+                                reason=f"the infer lane is the native transport's: "
+                                       f"{unavailable_reason()}")
+
+WAIT_S = 30.0
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+# Long enough that concurrent requests meet in batches, short enough for a test.
+BATCHING = SchedulingPolicy(max_batch_size=8, dynamic_batching=True,
+                            max_queue_delay_us=20_000)
+
+
+def _scheduling() -> dict[str, SchedulingPolicy]:
+    return {"wide_mlp": BATCHING, "batch_cnn": BATCHING, "batch_sum": BATCHING}
+
+
+@pytest.fixture(scope="module")
+def servers(ops_repo: Path) -> Iterator[dict[str, EndpointServer]]:
+    """The same repository behind each transport, plaintext: these tests are about the
+    messages (TLS under the lane is the tritonclient test's)."""
+    running = {frontend: create_server(ops_repo, workers=8, frontend=frontend,
+                                       scheduling=_scheduling())
+               for frontend in ("native", "grpcio")}
+    for server in running.values():
+        server.start()
+    yield running
+    for server in running.values():
+        server.stop(grace_s=1.0)
+
+
+@pytest.fixture(scope="module")
+def ops_reference(ops_repo: Path) -> Callable[[str, dict[str, np.ndarray]], list[np.ndarray]]:
+    sessions: dict[str, ort.InferenceSession] = {}
+
+    def run(model: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if model not in sessions:
+            sessions[model] = ort.InferenceSession(str(ops_repo / model / "1" / "model.onnx"),
+                                                   providers=["CPUExecutionProvider"])
+        return list(sessions[model].run(None, feeds))
+
+    return run
+
+
+def _call(server: EndpointServer, message: bytes) -> tuple[grpc.StatusCode, Any]:
+    """(status, parsed response or details) of one ModelInfer carrying `message` as is."""
+    with grpc.insecure_channel(server.address) as channel:
+        infer = channel.unary_unary(INFER)
+        try:
+            return grpc.StatusCode.OK, pb.ModelInferResponse.FromString(
+                infer(message, timeout=WAIT_S))
+        except grpc.RpcError as error:
+            return error.code(), error.details()  # type: ignore[attr-defined]
+
+
+def _request(model: str, x: np.ndarray, *, name: str = "x", datatype: str = "FP32",
+             outputs: tuple[str, ...] = (), request_id: str = "") -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model, id=request_id)
+    request.inputs.add(name=name, datatype=datatype, shape=list(x.shape))
+    for output in outputs:
+        request.outputs.add(name=output)
+    request.raw_input_contents.append(x.tobytes())
+    return request
+
+
+def test_concurrent_plain_calls_take_the_lane_and_each_gets_its_own_rows(
+        ops_repo: Path, fleet: Any,
+        ops_reference: Callable[[str, dict[str, np.ndarray]], list[np.ndarray]]) -> None:
+    """tritonclient over TLS, 24 calls at once of 1 or 2 rows each: every call goes through
+    the lane, they run in shared batches, and each answer is its own rows of the unbatched
+    model's, outputs in the order asked for."""
+    server = create_server(ops_repo, tls_dir=fleet.directory, workers=8, frontend="native",
+                           scheduling=_scheduling())
+    rng = np.random.default_rng(5)
+    xs = [rng.normal(size=(1 + i % 2, 3, 16, 16)).astype(np.float32) for i in range(24)]
+
+    def one(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        client = triton.InferenceServerClient(server.address, ssl=True,
+                                              root_certificates=str(fleet.ca))
+        try:
+            tensor = triton.InferInput("x", list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x)
+            wanted = [triton.InferRequestedOutput("pooled"), triton.InferRequestedOutput("y")]
+            result = client.infer("batch_cnn", [tensor], outputs=wanted,
+                                  client_timeout=WAIT_S)
+            return result.as_numpy("pooled"), result.as_numpy("y")
+        finally:
+            client.close()
+
+    with server, ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(one, xs))
+        lane_calls = server.lane_calls
+        (queue,) = [q for q in server.statistics().queues if q.model == "batch_cnn"]
+    assert lane_calls == len(xs)
+    assert queue.rows == sum(len(x) for x in xs) and queue.batches < len(xs)
+    for x, (pooled, y) in zip(xs, answers, strict=True):
+        want_y, want_pooled = ops_reference("batch_cnn", {"x": x})
+        np.testing.assert_allclose(pooled, want_pooled, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
+
+
+def test_a_lane_answer_is_the_per_call_answer(servers: dict[str, EndpointServer]) -> None:
+    x = np.random.default_rng(1).normal(size=(2, 256)).astype(np.float32)
+    message = _request("wide_mlp", x, request_id="req-7").SerializeToString()
+    before = servers["native"].lane_calls
+    answers = {frontend: _call(server, message) for frontend, server in servers.items()}
+    assert servers["native"].lane_calls == before + 1
+    assert answers["native"][0] == answers["grpcio"][0] == grpc.StatusCode.OK
+    assert answers["native"][1] == answers["grpcio"][1]
+    assert answers["native"][1].id == "req-7"
+
+
+@pytest.mark.parametrize("case", [
+    "unknown model", "unknown input", "wrong datatype", "wrong inner shape", "unknown output",
+    "output asked twice", "version not served",
+])
+def test_lane_errors_are_the_per_call_errors(servers: dict[str, EndpointServer],
+                                             case: str) -> None:
+    x = np.ones((1, 256), np.float32)
+    request = {
+        "unknown model": _request("no_such_model", x),
+        "unknown input": _request("wide_mlp", x, name="nope"),
+        "wrong datatype": _request("wide_mlp", x.astype(np.float64), datatype="FP64"),
+        "wrong inner shape": _request("wide_mlp", np.ones((1, 255), np.float32)),
+        "unknown output": _request("wide_mlp", x, outputs=("nope",)),
+        "output asked twice": _request("wide_mlp", x, outputs=("y", "y")),
+        "version not served": _request("wide_mlp", x),
+    }[case]
+    if case == "version not served":
+        request.model_version = "9"
+    message = request.SerializeToString()
+    before = servers["native"].lane_calls
+    native, per_call = (_call(servers[f], message) for f in ("native", "grpcio"))
+    assert servers["native"].lane_calls == before + 1  # the lane answered it
+    assert native[0] != grpc.StatusCode.OK
+    assert native == per_call
+
+
+def test_outputs_that_do_not_follow_the_batch_are_answered_as_computed(
+        servers: dict[str, EndpointServer]) -> None:
+    """batch_sum sums over the rows: a 2-row call's answer has one row, and 1-row calls that
+    arrive together must not share a run."""
+    xs = [np.full((2 if i == 0 else 1, 4), i + 1, np.float32) for i in range(6)]
+    messages = [_request("batch_sum", x).SerializeToString() for x in xs]
+    with ThreadPoolExecutor(len(xs)) as pool:
+        answers = list(pool.map(lambda m: _call(servers["native"], m), messages))
+    for x, (code, response) in zip(xs, answers, strict=True):
+        assert code == grpc.StatusCode.OK, response
+        total = np.frombuffer(response.raw_output_contents[0], np.float32)
+        np.testing.assert_array_equal(total.reshape(1, 4), x.sum(axis=0, keepdims=True))
+        assert list(response.outputs[0].shape) == [1, 4]
+
+
+def test_malformed_and_unusual_messages_get_the_per_call_answer(
+        servers: dict[str, EndpointServer]) -> None:
+    """Truncations of a valid message, junk, a name that is not UTF-8, tensors whose size
+    does not match their shape: the lane must neither crash nor answer them differently."""
+    x = np.arange(256, dtype=np.float32).reshape(1, 256)
+    good = _request("wide_mlp", x).SerializeToString()
+    mismatched = _request("wide_mlp", x)
+    mismatched.inputs[0].shape[:] = [2, 256]
+    bad_name = good.replace(b"wide_mlp", b"wide\xffmlp")
+    rng = np.random.default_rng(3)
+    messages = [good[:n] for n in (1, 5, 12, 40, len(good) - 1)]
+    messages += [bytes(rng.integers(0, 256, size=n, dtype=np.uint8)) for n in (3, 64, 4096)]
+    messages += [bad_name, mismatched.SerializeToString(), b""]
+    for message in messages:
+        native, per_call = (_call(servers[f], message) for f in ("native", "grpcio"))
+        assert native[0] == per_call[0], message[:64]
+    # Still serving, through the lane.
+    before = servers["native"].lane_calls
+    assert _call(servers["native"], good)[0] == grpc.StatusCode.OK
+    assert servers["native"].lane_calls == before + 1
+
+
+def test_calls_with_parameters_take_the_per_call_path(
+        servers: dict[str, EndpointServer]) -> None:
+    """A codec parameter (edgecut's device client sends them) is no plain call."""
+    x = np.ones((1, 256), np.float32)
+    request = _request("wide_mlp", x)
+    request.outputs.add(name="y").parameters["edgecut_codec"].string_param = "zstd"
+    before = servers["native"].lane_calls
+    native, per_call = (_call(servers[f], request.SerializeToString())
+                        for f in ("native", "grpcio"))
+    assert servers["native"].lane_calls == before
+    assert native[0] == per_call[0] == grpc.StatusCode.OK
+    assert native[1].outputs[0].parameters["edgecut_codec"].string_param == "zstd"
