@@ -154,14 +154,14 @@ class VersionTraffic:
                 entry[1] += elapsed
 
     def request_succeeded(self, *, request_s: float, queue_s: float = 0.0,
-                          compute_s: float = 0.0) -> None:
-        """One request answered: `request_s` in the endpoint, of which `queue_s` waiting for
-        its run and `compute_s` in it (the whole run's time, even when shared)."""
+                          compute_s: float = 0.0, count: int = 1) -> None:
+        """`count` requests answered, each `request_s` in the endpoint, of which `queue_s`
+        waiting for its run and `compute_s` in it (the whole run's time, even when shared)."""
         with self._lock:
-            self._successes += 1
-            self._success_ns += _ns(request_s)
-            self._queue_ns += _ns(queue_s)
-            self._compute_ns += _ns(compute_s)
+            self._successes += count
+            self._success_ns += _ns(request_s) * count
+            self._queue_ns += _ns(queue_s) * count
+            self._compute_ns += _ns(compute_s) * count
             self._last_ms = max(self._last_ms, time.time_ns() // 1_000_000)
 
     def request_failed(self, *, request_s: float) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -27,16 +27,15 @@ from edgecut.protocol.tensors import expected_nbytes
 _NO_PARAMETERS: Mapping[str, Any] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class LaneCall:
+class LaneCall(NamedTuple):
     """One call of a group: the frontend's id for it, the request's `id` field (as sent), the
     seconds its deadline left when it arrived (None: no deadline), and its message (a
-    read-only buffer) with the offset of each input's tensor in it."""
+    read-only buffer) with the offset of each input's tensor in it. A tuple: made per call."""
 
     call_id: int
     request_id: bytes
     time_left_s: float | None
-    message: Any = field(repr=False)
+    message: Any
     offsets: tuple[int, ...]
 
 
@@ -111,7 +110,7 @@ class LaneGroup:
                 datatypes=tuple(d.decode() for _, d, _ in inputs),
                 shapes=tuple(shape for _, _, shape in inputs),
                 output_names=tuple(o.decode() for o in outputs),
-                calls=[LaneCall(*call) for call in calls],
+                calls=list(map(LaneCall._make, calls)),
             )
         except UnicodeDecodeError as exc:
             raise ProtocolError(f"request is not a valid ModelInferRequest: a name is not "

@@ -159,15 +159,16 @@ class LoadedModel:
         return self.traffic.snapshot()
 
     def request_succeeded(self, *, request_s: float, queue_s: float = 0.0,
-                          compute_s: float = 0.0) -> None:
-        """Count one answered request: `request_s` in the endpoint, of which `queue_s` waiting
+                          compute_s: float = 0.0, count: int = 1) -> None:
+        """Count answered requests: `request_s` in the endpoint, of which `queue_s` waiting
         for its run and `compute_s` in that run (all of it, even when other requests shared it).
 
-        Call it once per request, not per run: a batch of four requests is four calls.
+        Counted per request, not per run: a batch of four requests is four (`count` counts
+        requests with the same times at once).
         """
         if self.traffic is not None:
             self.traffic.request_succeeded(request_s=request_s, queue_s=queue_s,
-                                           compute_s=compute_s)
+                                           compute_s=compute_s, count=count)
 
     def request_failed(self, *, request_s: float) -> None:
         """Count one request that failed after it was routed to this version."""

@@ -54,6 +54,11 @@ class RequestLog:
         if self._level is not None and not isinstance(self._level, int):
             raise ValueError(f"request_log_level must be a logging level, got {level!r}")
 
+    @property
+    def enabled(self) -> bool:
+        """Whether successful calls are logged (callers skip building their fields if not)."""
+        return self._level is not None and self._logger.isEnabledFor(self._level)
+
     def log(self, **fields: Any) -> None:
         """Log one call; `status` other than "OK" raises the level by one step."""
         if self._level is None:

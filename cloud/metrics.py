@@ -146,37 +146,38 @@ class EndpointMetrics:
         if pending_source is not None:
             r.register(_PendingCollector(pending_source))
 
-    def record_rpc(self, *, rpc: str, code: str, device: str | None) -> None:
+    def record_rpc(self, *, rpc: str, code: str, device: str | None, count: int = 1) -> None:
         child = self._rpc_children.get((rpc, code))
         if child is None:  # rpc and code come from a fixed set: the dict stays small
             child = self._rpc_children.setdefault((rpc, code), self._rpc.labels(rpc, code))
-        child.inc()
+        child.inc(count)
         if device is not None:
-            self._device.labels(device).inc()
+            self._device.labels(device).inc(count)
 
     def record_infer(self, *, model: str, version: int, code: str, request_s: float = 0.0,
                      queue_s: float = 0.0, compute_s: float = 0.0, raw_bytes_in: int = 0,
                      wire_bytes_in: int = 0, raw_bytes_out: int = 0,
-                     wire_bytes_out: int = 0) -> None:
-        """One ModelInfer call that reached `model` (OK or not)."""
+                     wire_bytes_out: int = 0, count: int = 1) -> None:
+        """One ModelInfer call that reached `model` (OK or not), or `count` alike."""
         if code != "OK":
-            self._failure.labels(model, str(version), code).inc()
+            self._failure.labels(model, str(version), code).inc(count)
             return
         series = self._series(model, version)
-        series.success.inc()
-        series.queue.observe(queue_s)
-        series.compute.observe(compute_s)
-        series.request.observe(request_s)
-        series.raw_in.inc(raw_bytes_in)
-        series.wire_in.inc(wire_bytes_in)
-        series.raw_out.inc(raw_bytes_out)
-        series.wire_out.inc(wire_bytes_out)
+        series.success.inc(count)
+        for _ in range(count):  # a histogram takes its values one by one
+            series.queue.observe(queue_s)
+            series.compute.observe(compute_s)
+            series.request.observe(request_s)
+        series.raw_in.inc(raw_bytes_in * count)
+        series.wire_in.inc(wire_bytes_in * count)
+        series.raw_out.inc(raw_bytes_out * count)
+        series.wire_out.inc(wire_bytes_out * count)
         with self._lock:
             totals = series.totals
-            totals[0] += raw_bytes_in
-            totals[1] += wire_bytes_in
-            totals[2] += raw_bytes_out
-            totals[3] += wire_bytes_out
+            totals[0] += raw_bytes_in * count
+            totals[1] += wire_bytes_in * count
+            totals[2] += raw_bytes_out * count
+            totals[3] += wire_bytes_out * count
             if totals[1]:
                 series.ratio_in.set(totals[0] / totals[1])
             if totals[3]:

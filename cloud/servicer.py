@@ -320,12 +320,13 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             return
         ticket = LaneTicket(self._lane_answer, server, group, model, outputs, started)
         slots = [LaneSlot(ticket, i) for i, _ in ready]
+        calls = group.calls
         try:
             queued, refused = scheduler.submit_many(
                 [inputs for _, inputs in ready], [o.name for o in outputs], slots,
-                timeouts_s=[slot.call.time_left_s for slot in slots],
-                cancelled=[functools.partial(server.call_cancelled, slot.call.call_id)
-                           for slot in slots])
+                timeouts_s=[calls[i].time_left_s for i, _ in ready],
+                cancelled=[functools.partial(server.call_cancelled, calls[i].call_id)
+                           for i, _ in ready])
         except Exception as exc:
             queued, refused = 0, exc
         if refused is not None:
@@ -402,16 +403,16 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             columns.append((output.name, datatype, inner,
                             np.ascontiguousarray(joined, dtype=dtype_of(datatype))))
         # Counted before the answers go, as infer_later counts: a client that has its answer
-        # finds its call in the statistics.
+        # finds its call in the statistics. The calls of a ticket were queued together, so
+        # one batch gave them the same times.
         in_bytes = group.call_bytes
         out_bytes = sum(column[3].nbytes for column in columns) // len(calls)
-        for slot, call in zip(slots, calls, strict=True):
-            result = slot.outcome
-            self._observe_infer(model, LaneOutcome(
-                raw_bytes_in=in_bytes, wire_bytes_in=in_bytes, raw_bytes_out=out_bytes,
-                wire_bytes_out=out_bytes, queue_s=result.queue_s, compute_s=result.compute_s,
-                batch_rows=result.batch_rows,
-            ), device=group.peer, started=ticket.started, request_id=_text(call.request_id))
+        result = slots[0].outcome
+        self._observe_lane(model, LaneOutcome(
+            raw_bytes_in=in_bytes, wire_bytes_in=in_bytes, raw_bytes_out=out_bytes,
+            wire_bytes_out=out_bytes, queue_s=result.queue_s, compute_s=result.compute_s,
+            batch_rows=result.batch_rows,
+        ), device=group.peer, started=ticket.started, calls=calls)
         server.finish_infers([c.call_id for c in calls], [c.request_id for c in calls],
                              [group.rows] * len(calls), model.name, str(model.version), columns)
 
@@ -494,6 +495,38 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             wire_bytes_in=outcome.wire_bytes_in, wire_bytes_out=outcome.wire_bytes_out,
             id=request_id or None,
         )
+
+    def _observe_lane(self, model: LoadedModel, outcome: LaneOutcome, *, device: str | None,
+                      started: float, calls: Sequence[LaneCall]) -> None:
+        """_observe_infer for lane calls that one run answered alike, counted at once."""
+        request_s, count = time.perf_counter() - started, len(calls)
+        model.request_succeeded(request_s=request_s, queue_s=outcome.queue_s,
+                                compute_s=outcome.compute_s, count=count)
+        traffic = Traffic(
+            raw_bytes_in=outcome.raw_bytes_in, wire_bytes_in=outcome.wire_bytes_in,
+            raw_bytes_out=outcome.raw_bytes_out, wire_bytes_out=outcome.wire_bytes_out,
+            compute_s=outcome.compute_s,
+        )
+        self._recorder.record(rpc="ModelInfer", code="OK", device=device, model=model.name,
+                              traffic=traffic, count=count)
+        if self._metrics is not None:
+            self._metrics.record_rpc(rpc="ModelInfer", code="OK", device=device, count=count)
+            self._metrics.record_infer(
+                model=model.name, version=model.version, code="OK", request_s=request_s,
+                queue_s=outcome.queue_s, compute_s=outcome.compute_s,
+                raw_bytes_in=outcome.raw_bytes_in, wire_bytes_in=outcome.wire_bytes_in,
+                raw_bytes_out=outcome.raw_bytes_out, wire_bytes_out=outcome.wire_bytes_out,
+                count=count,
+            )
+        if self._request_log.enabled:
+            for call in calls:
+                self._request_log.log(
+                    model=model.name, version=model.version, device=device, status="OK",
+                    queue_ms=outcome.queue_s * 1e3, compute_ms=outcome.compute_s * 1e3,
+                    request_ms=request_s * 1e3, batch_rows=outcome.batch_rows,
+                    wire_bytes_in=outcome.wire_bytes_in, wire_bytes_out=outcome.wire_bytes_out,
+                    id=_text(call.request_id) or None,
+                )
 
     def _answer(self, rpc: str, context: grpc.ServicerContext,
                 response: _Response) -> _Response:

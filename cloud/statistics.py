@@ -92,37 +92,39 @@ class StatisticsRecorder:
         self._models: dict[str, list[float]] = {}  # as ModelTrafficStatistics' fields
 
     def record(self, *, rpc: str, code: str, device: str | None = None,
-               model: str | None = None, traffic: Traffic | None = None) -> None:
-        """Count one call. `model` is given only once the name resolved to a loaded model,
-        so that a caller inventing names cannot grow the table."""
+               model: str | None = None, traffic: Traffic | None = None,
+               count: int = 1) -> None:
+        """Count one call, or `count` alike (each with `traffic`). `model` is given only once
+        the name resolved to a loaded model, so that a caller inventing names cannot grow
+        the table."""
         failed = code != "OK"
         with self._lock:
-            self._requests += 1
+            self._requests += count
             if rpc == "ModelInfer":
-                self._infer_requests += 1
+                self._infer_requests += count
             if failed:
-                self._failures[code] = self._failures.get(code, 0) + 1
+                self._failures[code] = self._failures.get(code, 0) + count
             if device is not None:
-                self._by_device[device] = self._by_device.get(device, 0) + 1
+                self._by_device[device] = self._by_device.get(device, 0) + count
             if traffic is not None:
                 sums = self._traffic
-                sums[0] += traffic.raw_bytes_in
-                sums[1] += traffic.wire_bytes_in
-                sums[2] += traffic.raw_bytes_out
-                sums[3] += traffic.wire_bytes_out
-                sums[4] += traffic.compute_s
+                sums[0] += traffic.raw_bytes_in * count
+                sums[1] += traffic.wire_bytes_in * count
+                sums[2] += traffic.raw_bytes_out * count
+                sums[3] += traffic.wire_bytes_out * count
+                sums[4] += traffic.compute_s * count
             if model is not None and rpc == "ModelInfer":
                 counts = self._models.get(model)
                 if counts is None:
                     counts = self._models[model] = [0, 0, 0, 0, 0, 0, 0.0]
-                counts[0] += 1
-                counts[1] += failed
+                counts[0] += count
+                counts[1] += failed * count
                 if traffic is not None:
-                    counts[2] += traffic.raw_bytes_in
-                    counts[3] += traffic.wire_bytes_in
-                    counts[4] += traffic.raw_bytes_out
-                    counts[5] += traffic.wire_bytes_out
-                    counts[6] += traffic.compute_s
+                    counts[2] += traffic.raw_bytes_in * count
+                    counts[3] += traffic.wire_bytes_in * count
+                    counts[4] += traffic.raw_bytes_out * count
+                    counts[5] += traffic.wire_bytes_out * count
+                    counts[6] += traffic.compute_s * count
 
     def snapshot(self, repository: RepositoryStatistics | None = None,
                  queues: tuple[SchedulerStatistics, ...] = ()) -> EndpointStatistics:

@@ -30,6 +30,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <pthread.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -278,6 +280,9 @@ class Frontend {
     py::gil_scoped_release release;
     poller_ = std::thread([this] { poll(); });
     dispatcher_ = std::thread([this] { dispatch_loop(); });
+    // Named for top -H and perf: which thread is the transport's, which hands calls over.
+    pthread_setname_np(poller_.native_handle(), "edgecut-grpc-cq");
+    pthread_setname_np(dispatcher_.native_handle(), "edgecut-handoff");  // 15 chars at most
   }
 
   // Answer call `id`: send what write() queued, then `payload` if given, then the status.
@@ -603,6 +608,10 @@ class Frontend {
   }
 
   void dispatch_loop() {
+    // One Python thread state for the thread's whole life: pybind11's gil_scoped_acquire
+    // would make and free one per group, with its frame stack (an mmap and a munmap each).
+    PyGILState_STATE gil = PyGILState_Ensure();
+    PyThreadState* state = PyEval_SaveThread();
     std::vector<Received> group;
     std::vector<uint64_t> ended;
     std::vector<std::unique_ptr<LaneCall>> lane;
@@ -611,14 +620,14 @@ class Frontend {
         std::unique_lock<std::mutex> lock(received_mutex_);
         received_ready_.wait(
             lock, [this] { return closing_ || !received_.empty() || !ended_.empty(); });
-        if (received_.empty() && ended_.empty()) return;  // closing, nothing left to pass on
+        if (received_.empty() && ended_.empty()) break;  // closing, nothing left to pass on
         group.assign(std::make_move_iterator(received_.begin()),
                      std::make_move_iterator(received_.end()));
         received_.clear();
         ended.swap(ended_);
       }
       take_lane_calls(&group, &lane);
-      py::gil_scoped_acquire acquire;
+      PyEval_RestoreThread(state);
       try {
         py::list calls;
         for (auto& item : group) {
@@ -650,7 +659,10 @@ class Frontend {
       }
       group.clear();
       lane.clear();
+      state = PyEval_SaveThread();
     }
+    PyEval_RestoreThread(state);
+    PyGILState_Release(gil);
   }
 
   // Move the plain ModelInfer calls of `group` to `lane`, read; the others stay. Runs
