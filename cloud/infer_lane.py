@@ -120,6 +120,11 @@ class LaneGroup:
         return group
 
     @property
+    def layout(self) -> tuple[Any, ...]:
+        """What inference.prepare's checks of a plain call depend on, besides the model."""
+        return (self.input_names, self.datatypes, self.shapes, self.output_names)
+
+    @property
     def rows(self) -> int:
         """Each call's rows: its inputs' first dimension (frontend.cc checks they agree)."""
         return self.shapes[0][0]
@@ -152,14 +157,42 @@ class LaneGroup:
                                      zip(call.offsets, self.sizes, strict=True)),
         )
 
-    def inputs_like(self, index: int, checked: Mapping[str, np.ndarray]
-                    ) -> dict[str, np.ndarray]:
-        """Call `index`'s inputs, read in place as `checked` (another call's, decoded by
-        inference.prepare) was read: same names, dtypes and shapes."""
+    def inputs_as(self, index: int, dtypes: Sequence[np.dtype]) -> dict[str, np.ndarray]:
+        """Call `index`'s inputs, read in place as arrays of `dtypes` (those inference.prepare
+        decoded a call of this layout to)."""
         call = self.calls[index]
-        return {name: np.frombuffer(call.message, dtype=array.dtype, count=array.size,
-                                    offset=offset).reshape(array.shape)
-                for (name, array), offset in zip(checked.items(), call.offsets, strict=True)}
+        return {name: np.frombuffer(call.message, dtype=dtype, count=size // dtype.itemsize,
+                                    offset=offset).reshape(shape)
+                for name, dtype, shape, size, offset in
+                zip(self.input_names, dtypes, self.shapes, self.sizes, call.offsets,
+                    strict=True)}
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedLayout:
+    """What inference.prepare made of a call of one layout: the outputs it computes, and the
+    dtypes its inputs were read as. Every call of that layout gets the same."""
+
+    outputs: tuple[Any, ...]  # inference.RequestedOutput
+    dtypes: tuple[np.dtype, ...]
+
+
+# Layouts kept per model version: enough for every client's shapes, bounded against one that
+# sends a new shape each call.
+MAX_ACCEPTED_LAYOUTS = 64
+
+
+def remember_layout(layouts: dict[Any, AcceptedLayout], group: LaneGroup,
+                    accepted: AcceptedLayout) -> bool:
+    """Keep `accepted` for `group`'s layout in a version's memo (LoadedModel.accepted_layouts),
+    unless its values are checked too (BOOL: only 0 and 1), which no layout vouches for;
+    False then."""
+    if "BOOL" in group.datatypes:
+        return False
+    if len(layouts) >= MAX_ACCEPTED_LAYOUTS:
+        layouts.clear()
+    layouts[group.layout] = accepted
+    return True
 
 
 class LaneTicket:

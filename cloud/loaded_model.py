@@ -146,6 +146,9 @@ class LoadedModel:
     traffic: VersionTraffic | None = field(default=None, repr=False, compare=False)
     # onnxruntime requires shared initializers (and so their options) to outlive the session.
     keep_alive: tuple[Any, ...] = field(default=(), repr=False, compare=False)
+    # Request layouts this version has accepted (cloud/infer_lane.py, LayoutMemo): they
+    # depend on nothing else, so they are checked once per version.
+    accepted_layouts: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def input(self, name: str) -> TensorSpec | None:
         return next((s for s in self.inputs if s.name == name), None)

@@ -41,7 +41,15 @@ from edgecut.protocol.tls import peer_identity
 
 from . import management
 from .auth import AuthorizationFile
-from .infer_lane import LaneCall, LaneGroup, LaneOutcome, LaneSlot, LaneTicket
+from .infer_lane import (
+    AcceptedLayout,
+    LaneCall,
+    LaneGroup,
+    LaneOutcome,
+    LaneSlot,
+    LaneTicket,
+    remember_layout,
+)
 from .inference import InferOutcome, complete, encode_outputs, prepare
 from .loaded_model import LoadedModel, TensorSpec
 from .logs import RequestLog
@@ -341,17 +349,18 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         """The inputs of each call of first..end-1 that passes prepare's checks, with the
         outputs they ask for; each call that fails is answered and left here.
 
-        The calls share names, datatypes and shapes, so the first call's checks stand for
-        all, and the others' tensors are read as its were; except BOOL tensors, whose
-        values are checked too, so each call is checked alone.
+        The checks depend on the model version and the calls' layout (names, datatypes,
+        shapes, outputs), which the group's calls share: a layout the version accepted once
+        (LoadedModel.accepted_layouts) is not checked again. Calls over the decoded-bytes
+        limit, and BOOL tensors, whose values are checked too, go through prepare each time.
         """
+        accepted = (model.accepted_layouts.get(group.layout)
+                    if group.call_bytes <= self._max_decoded_bytes else None)
         ready: list[tuple[int, dict[str, np.ndarray]]] = []
-        outputs: tuple[Any, ...] = ()
-        checked: dict[str, np.ndarray] | None = None
-        same_checks = "BOOL" not in group.datatypes
+        outputs: tuple[Any, ...] = accepted.outputs if accepted is not None else ()
         for i in range(first, end):
-            if checked is not None:
-                ready.append((i, group.inputs_like(i, checked)))
+            if accepted is not None:
+                ready.append((i, group.inputs_as(i, accepted.dtypes)))
                 continue
             try:
                 prepared = prepare(group.request(i), model,
@@ -363,8 +372,10 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                 continue
             ready.append((i, prepared.inputs))
             outputs = prepared.outputs
-            if same_checks:
-                checked = prepared.inputs
+            accepted = AcceptedLayout(outputs=outputs,
+                                      dtypes=tuple(a.dtype for a in prepared.inputs.values()))
+            if not remember_layout(model.accepted_layouts, group, accepted):
+                accepted = None  # values checked call by call
         return ready, outputs
 
     def _lane_answer(self, ticket: LaneTicket, slots: list[LaneSlot]) -> None:

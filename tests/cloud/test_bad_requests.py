@@ -180,7 +180,10 @@ def test_internal_errors_hide_details(tls_server: EndpointServer, tls_stub: Stub
     def explode(*args: Any, **kwargs: Any) -> None:
         raise KeyError("secret internals")
 
-    monkeypatch.setattr("edgecut.cloud.servicer.prepare", explode)
+    # Routing: every ModelInfer path goes through it (the native transport's infer lane may
+    # skip prepare for a layout it has checked before).
+    monkeypatch.setattr(tls_server.repository, "route", explode)
+    monkeypatch.setattr(tls_server.repository, "route_many", explode)
     x = np.zeros((1, 3, 32, 32), np.float32)
     error = _refused(tls_stub, _request("tiny_cnn", data=x.tobytes()), call_timeout_s)
     assert error.code() == CODE.INTERNAL

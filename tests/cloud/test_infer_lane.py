@@ -15,15 +15,19 @@ from typing import Any
 
 import grpc
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
+from onnx import TensorProto, helper
 
 from edgecut.cloud.batching import SchedulingPolicy
 from edgecut.cloud.native_server import available as native_available
 from edgecut.cloud.native_server import unavailable_reason
 from edgecut.cloud.server import EndpointServer, create_server
 from edgecut.protocol import grpc_service_pb2 as pb
+
+from .conftest import wide_mlp
 
 pytestmark = pytest.mark.skipif(not native_available(),
                                 reason=f"the infer lane is the native transport's: "
@@ -210,3 +214,60 @@ def test_calls_with_parameters_take_the_per_call_path(
     assert servers["native"].lane_calls == before
     assert native[0] == per_call[0] == grpc.StatusCode.OK
     assert native[1].outputs[0].parameters["edgecut_codec"].string_param == "zstd"
+
+
+def _flip_model(repo: Path) -> None:
+    """`flip`: y = not x, BOOL [batch, 4]: a datatype whose values are checked (0 or 1)."""
+    graph = helper.make_graph(
+        [helper.make_node("Not", ["x"], ["y"])], "flip",
+        [helper.make_tensor_value_info("x", TensorProto.BOOL, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.BOOL, ["batch", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (repo / "flip" / "1").mkdir(parents=True)
+    onnx.save(model, str(repo / "flip" / "1" / "model.onnx"))
+    (repo / "flip" / "config.pbtxt").write_text(
+        "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 1000 }\n")
+
+
+def _each_transport(repo: Path, messages: list[bytes], **options: Any
+                    ) -> dict[str, list[tuple[grpc.StatusCode, Any]]]:
+    """Each message in turn to a native endpoint (the lane) and to a grpcio one."""
+    answers = {}
+    for frontend in ("native", "grpcio"):
+        with create_server(repo, workers=4, frontend=frontend, **options) as server:
+            answers[frontend] = [_call(server, m) for m in messages]
+            if frontend == "native":
+                assert server.lane_calls == len(messages)
+    return answers
+
+
+def test_a_layout_once_accepted_still_gets_each_calls_value_checks(tmp_path: Path) -> None:
+    """The lane checks a layout once per model version; BOOL bytes other than 0 and 1
+    depend on the values, and are refused every time."""
+    _flip_model(tmp_path)
+    good = np.array([[1, 0, 1, 1]], np.uint8)
+    bad = np.array([[1, 2, 0, 0]], np.uint8)
+    messages = [_request("flip", x, datatype="BOOL").SerializeToString()
+                for x in (good, bad, good, bad)]
+    answers = _each_transport(tmp_path, messages)
+    assert answers["native"] == answers["grpcio"]
+    codes = [code for code, _ in answers["native"]]
+    assert codes == [grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT] * 2
+    flipped = np.frombuffer(answers["native"][2][1].raw_output_contents[0], np.uint8)
+    np.testing.assert_array_equal(flipped, [0, 1, 0, 0])
+
+
+def test_a_layout_once_accepted_still_gets_each_calls_size_check(tmp_path: Path) -> None:
+    """4 rows of wide_mlp decode to 4 KiB, within the limit; 5 rows are over it, each time,
+    with the layout of 4 rows accepted meanwhile."""
+    (tmp_path / "wide_mlp" / "1").mkdir(parents=True)
+    onnx.save(wide_mlp(), str(tmp_path / "wide_mlp" / "1" / "model.onnx"))
+    (tmp_path / "wide_mlp" / "config.pbtxt").write_text("max_batch_size: 8\n")
+    messages = [_request("wide_mlp", np.ones((rows, 256), np.float32)).SerializeToString()
+                for rows in (4, 5, 4, 5)]
+    answers = _each_transport(tmp_path, messages, max_decoded_bytes=4096)
+    assert answers["native"] == answers["grpcio"]
+    codes = [code for code, _ in answers["native"]]
+    assert codes[0] == codes[2] == grpc.StatusCode.OK
+    assert codes[1] == codes[3] != grpc.StatusCode.OK
+    assert "4096" in answers["native"][1][1]
