@@ -60,6 +60,7 @@ from .batching import (
 from .inference import run_model
 from .loaded_model import LoadedModel, TrackedSession
 from .providers import create_session
+from .threads import default_scheduling, name_this_thread
 
 __all__ = [
     "BatchObservation",
@@ -472,6 +473,8 @@ class ModelScheduler:
             thread.start()
 
     def _work(self) -> None:
+        name_this_thread(f"run-{self._model.name}")
+        default_scheduling()
         while True:
             with self._cond:
                 while True:

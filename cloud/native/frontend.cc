@@ -31,6 +31,7 @@
 #include <pybind11/stl.h>
 
 #include <pthread.h>
+#include <sched.h>
 
 #include <atomic>
 #include <chrono>
@@ -242,8 +243,9 @@ class Frontend {
   // 0 keeps gRPC's defaults.
   Frontend(const std::string& address, std::optional<std::string> tls_dir, bool mutual,
            bool reload, int max_message_bytes, int max_open_calls, int accept_depth,
-           int receive_window_bytes)
-      : max_open_calls_(static_cast<size_t>(max_open_calls)), accept_depth_(accept_depth) {
+           int receive_window_bytes, bool yield_to_models)
+      : max_open_calls_(static_cast<size_t>(max_open_calls)), accept_depth_(accept_depth),
+        yields_(yield_to_models) {
     std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
     if (tls_dir) credentials = tls_credentials(*tls_dir, mutual, reload);
     grpc::ServerBuilder builder;
@@ -280,8 +282,14 @@ class Frontend {
     dispatch_ = std::move(dispatch);
     for (int i = 0; i < accept_depth_; ++i) accept();
     py::gil_scoped_release release;
-    poller_ = std::thread([this] { poll(); });
-    dispatcher_ = std::thread([this] { dispatch_loop(); });
+    poller_ = std::thread([this] {
+      yield_to_models();
+      poll();
+    });
+    dispatcher_ = std::thread([this] {
+      yield_to_models();
+      dispatch_loop();
+    });
     // Named for top -H and perf: which thread is the transport's, which hands calls over.
     pthread_setname_np(poller_.native_handle(), "edgecut-grpc-cq");
     pthread_setname_np(dispatcher_.native_handle(), "edgecut-handoff");  // 15 chars at most
@@ -414,6 +422,9 @@ class Frontend {
     return calls_.size();
   }
 
+  // Whether the transport's threads run under SCHED_BATCH (see yield_to_models).
+  bool yields() const { return yields_; }
+
   // Stop accepting calls, cancel what is still open after `grace_s`, and join the threads.
   void stop(double grace_s) {
     if (stopped_.exchange(true)) return;
@@ -447,6 +458,21 @@ class Frontend {
   }
 
  private:
+  // With `yield_to_models`, the calling thread (the poller or the dispatcher) runs under
+  // SCHED_BATCH: Linux then never lets its wake-ups preempt a running thread, so arriving
+  // bytes no longer interrupt a model run every millisecond; they wait for its time slice to
+  // end or the run to finish, and are read in larger gulps. On an idle core it runs at once,
+  // as before. Threads it starts inherit the policy: the model workers Python starts on a
+  // first request set the default back (edgecut.cloud.threads). Measured on one core, 32 tritonclient clients: the small CNN 1155 -> 1244
+  // requests/s (batching on) and 1003 -> 1095 (off), the wide MLP 2395 -> 2655; one client
+  // p50 1.49 -> 1.29 ms. Lowering one's own policy needs no privilege; where it fails
+  // (a seccomp filter), the thread stays as it was.
+  void yield_to_models() {
+    if (!yields_) return;
+    sched_param param{};
+    if (sched_setscheduler(0, SCHED_BATCH, &param) != 0) yields_ = false;
+  }
+
   // Without `mutual` no CA is read: clients are not asked for certificates.
   static std::shared_ptr<grpc::ServerCredentials> tls_credentials(const std::string& dir,
                                                                   bool mutual, bool reload) {
@@ -757,6 +783,7 @@ class Frontend {
   std::string infer_method_;  // "" : no infer lane
   std::unordered_set<std::string> infer_excluded_;
   std::atomic<uint64_t> lane_calls_{0};
+  std::atomic<bool> yields_{true};
   uint64_t next_id_ = 1;  // only the poller thread (and start()) take ids
 
   std::mutex calls_mutex_;
@@ -786,11 +813,11 @@ PYBIND11_MODULE(_frontend, module) {
       });
   py::class_<Frontend>(module, "Frontend")
       .def(py::init<const std::string&, std::optional<std::string>, bool, bool, int, int, int,
-                    int>(),
+                    int, bool>(),
            py::arg("address"), py::arg("tls_dir") = py::none(), py::arg("mutual") = false,
            py::arg("reload") = true, py::arg("max_message_bytes") = 64 << 20,
            py::arg("max_open_calls") = 1024, py::arg("accept_depth") = 64,
-           py::arg("receive_window_bytes") = 0)
+           py::arg("receive_window_bytes") = 0, py::arg("yield_to_models") = true)
       .def_property_readonly("port", &Frontend::port)
       .def("start", &Frontend::start, py::arg("dispatch"))
       .def("finish", &Frontend::finish, py::arg("call_id"), py::arg("code"), py::arg("details"),
@@ -806,5 +833,6 @@ PYBIND11_MODULE(_frontend, module) {
       .def("watch_done", &Frontend::watch_done, py::arg("call_id"))
       .def("open_calls", &Frontend::open_calls)
       .def_property_readonly("lane_calls", &Frontend::lane_calls)
+      .def_property_readonly("yields", &Frontend::yields)
       .def("stop", &Frontend::stop, py::arg("grace_s") = 0.0);
 }

@@ -8,6 +8,7 @@ same errors and the same statuses.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -271,3 +272,23 @@ def test_a_layout_once_accepted_still_gets_each_calls_size_check(tmp_path: Path)
     assert codes[0] == codes[2] == grpc.StatusCode.OK
     assert codes[1] == codes[3] != grpc.StatusCode.OK
     assert "4096" in answers["native"][1][1]
+
+
+def test_the_transport_threads_yield_to_model_runs(servers: dict[str, EndpointServer]) -> None:
+    """The native transport's two threads run under SCHED_BATCH (frontend.cc,
+    yield_to_models): their wake-ups must not preempt a model run. The model's worker,
+    started from the transport's thread, keeps the default policy and has a name of its own."""
+    x = np.ones((1, 256), np.float32)
+    assert _call(servers["native"], _request("wide_mlp", x).SerializeToString())[0] == \
+        grpc.StatusCode.OK
+    policies: dict[str, set[int]] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            policy = os.sched_getscheduler(int(task.name))
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended meanwhile
+        if name in ("edgecut-grpc-cq", "edgecut-handoff", "run-wide_mlp"):
+            policies.setdefault(name, set()).add(policy)
+    assert policies == {"edgecut-grpc-cq": {os.SCHED_BATCH}, "edgecut-handoff": {os.SCHED_BATCH},
+                        "run-wide_mlp": {os.SCHED_OTHER}}
