@@ -33,6 +33,7 @@
 #include <pthread.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -131,23 +132,45 @@ py::bytes to_bytes(grpc::ByteBuffer* buffer) {
 // The bytes of a received message in one piece (gRPC holds them as a list of slices), handed
 // to Python as a read-only buffer: the infer lane's tensors are read in place, as numpy views
 // that keep this alive. Not zero-filled first (std::string would: 7 % of the dispatcher).
+//
+// The message is placed so that its first tensor starts on a kTensorAlignment boundary:
+// numpy and onnxruntime then read it where it is, where a tensor at an odd address is
+// copied first (inference.run_model; 4 MiB took 0.25 ms more).
 struct Payload {
+  static constexpr size_t kTensorAlignment = 64;
+
   bool fill(grpc::ByteBuffer* buffer) {
     std::vector<grpc::Slice> slices;
     if (!buffer->Dump(&slices).ok()) return false;
     size = 0;
     for (const auto& slice : slices) size += slice.size();
-    data.reset(new char[size > 0 ? size : 1]);
-    char* cursor = data.get();
+    // The first bytes in one piece, to find the first tensor in (it follows a short header).
+    char head[1024];
+    size_t head_size = 0;
+    for (const auto& slice : slices) {
+      size_t take = std::min(slice.size(), sizeof(head) - head_size);
+      std::memcpy(head + head_size, slice.begin(), take);
+      head_size += take;
+      if (head_size == sizeof(head)) break;
+    }
+    storage.reset(new char[size + kTensorAlignment]);
+    data = storage.get();
+    auto tensor = infer_wire::first_raw_offset(std::string_view(head, head_size));
+    if (tensor) {
+      auto at = reinterpret_cast<uintptr_t>(data) + *tensor;
+      data += (kTensorAlignment - at % kTensorAlignment) % kTensorAlignment;
+    }
+    char* cursor = data;
     for (const auto& slice : slices) {
       std::memcpy(cursor, slice.begin(), slice.size());
       cursor += slice.size();
     }
     return true;
   }
-  std::string_view view() const { return std::string_view(data.get(), size); }
+  std::string_view view() const { return std::string_view(data, size); }
 
-  std::unique_ptr<char[]> data;
+  std::unique_ptr<char[]> storage;
+  char* data = nullptr;  // the message, within storage
   size_t size = 0;
 };
 
@@ -666,7 +689,7 @@ class Frontend {
           for (const auto& [key, value] : item.metadata) {
             metadata.append(py::make_tuple(py::str(key), py::bytes(value)));
           }
-          py::bytes payload = item.message ? py::bytes(item.message->data.get(), item.message->size)
+          py::bytes payload = item.message ? py::bytes(item.message->data, item.message->size)
                                            : to_bytes(&item.request);
           calls.append(py::make_tuple(item.id, py::str(item.method), payload, metadata, peer,
                                       left));
@@ -750,7 +773,7 @@ class Frontend {
         const Received& received = call->received;
         py::object left = received.time_left_s ? py::object(py::float_(*received.time_left_s))
                                                : py::none();
-        const char* start = call->message->data.get();
+        const char* start = call->message->data;
         py::tuple offsets(call->request.inputs.size());
         for (size_t j = 0; j < call->request.inputs.size(); ++j) {
           offsets[j] = py::int_(call->request.inputs[j].raw.data() - start);
@@ -807,7 +830,7 @@ PYBIND11_MODULE(_frontend, module) {
   absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   py::class_<Payload>(module, "Payload", py::buffer_protocol())
       .def_buffer([](Payload& payload) {
-        return py::buffer_info(payload.data.get(), 1, py::format_descriptor<uint8_t>::format(),
+        return py::buffer_info(payload.data, 1, py::format_descriptor<uint8_t>::format(),
                                1, {static_cast<py::ssize_t>(payload.size)}, {1},
                                /*readonly=*/true);
       });

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -54,6 +55,7 @@ class Reader {
   explicit Reader(std::string_view data) : Reader(data.data(), data.size()) {}
 
   bool done() const { return at_ == end_; }
+  size_t left() const { return static_cast<size_t>(end_ - at_); }
 
   bool varint(uint64_t* value) {
     uint64_t result = 0;
@@ -171,6 +173,25 @@ inline bool parse_plain_infer(std::string_view data, Request* request) {
   }
   request->rows = request->inputs[0].shape[0];
   return true;
+}
+
+// Where the first raw_input_contents entry's bytes start in a ModelInferRequest, from its
+// first bytes `head` (a serializer writes the tensors last, after a short header); nothing
+// when `head` ends before them or is no such message.
+inline std::optional<size_t> first_raw_offset(std::string_view head) {
+  Reader reader(head);
+  while (!reader.done()) {
+    uint32_t field = 0, type = 0;
+    if (!reader.key(&field, &type) || type != kDelimited) return std::nullopt;
+    if (field == 7) {
+      uint64_t size = 0;
+      if (!reader.varint(&size)) return std::nullopt;
+      return head.size() - reader.left();
+    }
+    std::string_view skipped;
+    if (!reader.delimited(&skipped)) return std::nullopt;
+  }
+  return std::nullopt;
 }
 
 class Writer {

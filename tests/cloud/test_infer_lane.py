@@ -292,3 +292,43 @@ def test_the_transport_threads_yield_to_model_runs(servers: dict[str, EndpointSe
             policies.setdefault(name, set()).add(policy)
     assert policies == {"edgecut-grpc-cq": {os.SCHED_BATCH}, "edgecut-handoff": {os.SCHED_BATCH},
                         "run-wide_mlp": {os.SCHED_OTHER}}
+
+
+def test_the_frontend_hands_over_tensors_in_place_and_aligned() -> None:
+    """What frontend.cc passes for lane calls, read directly: each tensor is where its offset
+    says in its message, equal to what was sent, and starts on a 64-byte boundary (numpy and
+    onnxruntime read it there without a copy), whatever the header's length."""
+    from edgecut.cloud import _frontend
+
+    frontend = _frontend.Frontend("127.0.0.1:0", None, False, False, 64 << 20, 64)
+    frontend.enable_infer_lane(INFER, [])
+    received: list[Any] = []
+
+    def dispatch(calls: list, ended: list, infers: list) -> None:
+        received.extend(infers)
+        for group in infers:
+            for call_id, *_ in group[5]:
+                frontend.finish(call_id, 0, "", b"")
+
+    frontend.start(dispatch)
+    try:
+        rng = np.random.default_rng(2)
+        sent = {}
+        with grpc.insecure_channel(f"127.0.0.1:{frontend.port}") as channel:
+            infer = channel.unary_unary(INFER)
+            for n in range(1, 9):  # model names of 1..8 bytes move the tensor's offset
+                x = rng.normal(size=(1, 1000 + n)).astype(np.float32)
+                sent["m" * n] = x
+                infer(_request("m" * n, x, request_id=f"r{n}").SerializeToString(),
+                      timeout=WAIT_S)
+    finally:
+        frontend.stop(1.0)
+    assert frontend.lane_calls == len(sent)
+    for name, _version, _peer, inputs, _outputs, calls in received:
+        x = sent[name.decode()]
+        assert inputs == [(b"x", b"FP32", x.shape)]
+        for _call_id, request_id, _left, message, (offset,) in calls:
+            assert request_id == f"r{len(name)}".encode()
+            tensor = np.frombuffer(message, np.float32, count=x.size, offset=offset)
+            np.testing.assert_array_equal(tensor, x.ravel())
+            assert tensor.ctypes.data % 64 == 0
