@@ -8,7 +8,10 @@ same errors and the same statuses.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -332,3 +335,75 @@ def test_the_frontend_hands_over_tensors_in_place_and_aligned() -> None:
             tensor = np.frombuffer(message, np.float32, count=x.size, offset=offset)
             np.testing.assert_array_equal(tensor, x.ravel())
             assert tensor.ctypes.data % 64 == 0
+
+
+def test_calls_answered_together_are_each_counted(ops_repo: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Lane calls that one run answers are counted at once (count=): the statistics, the
+    canary's counters, the metrics and the request log must still see every call."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from edgecut.cloud.logs import REQUEST_LOGGER
+
+    calls = 12
+    x = np.ones((1, 256), np.float32)
+    messages = [_request("wide_mlp", x, request_id=f"id-{i}").SerializeToString()
+                for i in range(calls)]
+    server = create_server(ops_repo, workers=8, frontend="native", scheduling=_scheduling(),
+                           metrics_port=0, request_log_level="INFO")
+    with server, caplog.at_level(logging.INFO, logger=REQUEST_LOGGER), \
+            ThreadPoolExecutor(calls) as pool:
+        codes = [code for code, _ in pool.map(lambda m: _call(server, m), messages)]
+        assert server.metrics_url is not None
+        with urllib.request.urlopen(server.metrics_url, timeout=WAIT_S) as response:
+            text = response.read().decode()
+        statistics = server.statistics()
+        (version,) = server.repository.version_statistics("wide_mlp")
+        (queue,) = [q for q in statistics.queues if q.model == "wide_mlp"]
+        lane_calls = server.lane_calls
+    assert codes == [grpc.StatusCode.OK] * calls and lane_calls == calls
+    assert queue.batches < calls  # some were answered together
+    assert statistics.infer_requests == calls
+    assert version.successes == calls
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    series = (("model", "wide_mlp"), ("version", "1"))
+    assert samples[("edgecut_inference_request_success_total", series)] == calls
+    assert samples[("edgecut_inference_request_duration_seconds_count", series)] == calls
+    assert samples[("edgecut_inference_raw_bytes_in_total", series)] == calls * x.nbytes
+    assert samples[("edgecut_inference_raw_bytes_out_total", series)] == calls * 512 * 4
+    logged = [json.loads(r.getMessage()) for r in caplog.records if r.name == REQUEST_LOGGER]
+    assert sorted(line["id"] for line in logged) == sorted(f"id-{i}" for i in range(calls))
+
+
+def test_mutated_messages_get_the_per_call_status(servers: dict[str, EndpointServer]) -> None:
+    """150 random byte changes of valid messages (the C++ reader's bounds): whatever the
+    lane takes or leaves, each gets the status the per-call path gives, and the endpoint
+    stays up."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(2, 256)).astype(np.float32)
+    valid = [_request("wide_mlp", x, outputs=("y",), request_id="m").SerializeToString(),
+             _request("batch_cnn", rng.normal(size=(1, 3, 16, 16)).astype(np.float32))
+             .SerializeToString()]
+    # One channel each; most mutated calls still wait out the 20 ms batching delay.
+    with grpc.insecure_channel(servers["native"].address) as native_channel, \
+            grpc.insecure_channel(servers["grpcio"].address) as grpcio_channel:
+        calls = {"native": native_channel.unary_unary(INFER),
+                 "grpcio": grpcio_channel.unary_unary(INFER)}
+
+        def status(frontend: str, message: bytes) -> grpc.StatusCode:
+            try:
+                calls[frontend](message, timeout=WAIT_S)
+            except grpc.RpcError as error:
+                return error.code()  # type: ignore[attr-defined,no-any-return]
+            return grpc.StatusCode.OK
+
+        for i in range(150):
+            message = bytearray(valid[i % 2])
+            # Mostly the header (the first 80 bytes): that is where the structure is.
+            at = int(rng.integers(0, 80 if i % 3 else len(message)))
+            message[at] = int(rng.integers(0, 256))
+            if i % 5 == 0:
+                del message[int(rng.integers(at, len(message))):]
+            assert status("native", bytes(message)) == status("grpcio", bytes(message)), i
+        assert status("native", valid[0]) == grpc.StatusCode.OK
