@@ -314,14 +314,13 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                      server: NativeServer, started: float) -> None:
         """Check calls first..end-1 of `group` and queue each; every call is counted in
         (_enter) and left here on failure, or once answered (_lane_answer)."""
-        calls = group.calls[first:end]
         try:
             self._authorize(group.peer, model.name)
             scheduler = self._scheduler.for_model(model)
         except Exception as exc:
-            for call in calls:
+            for call in group.calls[first:end]:
                 self._lane_fail(server, group.peer, call, exc, model=model, started=started)
-            self._leave(len(calls))
+            self._leave(end - first)
             return
         ready, outputs = self._lane_prepare(group, model, first, end, server, started)
         if not ready:
@@ -419,11 +418,12 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         in_bytes = group.call_bytes
         out_bytes = sum(column[3].nbytes for column in columns) // len(calls)
         result = slots[0].outcome
-        self._observe_lane(model, LaneOutcome(
+        self._observe(model, LaneOutcome(
             raw_bytes_in=in_bytes, wire_bytes_in=in_bytes, raw_bytes_out=out_bytes,
             wire_bytes_out=out_bytes, queue_s=result.queue_s, compute_s=result.compute_s,
             batch_rows=result.batch_rows,
-        ), device=group.peer, started=ticket.started, calls=calls)
+        ), device=group.peer, started=ticket.started,
+            request_ids=[_text(c.request_id) for c in calls])
         server.finish_infers([c.call_id for c in calls], [c.request_id for c in calls],
                              [group.rows] * len(calls), model.name, str(model.version), columns)
 
@@ -481,36 +481,13 @@ class InferenceServicer(GRPCInferenceServiceServicer):
 
     def _observe_infer(self, model: LoadedModel, outcome: InferOutcome | LaneOutcome, *,
                        device: str | None, started: float, request_id: str) -> None:
-        request_s = time.perf_counter() - started
-        model.request_succeeded(request_s=request_s, queue_s=outcome.queue_s,
-                                compute_s=outcome.compute_s)
-        traffic = Traffic(
-            raw_bytes_in=outcome.raw_bytes_in, wire_bytes_in=outcome.wire_bytes_in,
-            raw_bytes_out=outcome.raw_bytes_out, wire_bytes_out=outcome.wire_bytes_out,
-            compute_s=outcome.compute_s,
-        )
-        self._recorder.record(rpc="ModelInfer", code="OK", device=device, model=model.name,
-                              traffic=traffic)
-        if self._metrics is not None:
-            self._metrics.record_rpc(rpc="ModelInfer", code="OK", device=device)
-            self._metrics.record_infer(
-                model=model.name, version=model.version, code="OK", request_s=request_s,
-                queue_s=outcome.queue_s, compute_s=outcome.compute_s,
-                raw_bytes_in=outcome.raw_bytes_in, wire_bytes_in=outcome.wire_bytes_in,
-                raw_bytes_out=outcome.raw_bytes_out, wire_bytes_out=outcome.wire_bytes_out,
-            )
-        self._request_log.log(
-            model=model.name, version=model.version, device=device, status="OK",
-            queue_ms=outcome.queue_s * 1e3, compute_ms=outcome.compute_s * 1e3,
-            request_ms=request_s * 1e3, batch_rows=outcome.batch_rows,
-            wire_bytes_in=outcome.wire_bytes_in, wire_bytes_out=outcome.wire_bytes_out,
-            id=request_id or None,
-        )
+        self._observe(model, outcome, device=device, started=started, request_ids=(request_id,))
 
-    def _observe_lane(self, model: LoadedModel, outcome: LaneOutcome, *, device: str | None,
-                      started: float, calls: Sequence[LaneCall]) -> None:
-        """_observe_infer for lane calls that one run answered alike, counted at once."""
-        request_s, count = time.perf_counter() - started, len(calls)
+    def _observe(self, model: LoadedModel, outcome: InferOutcome | LaneOutcome, *,
+                 device: str | None, started: float, request_ids: Sequence[str]) -> None:
+        """Count answered calls, one per id in `request_ids`, alike: the same `outcome` and
+        the same time since `started` (lane calls one run answered are counted at once)."""
+        request_s, count = time.perf_counter() - started, len(request_ids)
         model.request_succeeded(request_s=request_s, queue_s=outcome.queue_s,
                                 compute_s=outcome.compute_s, count=count)
         traffic = Traffic(
@@ -530,13 +507,13 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                 count=count,
             )
         if self._request_log.enabled:
-            for call in calls:
+            for request_id in request_ids:
                 self._request_log.log(
                     model=model.name, version=model.version, device=device, status="OK",
                     queue_ms=outcome.queue_s * 1e3, compute_ms=outcome.compute_s * 1e3,
                     request_ms=request_s * 1e3, batch_rows=outcome.batch_rows,
                     wire_bytes_in=outcome.wire_bytes_in, wire_bytes_out=outcome.wire_bytes_out,
-                    id=_text(call.request_id) or None,
+                    id=request_id or None,
                 )
 
     def _answer(self, rpc: str, context: grpc.ServicerContext,

@@ -236,6 +236,95 @@ def test_batched_outputs_equal_unbatched(ops_models: ModelRepository, model_name
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+class _Group:
+    """A GroupedReceiver's group (what the infer lane's LaneTicket is): records each answer."""
+
+    def __init__(self) -> None:
+        self.answers: list[list[_Receiver]] = []
+
+    def answer(self, receivers: list[_Receiver]) -> None:
+        self.answers.append(list(receivers))
+
+
+class _Receiver:
+    def __init__(self, group: _Group) -> None:
+        self.group = group
+        self.outcome: object = None
+        self.state = "queued"
+
+    def set_running_or_notify_cancel(self) -> bool:
+        if self.state == "cancelled":
+            return False
+        self.state = "running"
+        return True
+
+    def set_result(self, result: object) -> None:
+        self.outcome, self.state = result, "done"
+
+    def set_exception(self, exception: BaseException) -> None:
+        self.outcome, self.state = exception, "done"
+
+    def done(self) -> bool:
+        return self.state in ("done", "cancelled")
+
+    def cancel(self) -> bool:
+        if self.state != "queued":
+            return False
+        self.state = "cancelled"
+        self.group.answer([self])
+        return True
+
+
+def test_submit_many_queues_each_request_and_answers_each_group_once_per_batch(
+        ops_models: ModelRepository) -> None:
+    """Requests queued together are batched as if submitted one by one; the queue's bound
+    counts each (the rest get an OverloadedError back); each batch answers the run of a
+    group's requests it held in one call; close() answers what was still queued."""
+    model = ops_models.get("wide_mlp", "")
+    policy = SchedulingPolicy(max_batch_size=4, dynamic_batching=True,
+                              preferred_batch_sizes=(4,), max_queue_delay_us=60_000_000)
+    scheduler = ModelScheduler(model, policy, max_queue_size=6)
+    rng = np.random.default_rng(4)
+    xs = [rng.normal(size=(1, 256)).astype(np.float32) for _ in range(8)]
+    groups = [_Group(), _Group()]
+    receivers = [_Receiver(groups[0]) for _ in range(3)] + [_Receiver(groups[1])
+                                                             for _ in range(5)]
+    try:
+        first = scheduler.submit_many([{"x": x} for x in xs[:3]], ["y"], receivers[:3],
+                                      timeouts_s=[None] * 3, cancelled=[None] * 3)
+        second = scheduler.submit_many([{"x": x} for x in xs[3:]], ["y"], receivers[3:],
+                                        timeouts_s=[None] * 5, cancelled=[None] * 5)
+        assert first == (3, None)
+        queued, refused = second
+        assert queued == 3 and isinstance(refused, OverloadedError)
+        assert refused.retry_after_ms >= 1
+        # One batch of 4 (preferred) ran: group 0's three, then group 1's first.
+        assert _wait_for(lambda: len(groups[1].answers) >= 1)
+    finally:
+        # The last two never fill a batch: closing runs them (its drain) or cancels them.
+        scheduler.close(timeout_s=0.0)
+    assert [len(a) for a in groups[0].answers] == [3]
+    answered = [r for answer in groups[1].answers for r in answer]
+    assert answered[0] is receivers[3]
+    assert sorted(map(id, answered)) == sorted(map(id, receivers[3:6]))  # each exactly once
+    for receiver, x in zip(receivers[:4], xs, strict=False):
+        result = receiver.outcome
+        assert result.batch_rows == 4 and result.batch_requests == 4
+        np.testing.assert_allclose(result.outputs[0], model.session.run(["y"], {"x": x})[0],
+                                   rtol=1e-5, atol=1e-6)
+    assert {r.state for r in receivers[4:6]} <= {"done", "cancelled"}
+    assert receivers[6].state == receivers[7].state == "queued"  # refused: never queued
+
+
+def _wait_for(condition: Callable[[], bool], within_s: float = WAIT_S) -> bool:
+    give_up = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > give_up:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def test_outputs_that_do_not_split_run_each_request_alone(ops_models: ModelRepository) -> None:
     """batch_sum reduces over the batch: joining would be wrong, so requests run alone."""
     model = ops_models.get("batch_sum", "")
