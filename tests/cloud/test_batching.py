@@ -41,6 +41,8 @@ from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from edgecut.protocol.tls import channel_credentials
 
+from .test_frontends import _wait_until
+
 WAIT_S = 30.0  # generous bound on anything that should take milliseconds
 
 
@@ -299,7 +301,7 @@ def test_submit_many_queues_each_request_and_answers_each_group_once_per_batch(
         assert queued == 3 and isinstance(refused, OverloadedError)
         assert refused.retry_after_ms >= 1
         # One batch of 4 (preferred) ran: group 0's three, then group 1's first.
-        assert _wait_for(lambda: len(groups[1].answers) >= 1)
+        assert _wait_until(lambda: len(groups[1].answers) >= 1, WAIT_S)
     finally:
         # The last two never fill a batch: closing runs them (its drain) or cancels them.
         scheduler.close(timeout_s=0.0)
@@ -314,15 +316,6 @@ def test_submit_many_queues_each_request_and_answers_each_group_once_per_batch(
                                    rtol=1e-5, atol=1e-6)
     assert {r.state for r in receivers[4:6]} <= {"done", "cancelled"}
     assert receivers[6].state == receivers[7].state == "queued"  # refused: never queued
-
-
-def _wait_for(condition: Callable[[], bool], within_s: float = WAIT_S) -> bool:
-    give_up = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > give_up:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_outputs_that_do_not_split_run_each_request_alone(ops_models: ModelRepository) -> None:
