@@ -11,8 +11,9 @@
 // dispatcher thread waits for received calls and passes each group to the Python callable
 // given to start(), as dispatch(calls, ended[, infers]): `ended` lists the calls that ended
 // (finished or cancelled) since, of those Python asked about with watch_done(); `infers`,
-// passed once the infer lane is enabled, holds its groups (below). Python answers a call with finish() (and streams with write()) from any
-// thread; those start gRPC operations and return without waiting for the network.
+// passed once the infer lane is enabled, holds its groups (below). Python answers a call
+// with finish() (and streams with write()) from any thread; those start gRPC operations and
+// return without waiting for the network.
 //
 // The infer lane (enable_infer_lane): plain ModelInfer calls (infer_wire.h) skip Python's
 // per-call path. The dispatcher reads them here, groups those of one model, version, peer
@@ -364,7 +365,8 @@ class Frontend {
                        const std::vector<int64_t>& rows, const std::string& model_name,
                        const std::string& model_version, const py::list& outputs) {
     if (request_ids.size() != call_ids.size() || rows.size() != call_ids.size()) {
-      throw std::invalid_argument("finish_infers: call_ids, request_ids and rows differ in length");
+      throw std::invalid_argument(
+          "finish_infers: call_ids, request_ids and rows differ in length");
     }
     size_t total_rows = 0;
     for (int64_t count : rows) {
@@ -375,7 +377,8 @@ class Frontend {
     for (const auto& item : outputs) {
       auto entry = item.cast<py::tuple>();
       if (entry.size() != 4) {
-        throw std::invalid_argument("finish_infers: outputs are (name, datatype, inner shape, buffer)");
+        throw std::invalid_argument(
+            "finish_infers: outputs are (name, datatype, inner shape, buffer)");
       }
       columns.push_back(std::make_unique<OutputColumn>(
           entry[0].cast<std::string>(), entry[1].cast<std::string>(),
@@ -486,10 +489,11 @@ class Frontend {
   // bytes no longer interrupt a model run every millisecond; they wait for its time slice to
   // end or the run to finish, and are read in larger gulps. On an idle core it runs at once,
   // as before. Threads it starts inherit the policy: the model workers Python starts on a
-  // first request set the default back (edgecut.cloud.threads). Measured on one core, 32 tritonclient clients: the small CNN 1155 -> 1244
-  // requests/s (batching on) and 1003 -> 1095 (off), the wide MLP 2395 -> 2655; one client
-  // p50 1.49 -> 1.29 ms. Lowering one's own policy needs no privilege; where it fails
-  // (a seccomp filter), the thread stays as it was.
+  // first request set the default back (edgecut.cloud.threads). Measured on one core, 32
+  // tritonclient clients: the small CNN 1155 -> 1244 requests/s (batching on) and
+  // 1003 -> 1095 (off), the wide MLP 2395 -> 2655; one client p50 1.49 -> 1.29 ms. Lowering
+  // one's own policy needs no privilege; where it fails (a seccomp filter), the thread
+  // stays as it was.
   void yield_to_models() {
     if (!yields_) return;
     sched_param param{};
