@@ -1,14 +1,15 @@
 """ModelInfer calls that the native transport's infer lane hands over in groups (frontend.cc).
 
 A group holds the plain calls (every tensor in raw_input_contents, no parameters) of one
-model, version, peer and input layout (names, datatypes, shapes) that arrived together. The
-servicer checks the first call of a group and reads the others' tensors the same way: the
-checks cost once per group instead of once per call. Each call is still its own request in
-the model's queue, batched as any other (scheduler.submit_many), and the calls one batch ran
-are answered together, through a LaneTicket, in one call into the transport.
+model, version, peer and layout (input names, datatypes, shapes; outputs asked for) that
+arrived together. The servicer's lane handlers (cloud/lane_handlers.py) check a layout once
+per model version and read later calls of it straight into arrays. Each call is still its
+own request in the model's queue, batched as any other (scheduler.submit_many), and the calls
+one batch ran are answered together, through a LaneTicket, in one call into the transport.
 
-This module holds what the servicer reads: the group; `LaneRequest`, one of its calls as
-inference.prepare reads a parsed request; and the ticket and slots the scheduler answers.
+This module holds what the handlers read: the group; `LaneRequest`, one of its calls as
+inference.prepare reads a parsed request; the layouts a model version accepted; and the
+ticket and slots the scheduler answers.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ class _Output:
 
 @dataclass(frozen=True, slots=True)
 class LaneRequest:
-    """A run of a group's calls as one request, with the fields inference.prepare reads."""
+    """One call of a group, with the fields inference.prepare reads of a parsed request."""
 
     model_name: str
     model_version: str
