@@ -235,7 +235,7 @@ class NativeServer:
         self._receive_window_bytes = receive_window_bytes  # 0: gRPC's BDP probing
         self._handlers: list[grpc.GenericRpcHandler] = []
         self._resolved: dict[str, grpc.RpcMethodHandler | None] = {}
-        self._deferred: dict[str, Callable[[bytes, NativeContext], None]] = {}
+        self._deferred: dict[str, Callable[[bytes | memoryview, NativeContext], None]] = {}
         self._lane: tuple[str, Callable[[Sequence[Any], NativeServer], None],
                           tuple[str, ...]] | None = None
         self._frontend: Any = None
@@ -252,10 +252,12 @@ class NativeServer:
         pass  # the generic handlers registered with them already cover every method
 
     def add_deferred_handler(self, method: str,
-                             handler: Callable[[bytes, NativeContext], None]) -> None:
+                             handler: Callable[[bytes | memoryview, NativeContext], None]
+                             ) -> None:
         """Serve `method` (its full path) with `handler(request bytes, context)`, called on
         the dispatcher thread as the call arrives. It must not block: it answers with
-        `context.finish` later, from whichever thread has the answer."""
+        `context.finish` later, from whichever thread has the answer. A call the infer lane
+        read and left arrives as a read-only memoryview of the lane's copy, not as bytes."""
         self._deferred[method] = handler
 
     def add_infer_lane(self, method: str,
@@ -357,7 +359,8 @@ class NativeServer:
             self._watching.pop(call_id, None)
         return False
 
-    def _dispatch(self, calls: Sequence[tuple[int, str, bytes, list, str | None, float | None]],
+    def _dispatch(self, calls: Sequence[tuple[int, str, bytes | memoryview, list, str | None,
+                                              float | None]],
                   ended: Sequence[int], infers: Sequence[Any] = ()) -> None:
         for call_id in ended:
             with self._watching_lock:
@@ -402,7 +405,7 @@ class NativeServer:
             self._resolved[method] = found
         return self._resolved[method]
 
-    def _serve(self, call_id: int, method: str, payload: bytes, metadata: Metadata,
+    def _serve(self, call_id: int, method: str, payload: bytes | memoryview, metadata: Metadata,
                peer: str | None, time_left_s: float | None) -> None:
         context = NativeContext(self, self._frontend, call_id, metadata, peer, time_left_s)
         handler = self._handler(method, metadata)

@@ -183,7 +183,8 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
             self._metrics.record_rpc(rpc="ModelMetadata", code="OK", device=device)
         return response
 
-    def ModelInfer(self, data: bytes, context: grpc.ServicerContext) -> pb.ModelInferResponse:
+    def ModelInfer(self, data: bytes | memoryview, context: grpc.ServicerContext
+                   ) -> pb.ModelInferResponse:
         # gRPC hands over the request's bytes (see add_to_server): the tensors are read as
         # views over them instead of being copied twice by protobuf's parser.
         started = time.perf_counter()
@@ -213,7 +214,7 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
                             request_id=request_id)
         return outcome.response
 
-    def infer_later(self, data: bytes, context: NativeContext) -> None:
+    def infer_later(self, data: bytes | memoryview, context: NativeContext) -> None:
         """ModelInfer for the native frontend: answers through `context.finish`, once the
         request's batch has run, instead of holding a thread while it waits.
 

@@ -141,7 +141,7 @@ class InferRequestView:
         return self.message.outputs
 
 
-def parse_infer_request(data: bytes) -> InferRequestView:
+def parse_infer_request(data: bytes | memoryview) -> InferRequestView:
     """The server's deserializer for ModelInfer: tensors as views, the rest parsed.
 
     Raises ProtocolError (the caller answers INVALID_ARGUMENT) for bytes that are no

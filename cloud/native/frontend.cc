@@ -254,6 +254,14 @@ std::string lane_key(const LaneCall& call) {
 
 py::bytes view_bytes(std::string_view text) { return py::bytes(text.data(), text.size()); }
 
+// `payload` handed to Python as a memoryview, which keeps it alive and reads as bytes do.
+py::object read_only_view(std::unique_ptr<Payload> payload) {
+  py::object owner = py::cast(payload.release(), py::return_value_policy::take_ownership);
+  PyObject* view = PyMemoryView_FromObject(owner.ptr());
+  if (view == nullptr) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(view);
+}
+
 class Frontend {
  public:
   // `tls_dir` holds server.key, server.crt and ca.crt (edgecut certs init); without it the
@@ -447,9 +455,6 @@ class Frontend {
     std::lock_guard<std::mutex> lock(calls_mutex_);
     return calls_.size();
   }
-
-  // Whether the transport's threads run under SCHED_BATCH (see yield_to_models).
-  bool yields() const { return yields_; }
 
   // Stop accepting calls, cancel what is still open after `grace_s`, and join the threads.
   void stop(double grace_s) {
@@ -693,8 +698,10 @@ class Frontend {
           for (const auto& [key, value] : item.metadata) {
             metadata.append(py::make_tuple(py::str(key), py::bytes(value)));
           }
-          py::bytes payload = item.message ? py::bytes(item.message->data, item.message->size)
-                                           : to_bytes(&item.request);
+          // A ModelInfer call the lane left keeps the copy it made, as a read-only buffer:
+          // its request is read in place as bytes would be (rawfields), not copied again.
+          py::object payload = item.message ? read_only_view(std::move(item.message))
+                                            : py::object(to_bytes(&item.request));
           calls.append(py::make_tuple(item.id, py::str(item.method), payload, metadata, peer,
                                       left));
         }
@@ -860,6 +867,5 @@ PYBIND11_MODULE(_frontend, module) {
       .def("watch_done", &Frontend::watch_done, py::arg("call_id"))
       .def("open_calls", &Frontend::open_calls)
       .def_property_readonly("lane_calls", &Frontend::lane_calls)
-      .def_property_readonly("yields", &Frontend::yields)
       .def("stop", &Frontend::stop, py::arg("grace_s") = 0.0);
 }

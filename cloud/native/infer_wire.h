@@ -45,7 +45,6 @@ struct Request {
   std::string_view id;
   std::vector<Input> inputs;
   std::vector<std::string_view> outputs;  // the outputs asked for by name, in order
-  int64_t rows = 0;                       // every input's first dimension
 };
 
 class Reader {
@@ -171,7 +170,6 @@ inline bool parse_plain_infer(std::string_view data, Request* request) {
     if (i > 0 && input.shape[0] != request->inputs[0].shape[0]) return false;
     input.raw = raw[i];
   }
-  request->rows = request->inputs[0].shape[0];
   return true;
 }
 

@@ -206,10 +206,12 @@ def test_malformed_and_unusual_messages_get_the_per_call_answer(
     assert servers["native"].lane_calls == before + 1
 
 
+@pytest.mark.parametrize("rows", [1, 64])  # 1 KiB parsed whole; 64 KiB read in place
 def test_calls_with_parameters_take_the_per_call_path(
-        servers: dict[str, EndpointServer]) -> None:
-    """A codec parameter (edgecut's device client sends them) is no plain call."""
-    x = np.ones((1, 256), np.float32)
+        servers: dict[str, EndpointServer], rows: int) -> None:
+    """A codec parameter (edgecut's device client sends them) is no plain call: it reaches
+    the per-call path, from the copy the lane made, with the per-call answer."""
+    x = np.random.default_rng(rows).normal(size=(rows, 256)).astype(np.float32)
     request = _request("wide_mlp", x)
     request.outputs.add(name="y").parameters["edgecut_codec"].string_param = "zstd"
     before = servers["native"].lane_calls
@@ -218,6 +220,7 @@ def test_calls_with_parameters_take_the_per_call_path(
     assert servers["native"].lane_calls == before
     assert native[0] == per_call[0] == grpc.StatusCode.OK
     assert native[1].outputs[0].parameters["edgecut_codec"].string_param == "zstd"
+    assert native[1] == per_call[1]
 
 
 def _flip_model(repo: Path) -> None:
