@@ -258,9 +258,7 @@ class ModelScheduler:
         try:
             return work.future.result()
         except CancelledError as exc:
-            raise CloudUnavailableError(
-                f"{self._where()}the endpoint is shutting down; retry on another replica"
-            ) from exc
+            raise self._shutting_down() from exc
 
     def _run_by_workers(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], *,
                         timeout_s: float | None,
@@ -278,9 +276,7 @@ class ModelScheduler:
                 if expired or (cancelled is not None and cancelled()):
                     deadline = cancelled = None  # running already: see it through
             except CancelledError as exc:
-                raise CloudUnavailableError(
-                    f"{self._where()}the endpoint is shutting down; retry on another replica"
-                ) from exc
+                raise self._shutting_down() from exc
 
     def submit(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], *,
                timeout_s: float | None = None,
@@ -332,9 +328,7 @@ class ModelScheduler:
                                  payload=work))
         with self._cond:
             if self._closing or self._flush:
-                raise CloudUnavailableError(
-                    f"{self._where()}the endpoint is shutting down; retry on another replica"
-                )
+                raise self._shutting_down()
             queued = 0
             for item in items:
                 if not self._queue.push(item):
@@ -395,15 +389,17 @@ class ModelScheduler:
                        enqueued_at=self._clock(), payload=work)
         with self._cond:
             if self._closing or self._flush:
-                raise CloudUnavailableError(
-                    f"{self._where()}the endpoint is shutting down; retry on another replica"
-                )
+                raise self._shutting_down()
             if not self._queue.push(item):
                 self._rejected += 1
                 raise self._overloaded()
             if self._threads:
                 self._cond.notify()
         return item
+
+    def _shutting_down(self) -> CloudUnavailableError:
+        return CloudUnavailableError(
+            f"{self._where()}the endpoint is shutting down; retry on another replica")
 
     def _overloaded(self) -> OverloadedError:
         """The error of a request the full queue refuses. Call with the lock held."""
