@@ -313,10 +313,10 @@ class ModelRepository:
                           else self._choose(model, ""))
                 route = CanaryRoute(stable=stable, candidate=candidate, percent=percent)
                 loaded = model.loaded.get(candidate)
-                settings = model.settings or ModelSettings()
+                config, settings = model.config, model.settings or ModelSettings()
             if loaded is None:
                 path = self._root / name / str(candidate) / settings.default_model_filename
-                loaded = self._load(name, candidate, path, settings)
+                loaded = self._load(name, candidate, path, config, settings)
             with self._lock:
                 previous = model.canary
                 if previous is not None and previous.candidate != candidate:
@@ -540,7 +540,7 @@ class ModelRepository:
                     failed[v] = model.failed[v]
                     continue
                 try:
-                    loaded[v] = self._load(name, v, paths[v], settings)
+                    loaded[v] = self._load(name, v, paths[v], config, settings)
                 except BadModelError as exc:
                     failed[v] = (fingerprints[v], str(exc))
                     if v in old:
@@ -579,8 +579,9 @@ class ModelRepository:
                 model.canary = None
         return problems
 
-    def _load(self, name: str, version: int, path: Path, settings: ModelSettings) -> LoadedModel:
-        config = self._models[name].config if name in self._models else ModelConfig()
+    def _load(self, name: str, version: int, path: Path, config: ModelConfig,
+              settings: ModelSettings) -> LoadedModel:
+        # `config` is the one just read from disk: the model's own is replaced after loading.
         return load_version(name, version, path, settings=settings, config=config,
                             intra_op_threads=self._intra_op_threads,
                             pool=self._pool if has_plan_siblings(self._root, name) else None)

@@ -155,6 +155,21 @@ def test_broken_config_keeps_the_old_settings(repo_dir: Path) -> None:
         repo.load("m")
 
 
+def test_config_is_checked_against_the_model_as_read(repo_dir: Path) -> None:
+    # The config on disk is the one each load checks: a wrong one refuses the first load, and
+    # a fixed one loads on the first try (not one load later).
+    config = repo_dir / "m" / "config.pbtxt"
+    wrong = 'input [ { name: "x" data_type: TYPE_FP32 dims: [ -1, 5 ] } ]'
+    config.write_text(wrong)
+    repo = ModelRepository(repo_dir, intra_op_threads=1)
+    with pytest.raises(ModelNotFoundError):
+        repo.route("m", "")
+    assert "[-1,5]" in repo.models()[0].reason.replace(" ", "")
+    config.write_text(wrong.replace("5", "4"))
+    repo.load("m")
+    assert answer(repo, "m") == 2.0
+
+
 def test_background_poller(repo_dir: Path) -> None:
     repo = ModelRepository(repo_dir, intra_op_threads=1, control_mode="poll", poll_interval_s=0.05)
     try:
