@@ -342,8 +342,26 @@ def _check_names_and_types(request: InferRequest, model: LoadedModel) -> None:
         seen.add(tensor.name)
     missing = [s for s in model.inputs if s.name not in seen]
     problems += [f"missing input {s.name!r} {s.describe()}" for s in missing]
+    if not problems and model.settings.max_batch_size > 0:
+        problems += _batch_size_problems(request, model.settings.max_batch_size)
     if problems:
         raise BadInputError(_where(model) + "; ".join(problems))
+
+
+def _batch_size_problems(request: InferRequest, max_batch_size: int) -> list[str]:
+    """As Triton checks a batched model's request: every input starts with the same batch
+    dimension, of at most the config's max_batch_size rows."""
+    rows = {tensor.name: tensor.shape[0] for tensor in request.inputs if tensor.shape}
+    sizes = set(rows.values())
+    if len(sizes) > 1:
+        listed = ", ".join(f"{name!r} {n}" for name, n in rows.items())
+        return [f"the inputs' batch sizes differ ({listed}); every input of a batched model "
+                f"starts with the same batch dimension"]
+    if sizes and sizes.pop() > max_batch_size:
+        return [f"batch size {next(iter(rows.values()))} is more than the model's "
+                f"max_batch_size {max_batch_size} (config.pbtxt); send at most "
+                f"{max_batch_size} rows per request"]
+    return []
 
 
 def _decode_contents(datatype: str, shape: tuple[int, ...], contents: InferTensorContents,

@@ -4,13 +4,16 @@ and the endpoint keeps serving good requests afterwards."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
-from edgecut.cloud.server import EndpointServer
+from edgecut.cloud.server import EndpointServer, create_server
 from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.codecs import CODEC_PARAMETER, encode_tensor
 from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
@@ -210,3 +213,44 @@ def test_bytes_that_are_no_request(tls_server: EndpointServer, tls_stub: Stub,
     assert info.value.code() == CODE.INVALID_ARGUMENT
     assert "ModelInferRequest" in info.value.details() or "malformed" in info.value.details()
     serves_good_request(tls_stub)
+
+
+def _pair_add_repo(root: Path) -> Path:
+    """`pair_add`: y = x + z, both FP32 [batch, 4], served with max_batch_size 8."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "z"], ["y"])], "pair_add",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 4]) for n in "xz"],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (root / "pair_add" / "1").mkdir(parents=True)
+    onnx.save(model, str(root / "pair_add" / "1" / "model.onnx"))
+    (root / "pair_add" / "config.pbtxt").write_text("max_batch_size: 8\n")
+    return root
+
+
+def _pair(x_rows: int, z_rows: int) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="pair_add")
+    for name, rows in (("x", x_rows), ("z", z_rows)):
+        request.inputs.add(name=name, datatype="FP32", shape=[rows, 4])
+        request.raw_input_contents.append(np.ones((rows, 4), np.float32).tobytes())
+    return request
+
+
+def test_batch_size_is_checked_as_triton_checks_it(tmp_path: Path, frontend: str,
+                                                   call_timeout_s: float) -> None:
+    """A batched model (max_batch_size 8) takes up to 8 rows, the same number in every
+    input; more, or inputs that disagree, are INVALID_ARGUMENT with the reason, before the
+    model runs."""
+    with create_server(_pair_add_repo(tmp_path), workers=4, frontend=frontend) as server, \
+            grpc.insecure_channel(server.address) as channel:
+        stub = Stub(channel)
+        answer = stub.ModelInfer(_pair(8, 8), timeout=call_timeout_s)
+        np.testing.assert_array_equal(
+            np.frombuffer(answer.raw_output_contents[0], np.float32), np.full(32, 2.0))
+        error = _refused(stub, _pair(9, 9), call_timeout_s)
+        assert error.code() == CODE.INVALID_ARGUMENT
+        assert "batch size 9 is more than the model's max_batch_size 8" in error.details()
+        error = _refused(stub, _pair(2, 3), call_timeout_s)
+        assert error.code() == CODE.INVALID_ARGUMENT
+        assert "the inputs' batch sizes differ ('x' 2, 'z' 3)" in error.details()
+        assert stub.ModelInfer(_pair(1, 1), timeout=call_timeout_s).raw_output_contents
