@@ -202,6 +202,7 @@ def requested_outputs(request: InferRequest, model: LoadedModel
     else:
         pairs = []
         for tensor in request.outputs:
+            _refuse_triton_only(tensor.parameters, f"output {tensor.name!r}", model)
             codec = _codec_parameter(tensor.parameters, f"output {tensor.name!r}")
             pairs.append((tensor.name, codec or default))
     problems: list[str] = []
@@ -235,6 +236,8 @@ def decode_inputs(request: InferRequest, model: LoadedModel, *,
     typed `contents`; mixing the two is a ProtocolError.
     """
     _check_names_and_types(request, model)
+    for tensor in request.inputs:
+        _refuse_triton_only(tensor.parameters, f"input {tensor.name!r}", model)
     raw = request.raw_input_contents
     typed = [t.name for t in request.inputs if t.HasField("contents")]
     if raw and typed:
@@ -414,6 +417,21 @@ _WIDE: dict[str, np.dtype] = {
     "u": np.dtype(np.uint64),
     "f": np.dtype(np.float64),
 }
+
+
+def _refuse_triton_only(parameters: Mapping[str, InferParameter], where: str,
+                        model: LoadedModel) -> None:
+    """Triton's tensor parameters that change where a tensor is or what comes back: served
+    without them, the answer would be wrong, so they are refused."""
+    classes = parameter_value(parameters["classification"]) if "classification" in parameters else 0
+    if classes:
+        raise BadInputError(f"{_where(model)}{where}: Triton's classification extension "
+                            f"(class_count) is not supported; ask for the tensor itself and "
+                            f"take its top classes on the client")
+    if "shared_memory_region" in parameters:
+        raise BadInputError(f"{_where(model)}{where}: shared memory regions are not supported; "
+                            f"send the tensor in the request (raw_input_contents) and read "
+                            f"outputs from the response")
 
 
 def _codec_parameter(parameters: Mapping[str, InferParameter], where: str) -> str | None:

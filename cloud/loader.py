@@ -11,6 +11,7 @@ weight pre-packing off, which costs a model with nothing to share up to 3x per b
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from .shared_weights import SharedWeight, WeightPool
 
 __all__ = ["has_plan_siblings", "load_version", "plan_family"]
 
+logger = logging.getLogger(__name__)
+
 
 def load_version(name: str, version: int, path: Path, *, settings: ModelSettings,
                  config: ModelConfig, intra_op_threads: int = 0,
@@ -34,6 +37,8 @@ def load_version(name: str, version: int, path: Path, *, settings: ModelSettings
     """Load `path` as version `version` of model `name`; BadModelError says why it cannot."""
     if not path.is_file():
         raise BadModelError(f"{path} not found")
+    if settings.intra_op_threads is not None:  # the config's own, as Triton's backend reads it
+        intra_op_threads = settings.intra_op_threads
     options = session_options(intra_op_threads=intra_op_threads)
     weights: tuple[SharedWeight, ...] = ()
     if pool is not None:
@@ -51,6 +56,11 @@ def load_version(name: str, version: int, path: Path, *, settings: ModelSettings
     inputs = tuple(tensor_spec(a) for a in session.get_inputs())
     outputs = tuple(tensor_spec(a) for a in session.get_outputs())
     check_against_config(path, config, settings, inputs, outputs)
+    strings = [spec.name for spec in inputs if spec.datatype == "BYTES"]
+    if strings:
+        logger.warning("%s: input(s) %s are strings (BYTES), which edgecut does not decode "
+                       "yet: requests to this model will be refused", path,
+                       ", ".join(map(repr, strings)))
     traffic = VersionTraffic(name, version)
     return LoadedModel(
         name=name, version=version, path=path,

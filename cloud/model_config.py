@@ -19,13 +19,19 @@ no batching, two CPU instances, `model.onnx`.
 
 The text is parsed with Triton's own field names and numbers (edgecut.protocol's
 model_config.proto, a subset of Triton's). A Triton field that edgecut does not read (say
-`optimization` or `model_warmup`) is logged as a warning naming file:line and ignored, so
-configs written for Triton load unchanged; text that is not valid protobuf text format is a
-BadModelError naming file:line:column. Values are checked all at once, in one message.
+`optimization` or `model_warmup`), or reads but does not apply (request priorities, queue
+timeouts, parameters other than `intra_op_thread_count`), is logged as a warning naming the
+file and ignored, so configs written for Triton load unchanged. Refused, as BadModelError
+naming file:line: a name that is no field of Triton's either (a typo would otherwise load
+the model with a default), and the settings without which the model would answer wrongly
+(`sequence_batching`, `ensemble_scheduling`, `batch_input`/`batch_output`, `reshape`). Text
+that is not valid protobuf text format is a BadModelError naming file:line:column. Values
+are checked all at once, in one message.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,6 +66,29 @@ DEFAULT_CPU_INSTANCES = 2
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 
+# Fields of Triton's model_config.proto (triton-inference-server/common, as of Triton 2.51)
+# that edgecut's subset leaves out, by message: skipped with a warning, unless refused below.
+_TRITON_ONLY_FIELDS = {
+    "ModelConfig": frozenset({
+        "batch_input", "batch_output", "optimization", "sequence_batching",
+        "ensemble_scheduling", "cc_model_filenames", "model_warmup", "model_operations",
+        "model_transaction_policy", "model_repository_agents", "response_cache",
+        "model_metrics"}),
+    "ModelInstanceGroup": frozenset({"rate_limiter", "secondary_devices"}),
+    "ModelInput": frozenset({"is_non_linear_format_io"}),
+    "ModelOutput": frozenset({"is_non_linear_format_io"}),
+}
+# Those a model served without would answer wrongly.
+_REFUSED_FIELDS = {
+    "sequence_batching": "a stateful model needs Triton's sequence batcher (correlation IDs, "
+                         "start and end controls), which edgecut does not have",
+    "ensemble_scheduling": "ensembles are not served; deploy each model of the pipeline",
+    "batch_input": "edgecut does not add batch inputs to a model's inputs",
+    "batch_output": "edgecut does not scatter batch outputs",
+}
+# config.pbtxt `parameters` that edgecut applies (as Triton's onnxruntime backend does).
+INTRA_OP_PARAMETER = "intra_op_thread_count"
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DynamicBatchingSettings:
@@ -88,6 +117,8 @@ class ModelSettings:
     instance_count: int = DEFAULT_CPU_INSTANCES  # sum of instance_group counts
     default_model_filename: str = DEFAULT_MODEL_FILENAME
     parameters: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # parameters' intra_op_thread_count; None: the server's --threads
+    intra_op_threads: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -137,10 +168,28 @@ def parse_model_config(text: str, *, where: str = CONFIG_FILENAME) -> ModelConfi
             f"{where}:{line}:{column}: {detail}; expected protobuf text format as Triton "
             f"writes it (e.g. max_batch_size: 8)"
         ) from exc
+    problems = []
     for line, message_type, name in parser.skipped:
-        logger.warning("%s:%d: field %r of %s is not read by edgecut; ignored",
-                       where, line, name, message_type.removeprefix("inference."))
+        message = message_type.removeprefix("inference.")
+        if name in _REFUSED_FIELDS and message == "ModelConfig":
+            problems.append(f"{where}:{line}: {name!r} is not served: {_REFUSED_FIELDS[name]}")
+        elif name in _TRITON_ONLY_FIELDS.get(message, ()):
+            logger.warning("%s:%d: field %r of %s is not read by edgecut; ignored",
+                           where, line, name, message)
+        else:
+            problems.append(f"{where}:{line}: {name!r} is no field of {message} (Triton's "
+                            f"model_config.proto){_did_you_mean(name, message_type)}")
+    if problems:
+        raise BadModelError("; ".join(problems))
     return config
+
+
+def _did_you_mean(name: str, message_type: str) -> str:
+    descriptor = ModelConfig.DESCRIPTOR.file.pool.FindMessageTypeByName(message_type)
+    known = [f.name for f in descriptor.fields]
+    known += _TRITON_ONLY_FIELDS.get(message_type.removeprefix("inference."), ())
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def settings_from_config(config: ModelConfig, *, model_name: str,
@@ -163,16 +212,59 @@ def settings_from_config(config: ModelConfig, *, model_name: str,
     filename = config.default_model_filename or DEFAULT_MODEL_FILENAME
     if "/" in filename or filename in (".", ".."):
         problems.append(f"default_model_filename must be a file name, got {filename!r}")
+    for kind, tensors in (("input", config.input), ("output", config.output)):
+        problems += [f"{kind} {t.name!r}: reshape is not supported; declare the shape the "
+                     f"model takes (or reshape inside the model)"
+                     for t in tensors if t.HasField("reshape")]
+    parameters = {k: v.string_value for k, v in config.parameters.items()}
+    intra_op = _intra_op_threads(parameters, problems)
     if problems:
         raise BadModelError(f"{where}: " + "; ".join(problems))
+    for setting in _not_applied(config, parameters):
+        logger.warning("%s: %s is not applied by edgecut; ignored", where, setting)
     return ModelSettings(
         max_batch_size=config.max_batch_size,
         dynamic_batching=batching,
         version_policy=policy,
         instance_count=instances,
         default_model_filename=filename,
-        parameters=MappingProxyType({k: v.string_value for k, v in config.parameters.items()}),
+        parameters=MappingProxyType(parameters),
+        intra_op_threads=intra_op,
     )
+
+
+def _intra_op_threads(parameters: Mapping[str, str], problems: list[str]) -> int | None:
+    text = parameters.get(INTRA_OP_PARAMETER)
+    if text is None:
+        return None
+    try:
+        threads = int(text)
+    except ValueError:
+        threads = -1
+    if threads < 0:
+        problems.append(f"parameters {INTRA_OP_PARAMETER!r} must be a whole number >= 0 "
+                        f"(0: onnxruntime decides), got {text!r}")
+        return None
+    return threads
+
+
+def _not_applied(config: ModelConfig, parameters: Mapping[str, str]) -> list[str]:
+    """The settings of `config` that edgecut reads but does not act on, as a reader of the
+    config would name them."""
+    found = [f"parameters {k!r}" for k in parameters if k != INTRA_OP_PARAMETER]
+    found += ["metric_tags"] if config.metric_tags else []
+    found += [f"output {o.name!r} label_filename (classification)"
+              for o in config.output if o.label_filename]
+    found += [f"input {i.name!r} {flag}" for i in config.input
+              for flag in ("optional", "allow_ragged_batch") if getattr(i, flag)]
+    if config.HasField("dynamic_batching"):
+        batching, queue = config.dynamic_batching, config.dynamic_batching.default_queue_policy
+        if batching.priority_levels or batching.priority_queue_policy:
+            found.append("dynamic_batching priority levels (every request has one priority)")
+        if queue.default_timeout_microseconds or queue.allow_timeout_override:
+            found.append("dynamic_batching.default_queue_policy timeouts (a request waits "
+                         "until its gRPC deadline)")
+    return found
 
 
 def _version_policy(config: ModelConfig, problems: list[str]) -> VersionPolicy:

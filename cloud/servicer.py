@@ -55,6 +55,9 @@ PLATFORM = "onnxruntime_onnx"
 SERVICE = "GRPCInferenceService"
 MODEL_INFER_METHOD = f"/{pb.DESCRIPTOR.package}.{SERVICE}/ModelInfer"
 SERVER_NAME = "edgecut"
+# The Triton extensions served here, by the names Triton's own ServerMetadata gives them.
+TRITON_EXTENSIONS = ("model_repository", "model_repository(unload_dependents)",
+                     "model_configuration", "statistics")
 RETRY_AFTER_KEY = "retry-after-ms"
 # Decoded inputs of one request together: a codec can shrink a tensor well below its size
 # (zstd on sparse activations), so this is separate from the message limit.
@@ -159,7 +162,8 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
     def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.ServicerContext
                        ) -> pb.ServerMetadataResponse:
         response = pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=self._version, extensions=[*SERVER_EXTENSIONS, PROBE_EXTENSION]
+            name=SERVER_NAME, version=self._version,
+            extensions=[*TRITON_EXTENSIONS, *SERVER_EXTENSIONS, PROBE_EXTENSION],
         )
         return self._answer("ServerMetadata", context, response)
 

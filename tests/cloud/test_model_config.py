@@ -79,6 +79,7 @@ def test_triton_config_is_read(tmp_path: Path, caplog: pytest.LogCaptureFixture)
         version_policy=VersionPolicy(kind="latest", num_versions=2),
         instance_count=3,
         parameters={"intra_op_thread_count": "2"},
+        intra_op_threads=2,
     )
     assert [i.name for i in config.input] == ["input"] and list(config.input[0].dims) == [3, 224, 224]
     # Unknown Triton fields: one warning each, naming file and line.
@@ -87,6 +88,35 @@ def test_triton_config_is_read(tmp_path: Path, caplog: pytest.LogCaptureFixture)
         line = next(i for i, text in enumerate(lines, 1) if text.startswith(field))
         assert f"{model_dir}/config.pbtxt:{line}: field {field!r}" in caplog.text
     assert caplog.text.count("not read by edgecut") == 2
+    # Read but not acted on: said once each, so no one relies on them unknowingly.
+    for setting in ("output 'logits' label_filename", "default_queue_policy timeouts"):
+        assert f"{setting}" in caplog.text
+    assert caplog.text.count("not applied by edgecut") == 2
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("max_batch_sise: 8", r"config.pbtxt:1: 'max_batch_sise' is no field of ModelConfig "
+                          r"\(Triton's model_config.proto\); did you mean 'max_batch_size'\?"),
+    ("max_batch_size: 8\ndynamic_batching { max_queue_delay_micros: 5 }",
+     r":2: 'max_queue_delay_micros' is no field of ModelDynamicBatching.*"
+     r"did you mean 'max_queue_delay_microseconds'"),
+    ("sequence_batching { max_sequence_idle_microseconds: 5000000 }",
+     r":1: 'sequence_batching' is not served: a stateful model"),
+    ("batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: \"n\" } ]",
+     "'batch_input' is not served"),
+    ('input [ { name: "x" data_type: TYPE_FP32 dims: [ 4 ] reshape: { shape: [ 2, 2 ] } } ]',
+     "input 'x': reshape is not supported"),
+    ('parameters { key: "intra_op_thread_count" value: { string_value: "two" } }',
+     "'intra_op_thread_count' must be a whole number >= 0"),
+])
+def test_configs_that_would_serve_wrongly_are_refused(tmp_path: Path, text: str,
+                                                      expected: str) -> None:
+    """A typo would load the model with a default, and a stateful, ensemble or reshaping
+    config would be served without what it needs: each is refused, naming file and line."""
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.pbtxt").write_text(text)
+    with pytest.raises(BadModelError, match=expected):
+        load_model_config(tmp_path / "m")
 
 
 def test_defaults_are_tritons(tmp_path: Path) -> None:

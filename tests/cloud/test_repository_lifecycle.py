@@ -170,6 +170,16 @@ def test_config_is_checked_against_the_model_as_read(repo_dir: Path) -> None:
     assert answer(repo, "m") == 2.0
 
 
+def test_config_thread_count_is_the_sessions(repo_dir: Path) -> None:
+    # Triton's onnxruntime backend reads intra_op_thread_count from parameters; so does
+    # edgecut, over the server's own default.
+    (repo_dir / "m" / "config.pbtxt").write_text(
+        'parameters { key: "intra_op_thread_count" value: { string_value: "1" } }')
+    repo = ModelRepository(repo_dir, intra_op_threads=0)
+    options = repo.route("m", "").session.inner.get_session_options()
+    assert options.intra_op_num_threads == 1
+
+
 def test_background_poller(repo_dir: Path) -> None:
     repo = ModelRepository(repo_dir, intra_op_threads=1, control_mode="poll", poll_interval_s=0.05)
     try:

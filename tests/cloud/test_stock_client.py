@@ -11,6 +11,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from edgecut.cloud.server import EndpointServer
+from edgecut.cloud.servicer import TRITON_EXTENSIONS
 from edgecut.protocol.codecs import SERVER_EXTENSIONS
 from edgecut.protocol.probe import PROBE_EXTENSION
 
@@ -57,7 +58,7 @@ def test_server_metadata_announces_codecs(client: triton.InferenceServerClient,
     metadata = client.get_server_metadata(as_json=True, client_timeout=call_timeout_s)
     assert metadata["name"] == "edgecut"
     assert metadata["version"]
-    assert metadata["extensions"] == [*SERVER_EXTENSIONS, PROBE_EXTENSION]
+    assert metadata["extensions"] == [*TRITON_EXTENSIONS, *SERVER_EXTENSIONS, PROBE_EXTENSION]
 
 
 def test_model_metadata(client: triton.InferenceServerClient, call_timeout_s: float) -> None:
@@ -135,6 +136,25 @@ def test_error_reaches_stock_client(client: triton.InferenceServerClient,
         client.infer("tiny_cnn", [_input("x", x)], client_timeout=call_timeout_s)
     assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
     assert "input 'x': expected FP32 [1,3,32,32] (-1 = any), got FP64" in info.value.message()
+
+
+def test_triton_extensions_not_served_are_refused_not_ignored(
+        client: triton.InferenceServerClient, call_timeout_s: float) -> None:
+    """Classification would come back as the raw tensor, and outputs asked for in shared
+    memory would never be written there: each is INVALID_ARGUMENT saying what to do."""
+    x = np.ones((2, 4), np.float32)
+    k = np.arange(8, dtype=np.int64).reshape(2, 4)
+    inputs = [_input("x", x), _input("k", k)]
+    top = triton.InferRequestedOutput("y", class_count=2)
+    shared = triton.InferRequestedOutput("y")
+    shared.set_shared_memory("region", 32)
+    for output, said in ((top, "classification extension (class_count) is not supported"),
+                         (shared, "shared memory regions are not supported")):
+        with pytest.raises(InferenceServerException) as info:
+            client.infer("scale_by", inputs, outputs=[output], client_timeout=call_timeout_s)
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert said in info.value.message()
+    assert client.infer("scale_by", inputs, client_timeout=call_timeout_s).as_numpy("y") is not None
 
 
 def test_server_knows_the_device_under_mutual_tls(mtls_server: EndpointServer,
