@@ -20,7 +20,8 @@ import logging
 import sys
 from typing import IO, Any
 
-__all__ = ["REQUEST_LOGGER", "JsonLinesFormatter", "RequestLog", "configure_request_log"]
+__all__ = ["REQUEST_LOGGER", "JsonLinesFormatter", "RequestLog", "configure_request_log",
+           "configure_server_logs"]
 
 REQUEST_LOGGER = "edgecut.cloud.requests"
 
@@ -77,6 +78,21 @@ def configure_request_log(*, level: int = logging.INFO, stream: IO[str] | None =
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonLinesFormatter())
     logger = logging.getLogger(REQUEST_LOGGER)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    return handler
+
+
+def configure_server_logs(*, json_lines: bool = False, level: int = logging.INFO,
+                          stream: IO[str] | None = None) -> logging.Handler:
+    """What `edgecut serve` writes to stderr (or `stream`): every `edgecut` logger at `level`
+    (models loaded and refused, reloads, control actions, drains; the request lines when the
+    request log is on), one line each, as JSON (JsonLinesFormatter) or text. Returns the
+    handler."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonLinesFormatter() if json_lines else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("edgecut")
     logger.addHandler(handler)
     logger.setLevel(level)
     return handler

@@ -74,6 +74,7 @@ __all__ = [
     "InferenceServicer",
     "create_server",
     "serve",
+    "split_address",
 ]
 
 logger = logging.getLogger(__name__)
@@ -82,6 +83,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 DEFAULT_WORKERS = 16
 DEFAULT_POLL_INTERVAL_S = 2.0
 TRIM_INTERVAL_S = 30.0
+# How long open streams (health Watch) may stay once every inference call is answered.
+_STREAMS_GRACE_S = 0.5
 # How many bytes of a request a client may send before the server grants more (HTTP/2 flow
 # control), with gRPC's bandwidth-delay probing off. With the probing on, tritonclient's
 # 4 MiB ModelInfer stalled on the server's window: over TLS on loopback, the C++ transport
@@ -122,6 +125,8 @@ class EndpointServer:
         self._stop_polling = threading.Event()
         self._stop_lock = threading.Lock()
         self._stopped = threading.Event()
+        # Health follows a load or unload at once, not at the next poll.
+        servicer.repository_changed = self._refresh_health
 
     @property
     def port(self) -> int:
@@ -177,13 +182,16 @@ class EndpointServer:
         Runs every `poll_interval_s`; call it after loading or unloading a model to update
         health at once. Certificates are checked at each new TLS handshake instead.
         """
+        self._refresh_health()
+        if self._authorization is not None:
+            self._authorization.reload_if_changed()
+
+    def _refresh_health(self) -> None:
         if self._health is not None:
             ready: dict[str, bool] = {}
             for row in self._repository.models():
                 ready[row.name] = ready.get(row.name, False) or row.ready
             self._health.update_models(ready.items())
-        if self._authorization is not None:
-            self._authorization.reload_if_changed()
 
     def stop(self, grace_s: float | None = 5.0) -> None:
         """Drain, then stop: refuse new inference calls (UNAVAILABLE), run what is queued at
@@ -201,10 +209,19 @@ class EndpointServer:
                 self._health.set_serving(False)
             if self._scheduler is not None:
                 self._scheduler.drain(left())
-            if not self._servicer.wait_idle(left()):
+            idle = self._servicer.wait_idle(left())
+            if not idle:
                 logger.warning("grace period over with inference calls still running; "
                                "cancelling them")
-            done = self._server.stop(left())
+            if self._health is not None:
+                self._health.shutdown()  # Watch streams get NOT_SERVING, then end below
+            # Once no inference call is left, what stays open is streams (health Watch, which
+            # a client keeps for as long as the server lets it): they get a moment, not the
+            # whole grace period.
+            grace = left()
+            if idle:
+                grace = _STREAMS_GRACE_S if grace is None else min(grace, _STREAMS_GRACE_S)
+            done = self._server.stop(grace)
             # grpc sets `done` once every call is finished or cancelled; bound the wait anyway.
             remaining = left()
             done.wait(None if remaining is None else remaining + 5.0)
@@ -246,6 +263,19 @@ class EndpointServer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop(grace_s=1.0)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """(host, port) of a HOST:PORT to listen on; UserInputError when it is none.
+
+    >>> split_address("0.0.0.0:8001"), split_address("[::1]:0")
+    (('0.0.0.0', 8001), ('[::1]', 0))
+    """
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or int(port_text) > 65535:
+        raise UserInputError(f"address must be HOST:PORT with a port in 0..65535 (0: any free "
+                             f"port), got {address!r}")
+    return host, int(port_text)
 
 
 def create_server(
@@ -328,9 +358,11 @@ def create_server(
         problems.append("auth_file needs mutual_tls: devices are known by their certificates")
     if not poll_interval_s > 0:
         problems.append(f"poll_interval_s must be > 0, got {poll_interval_s}")
-    host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        problems.append(f"address must be HOST:PORT (port 0 = any free port), got {address!r}")
+    host = ""
+    try:
+        host, _ = split_address(address)
+    except UserInputError as exc:
+        problems.append(str(exc))
     if problems:
         raise UserInputError("; ".join(problems))
 

@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from typing import Any, NoReturn, TypeVar
 
@@ -95,6 +95,8 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
         self._flight = threading.Condition()
         self._inflight = 0
         self._draining = False
+        # Called after a load or unload changed what is served (EndpointServer: health).
+        self.repository_changed: Callable[[], None] = lambda: None
 
     def set_ready(self, ready: bool) -> None:
         """ServerReady's answer: true while serving, false before start and while draining."""
@@ -414,6 +416,8 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
             management.apply_load(self._repository, request.model_name, request.parameters)
         except Exception as exc:
             self._abort("RepositoryModelLoad", context, exc, device=device)
+        finally:  # a failed reload may have changed what is served too
+            self.repository_changed()
         return self._answer("RepositoryModelLoad", context, pb.RepositoryModelLoadResponse())
 
     def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest,
@@ -425,6 +429,8 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
             management.apply_unload(self._repository, request.model_name, request.parameters)
         except Exception as exc:
             self._abort("RepositoryModelUnload", context, exc, device=device)
+        finally:
+            self.repository_changed()
         return self._answer("RepositoryModelUnload", context, pb.RepositoryModelUnloadResponse())
 
 def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:

@@ -71,6 +71,7 @@ class EndpointStatistics:
     models: Mapping[str, ModelTrafficStatistics] = field(default_factory=dict)
     repository: RepositoryStatistics | None = None
     queues: tuple[SchedulerStatistics, ...] = ()  # per model version that has served
+    infer_failures: int = 0  # the ModelInfer calls among `failures`
 
     @property
     def total_failures(self) -> int:
@@ -85,6 +86,7 @@ class StatisticsRecorder:
         self._started = time.monotonic()
         self._requests = 0
         self._infer_requests = 0
+        self._infer_failures = 0
         self._failures: dict[str, int] = {}
         self._by_device: dict[str, int] = {}
         # Plain lists, summed in place on every call (the hot path); frozen on snapshot.
@@ -102,6 +104,7 @@ class StatisticsRecorder:
             self._requests += count
             if rpc == "ModelInfer":
                 self._infer_requests += count
+                self._infer_failures += count if failed else 0
             if failed:
                 self._failures[code] = self._failures.get(code, 0) + count
             if device is not None:
@@ -141,6 +144,7 @@ class StatisticsRecorder:
                 uptime_s=time.monotonic() - self._started,
                 requests=self._requests,
                 infer_requests=self._infer_requests,
+                infer_failures=self._infer_failures,
                 failures=MappingProxyType(dict(self._failures)),
                 raw_bytes_in=int(raw_in),
                 wire_bytes_in=int(wire_in),

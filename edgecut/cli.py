@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from edgecut.errors import CloudUnavailableError, EdgecutError, RemoteError
+from edgecut.errors import CloudUnavailableError, EdgecutError, RemoteError, UserInputError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -146,30 +146,39 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=_cmd_certs_device)
 
     p = sub.add_parser("serve", help="run the cloud inference endpoint")
-    p.add_argument("--repository", type=Path, required=True, metavar="REPO")
-    p.add_argument("--address", default="127.0.0.1:8001", metavar="HOST:PORT")
+    p.add_argument("--repository", type=Path, required=True, metavar="REPO",
+                   help="Triton-layout model repository: REPO/MODEL/VERSION/model.onnx")
+    p.add_argument("--address", default="127.0.0.1:8001", metavar="HOST:PORT", type=_address,
+                   help="where to listen (default 127.0.0.1:8001; port 0: any free port)")
     p.add_argument("--tls", type=Path, metavar="DIR", help="serve TLS with DIR/server.crt")
     p.add_argument("--mtls", action="store_true", help="require a device certificate (needs --tls)")
-    p.add_argument("--max-message-mb", type=int, default=256,
+    p.add_argument("--max-message-mb", type=_at_least(1), default=256,
                    help="largest request or response in MiB (default 256)")
     p.add_argument("--model-control-mode", choices=("none", "explicit", "poll"), default="explicit",
                    help="as Triton: none = load at start only; explicit = also load/unload via "
                         "`edgecut models`; poll = also pick up new versions from disk (default explicit)")
-    p.add_argument("--repository-poll-secs", type=float, default=5.0, metavar="S",
+    p.add_argument("--repository-poll-secs", type=_positive_seconds, default=5.0, metavar="S",
                    help="how often poll mode looks at the repository (default 5)")
-    p.add_argument("--metrics-port", type=int, metavar="PORT",
+    p.add_argument("--metrics-port", type=_port, metavar="PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)")
     p.add_argument("--auth", type=Path, metavar="FILE",
                    help="TOML file of which devices may call which models, and which certificates "
                         "are operators that may load, unload and canary them (needs --mtls)")
-    p.add_argument("--max-queue-size", type=int, default=128, metavar="N",
+    p.add_argument("--max-queue-size", type=_at_least(1), default=128, metavar="N",
                    help="requests queued per model before RESOURCE_EXHAUSTED, where the model's "
                         "config sets no bound (default 128)")
-    p.add_argument("--workers", type=int, default=64,
-                   help="gRPC worker threads; a call waiting for its batch holds one (default 64)")
-    p.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="onnxruntime intra-op threads per session (default 0: onnxruntime decides)")
-    p.add_argument("--log-requests", action="store_true", help="log one JSON line per request")
+    p.add_argument("--workers", type=_at_least(1), default=64,
+                   help="gRPC worker threads; a call waiting for its batch holds one (default 64); "
+                        "at most 4 x workers calls are open at once, RESOURCE_EXHAUSTED beyond")
+    p.add_argument("--threads", type=_at_least(0), default=0, metavar="N",
+                   help="onnxruntime intra-op threads per session (default 0: onnxruntime decides; "
+                        "a model's config.pbtxt parameters intra_op_thread_count overrides it)")
+    p.add_argument("--grace-secs", type=_positive_seconds, default=5.0, metavar="S",
+                   help="on SIGTERM or SIGINT, how long the requests in flight may take to finish "
+                        "(default 5)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="stderr log lines: text, or one JSON object per line (default text)")
+    p.add_argument("--log-requests", action="store_true", help="log one line per request")
     p.add_argument("--frontend", choices=("grpcio", "native", "auto"), default="auto",
                    help="gRPC transport: native = gRPC's C++ server, faster on small requests "
                         "(built at install where libgrpc++-dev is found); grpcio = Python's; "
@@ -226,6 +235,46 @@ def _version() -> str:
         return version("edgecut")
     except PackageNotFoundError:
         return "unknown"
+
+
+def _at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= `least`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {least}, got {text!r}")
+        return value
+    return parse
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port in 0..65535 (0: any free port), "
+                                         f"got {text!r}")
+    return int(text)
+
+
+def _address(text: str) -> str:
+    from edgecut.cloud.server import split_address
+
+    try:
+        split_address(text)
+    except UserInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("address ")) from exc
+    return text
 
 
 def _input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
@@ -445,24 +494,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
               f"transport); serving {models}{metrics}", flush=True)
 
     from edgecut.cloud.allocator import keep_large_buffers
+    from edgecut.cloud.logs import configure_server_logs
     from edgecut.cloud.repository import ModelRepository
 
     keep_large_buffers()
 
     if args.auth is not None and not args.mtls:
         raise TLSConfigError("--auth names devices by their certificates: it needs --tls DIR --mtls")
+    configure_server_logs(json_lines=args.log_format == "json")
     repository = ModelRepository(args.repository, intra_op_threads=args.threads,
                                  control_mode=args.model_control_mode,
                                  poll_interval_s=args.repository_poll_secs)
-    stats = serve(repository, address=args.address, tls_dir=args.tls, mutual_tls=args.mtls,
+    stats = serve(repository, address=args.address, grace_s=args.grace_secs,
+                  tls_dir=args.tls, mutual_tls=args.mtls,
                   max_message_bytes=args.max_message_mb << 20, on_started=announce,
                   metrics_port=args.metrics_port, auth_file=args.auth,
                   max_queue_size=args.max_queue_size, workers=args.workers,
                   intra_op_threads=args.threads,
                   request_log_level="INFO" if args.log_requests else None,
                   frontend=args.frontend)
+    others = stats.total_failures - stats.infer_failures
     print(f"stopped after {stats.infer_requests} inference requests "
-          f"({stats.total_failures} failed)", flush=True)
+          f"({stats.infer_failures} failed"
+          f"{f'; {others} other calls failed' if others else ''})", flush=True)
     return 0
 
 

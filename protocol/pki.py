@@ -1,6 +1,6 @@
 """A fleet's certificates: one CA, one server certificate, one certificate per device.
 
-`edgecut certs init DIR` calls init_ca, `edgecut certs device DIR NAME` calls
+`edgecut certs init DIR` calls init_ca, `edgecut certs device NAME --dir DIR` calls
 issue_device_certificate. The layout of DIR is what tls.py reads:
 
     DIR/ca.crt  ca.key            the fleet's CA (keep ca.key off the devices)

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 _FIX = (
     "create it with `edgecut certs init {dir}` (CA and server) "
-    "or `edgecut certs device {dir} NAME`"
+    "or `edgecut certs device NAME --dir {dir}`"
 )
 
 

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgecut.cloud.repository import ModelRepository
 from edgecut.cloud.server import create_server
@@ -89,3 +94,59 @@ def test_serve_stops_gracefully_on_sigterm(model_repo: Path, call_timeout_s: flo
             process.communicate(timeout=10)
     assert process.returncode == 0, err
     assert out.strip() == "requests 1"
+
+
+def test_edgecut_serve_logs_and_stops_past_open_health_watches(model_repo: Path,
+                                                                call_timeout_s: float) -> None:
+    """`edgecut serve --log-requests --log-format json`: one JSON line per request and per
+    operator-visible event (an unload, the drain) on stderr; health follows an unload at
+    once; an open health Watch (clients keep one for as long as the server lets them) does
+    not hold the stop for the whole grace period."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgecut", "serve", "--repository", str(model_repo),
+         "--address", "127.0.0.1:0", "--log-requests", "--log-format", "json",
+         "--grace-secs", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        started = process.stdout.readline()
+        address = started.split("listening on ", 1)[1].split(" ", 1)[0]
+        with grpc.insecure_channel(address) as channel:
+            stub: Any = GRPCInferenceServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            x = np.zeros((1, 3, 32, 32), np.float32)
+            for shape in ((1, 3, 32, 32), (1, 3, 16, 16)):
+                request = pb.ModelInferRequest(model_name="tiny_cnn")
+                request.inputs.add(name="x", datatype="FP32", shape=shape)
+                request.raw_input_contents.append(x.tobytes()[:int(np.prod(shape)) * 4])
+                with contextlib.suppress(grpc.RpcError):  # the second is refused: logged
+                    stub.ModelInfer(request, timeout=call_timeout_s)
+            stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="scale_by"),
+                                       timeout=call_timeout_s)
+            check = health.Check(health_pb2.HealthCheckRequest(service="inference.scale_by"),
+                                 timeout=call_timeout_s)
+            assert check.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            stopping = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            out, err = process.communicate(timeout=100)
+            stop_s = time.monotonic() - stopping
+            seen = []
+            with contextlib.suppress(grpc.RpcError):  # the stream ends, cancelled, at the stop
+                seen.extend(r.status for r in watch)
+            assert seen and set(seen) == {health_pb2.HealthCheckResponse.NOT_SERVING}
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    assert stop_s < 60, "an open Watch held the stop for the grace period"
+    assert out.strip().endswith("stopped after 2 inference requests (1 failed)")
+    lines = [json.loads(line) for line in err.splitlines()]
+    infers = [line for line in lines if line.get("event") == "infer"]
+    assert [line["status"] for line in infers] == ["OK", "INVALID_ARGUMENT"]
+    assert all(line["level"] in ("INFO", "WARNING") and line["ts"] for line in infers)
+    messages = [line.get("message", "") for line in lines]
+    assert any("unloaded model 'scale_by'" in m for m in messages), messages
+    assert any("received SIGTERM; draining" in m for m in messages), messages
