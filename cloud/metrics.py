@@ -16,6 +16,10 @@ prefix; per-model series carry `{model, version}`:
     edgecut_inference_compression_ratio           raw / wire so far, by `direction`
     edgecut_rpc_total                             every RPC by `rpc` and `code`
     edgecut_device_requests_total                 RPCs by `device` (mutual TLS only)
+    edgecut_model_state                           1 for each model version's `state` (READY,
+                                                  UNAVAILABLE: failed to load, UNLOADING...)
+    process_*, python_info                        the server process: resident memory, CPU
+                                                  seconds, open files (prometheus_client's)
 
 Only names that resolved to a loaded model become label values, so a caller inventing model
 names cannot grow the series; device names come from certificates the fleet's CA signed.
@@ -40,6 +44,8 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
     start_http_server,
 )
@@ -57,6 +63,8 @@ _SECONDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 PendingSource = Callable[[], Iterable[tuple[str, int, int]]]
+# (model, version or None, state) of every model version the repository knows.
+StateSource = Callable[[], Iterable[tuple[str, int | None, str]]]
 
 
 class _PendingCollector(Collector):
@@ -77,6 +85,27 @@ class _PendingCollector(Collector):
     def _family(self) -> GaugeMetricFamily:
         return GaugeMetricFamily("edgecut_inference_pending_requests",
                                   "Requests waiting in the model's queue", labels=list(_MODEL))
+
+
+class _StateCollector(Collector):
+    """Reads each model version's state at scrape time, from the repository: a model that
+    failed to load shows as UNAVAILABLE, which no request counter would show."""
+
+    def __init__(self, source: StateSource) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = self._family()
+        for model, version, state in self._source():
+            family.add_metric([model, "" if version is None else str(version), state], 1)
+        yield family
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily("edgecut_model_state", "1 for each model version's state",
+                                 labels=[*_MODEL, "state"])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,9 +132,12 @@ class _ModelSeries:
 class EndpointMetrics:
     """The endpoint's counters and histograms; thread-safe (prometheus_client locks)."""
 
-    def __init__(self, *, pending_source: PendingSource | None = None) -> None:
+    def __init__(self, *, pending_source: PendingSource | None = None,
+                 state_source: StateSource | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)  # what an operator alerts on: memory, CPU, files
+        PlatformCollector(registry=r)
         self._success = Counter("edgecut_inference_request_success", "Successful requests",
                                 _MODEL, registry=r)
         self._failure = Counter("edgecut_inference_request_failure", "Failed requests",
@@ -145,6 +177,8 @@ class EndpointMetrics:
         self._rpc_children: dict[tuple[str, str], Any] = {}
         if pending_source is not None:
             r.register(_PendingCollector(pending_source))
+        if state_source is not None:
+            r.register(_StateCollector(state_source))
 
     def record_rpc(self, *, rpc: str, code: str, device: str | None, count: int = 1) -> None:
         child = self._rpc_children.get((rpc, code))

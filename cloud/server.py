@@ -384,9 +384,11 @@ def create_server(
     metrics: EndpointMetrics | None = None
     scheduler_box: list[Scheduler] = []
     if metrics_port is not None:
-        metrics = EndpointMetrics(pending_source=lambda: (
-            (q.model, q.version, q.pending) for q in scheduler_box[0].statistics()
-        ))
+        models: ModelRepository = repository  # narrowed here, for the closure
+        metrics = EndpointMetrics(
+            pending_source=lambda: (
+                (q.model, q.version, q.pending) for q in scheduler_box[0].statistics()),
+            state_source=lambda: ((m.name, m.version, m.state) for m in models.models()))
     scheduler = Scheduler(
         overrides=scheduling, max_queue_size=max_queue_size, max_queue_bytes=max_queue_bytes,
         separate_sessions=separate_sessions, intra_op_threads=intra_op_threads,

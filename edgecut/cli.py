@@ -467,7 +467,8 @@ def _cmd_certs_init(args: argparse.Namespace) -> int:
     from edgecut.protocol.pki import init_ca
 
     paths = init_ca(args.dir, hosts=args.host, overwrite=args.force)
-    print(f"wrote CA and server certificate in {args.dir} ({paths})")
+    print(f"wrote CA and server certificate in {args.dir}: {paths.ca_cert.name}, "
+          f"{paths.cert.name}, {paths.key.name}")
     return 0
 
 
@@ -475,7 +476,8 @@ def _cmd_certs_device(args: argparse.Namespace) -> int:
     from edgecut.protocol.pki import issue_device_certificate
 
     paths = issue_device_certificate(args.dir, args.name)
-    print(f"wrote device certificate {args.name!r} in {args.dir} ({paths})")
+    print(f"wrote device certificate {args.name!r} in {args.dir}: {paths.cert.name}, "
+          f"{paths.key.name}")
     return 0
 
 

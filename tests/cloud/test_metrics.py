@@ -78,6 +78,10 @@ def test_metrics_over_http_from_two_servers(model_repo: Path) -> None:
     assert samples["edgecut_rpc_total{code=NOT_FOUND,rpc=ModelInfer}"] == 1
     assert not any("invented" in key for key in samples)  # unknown names make no series
     assert not any(key.startswith("edgecut_inference_request_success") for key in other)
+    # Model states, failures to load included, and the process's own series.
+    assert samples["edgecut_model_state{model=dyn_mlp,state=READY,version=1}"] == 1
+    assert samples["edgecut_model_state{model=broken,state=UNAVAILABLE,version=1}"] == 1
+    assert samples["process_resident_memory_bytes{}"] > 0
 
 
 def test_metrics_port_in_use(model_repo: Path) -> None:
