@@ -277,6 +277,17 @@ class BatchQueue(Generic[_T]):
         delay = self._policy.max_queue_delay_s
         return min(group[0].enqueued_at for _, group in self._groups()) + delay
 
+    def next_batch_at(self, now: float) -> float | None:
+        """When the next batch is due: `now` if one is ready at `now`, else when the earliest
+        waiting group's delay runs out (None: the queue is empty)."""
+        if not self._items:
+            return None
+        if not self._policy.batching or any(
+                self._ready_prefix(key, group, now, flush=False) is not None
+                for key, group in self._groups()):
+            return now
+        return self.wake_at()
+
     def remove(self, predicate: Any) -> list[Pending[_T]]:
         """Take out every item for which `predicate(item)` holds (cancelled requests)."""
         gone = [p for p in self._items if predicate(p)]

@@ -453,6 +453,10 @@ class ModelScheduler:
         batch = max(1, self._policy.max_batch_size) if self._policy.batching else 1
         batches_ahead = math.ceil(len(self._queue) / batch)
         seconds = batches_ahead * self._batch_s / self._policy.instance_count
+        now = self._clock()
+        due = self._queue.next_batch_at(now)
+        if due is not None:  # a queue short of a batch holds still until its delay runs out
+            seconds += due - now
         return int(min(_MAX_RETRY_AFTER_MS, max(1, math.ceil(seconds * 1000))))
 
     def _start_workers(self) -> None:
