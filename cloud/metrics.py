@@ -16,6 +16,8 @@ prefix; per-model series carry `{model, version}`:
     edgecut_inference_compression_ratio           raw / wire so far, by `direction`
     edgecut_rpc_total                             every RPC by `rpc` and `code`
     edgecut_device_requests_total                 RPCs by `device` (mutual TLS only)
+    edgecut_rpc_refused_total                     calls refused at the open-call limit, before
+                                                  any handler (native transport)
     edgecut_model_state                           1 for each model version's `state` (READY,
                                                   UNAVAILABLE: failed to load, UNLOADING...)
     process_*, python_info                        the server process: resident memory, CPU
@@ -49,7 +51,7 @@ from prometheus_client import (
     generate_latest,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from edgecut.errors import UserInputError
@@ -106,6 +108,25 @@ class _StateCollector(Collector):
     def _family(self) -> GaugeMetricFamily:
         return GaugeMetricFamily("edgecut_model_state", "1 for each model version's state",
                                  labels=[*_MODEL, "state"])
+
+
+class _RefusedCollector(Collector):
+    """Reads the transport's count of calls refused at its open-call limit."""
+
+    def __init__(self, source: Callable[[], int]) -> None:
+        self._source = source
+
+    def describe(self) -> Iterable[CounterMetricFamily]:
+        yield self._family(None)
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        yield self._family(self._source())
+
+    @staticmethod
+    def _family(value: int | None) -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "edgecut_rpc_refused", "Calls refused (RESOURCE_EXHAUSTED) at the transport's "
+            "open-call limit, before any handler", value=value)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -179,6 +200,11 @@ class EndpointMetrics:
             r.register(_PendingCollector(pending_source))
         if state_source is not None:
             r.register(_StateCollector(state_source))
+
+    def count_refusals(self, source: Callable[[], int]) -> None:
+        """Report `source()`, the transport's refusals at its open-call limit, on each scrape
+        (edgecut_rpc_refused_total; no handler sees those calls)."""
+        self.registry.register(_RefusedCollector(source))
 
     def record_rpc(self, *, rpc: str, code: str, device: str | None, count: int = 1) -> None:
         child = self._rpc_children.get((rpc, code))

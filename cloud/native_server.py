@@ -288,6 +288,11 @@ class NativeServer:
         """How many calls the infer lane has taken (0 before the port is open)."""
         return int(self._frontend.lane_calls) if self._frontend is not None else 0
 
+    @property
+    def refused_calls(self) -> int:
+        """Calls refused (RESOURCE_EXHAUSTED) for arriving at the open-call limit."""
+        return int(self._frontend.refused_calls) if self._frontend is not None else 0
+
     def call_cancelled(self, call_id: int) -> bool:
         """Whether the call ended without an answer (its client went away)."""
         return bool(self._frontend.cancelled(call_id))

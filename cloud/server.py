@@ -404,12 +404,15 @@ def create_server(
     _start_every_worker(executor, workers)
     server: grpc.Server | NativeServer
     if native:
-        server = NativeServer(executor, max_message_bytes=max_message_bytes,
-                              max_open_calls=max_concurrent_rpcs or 4 * workers,
-                              receive_window_bytes=RECEIVE_WINDOW_BYTES)
-        server.add_deferred_handler(MODEL_INFER_METHOD, servicer.infer_later)
-        server.add_infer_lane(MODEL_INFER_METHOD, servicer.infer_lane,
-                              excluded_models=[PROBE_MODEL])
+        native_server = NativeServer(executor, max_message_bytes=max_message_bytes,
+                                     max_open_calls=max_concurrent_rpcs or 4 * workers,
+                                     receive_window_bytes=RECEIVE_WINDOW_BYTES)
+        native_server.add_deferred_handler(MODEL_INFER_METHOD, servicer.infer_later)
+        native_server.add_infer_lane(MODEL_INFER_METHOD, servicer.infer_lane,
+                                     excluded_models=[PROBE_MODEL])
+        if metrics is not None:
+            metrics.count_refusals(lambda: native_server.refused_calls)
+        server = native_server
     else:
         server = grpc.server(
             executor,

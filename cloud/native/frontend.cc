@@ -97,6 +97,9 @@ struct Call {
 
 // How often the certificate files are checked for changes.
 constexpr int kReloadIntervalS = 1;
+// The retry hint of a call refused at the open-call limit (the handlers' queues give their
+// own, measured hints; this limit frees as soon as any open call is answered).
+constexpr char kRetryAfterMsAtLimit[] = "50";
 
 std::string read_file(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
@@ -451,6 +454,9 @@ class Frontend {
   // How many calls the infer lane has taken so far.
   uint64_t lane_calls() const { return lane_calls_.load(); }
 
+  // How many calls were refused for arriving with the open-call limit reached.
+  uint64_t refused_calls() const { return refused_calls_.load(); }
+
   size_t open_calls() {
     std::lock_guard<std::mutex> lock(calls_mutex_);
     return calls_.size();
@@ -581,6 +587,9 @@ class Frontend {
           case Op::kAccepted:
             calls_.emplace(call->id, call);
             if (calls_.size() > max_open_calls_) {
+              ++refused_calls_;
+              // A short back-off: the limit frees as the open calls are answered.
+              call->context.AddTrailingMetadata("retry-after-ms", kRetryAfterMsAtLimit);
               call->final_status = grpc::Status(
                   grpc::StatusCode::RESOURCE_EXHAUSTED,
                   "the endpoint has " + std::to_string(max_open_calls_) +
@@ -817,6 +826,7 @@ class Frontend {
   std::string infer_method_;  // "" : no infer lane
   std::unordered_set<std::string> infer_excluded_;
   std::atomic<uint64_t> lane_calls_{0};
+  std::atomic<uint64_t> refused_calls_{0};
   std::atomic<bool> yields_{true};
   uint64_t next_id_ = 1;  // only the poller thread (and start()) take ids
 
@@ -867,5 +877,6 @@ PYBIND11_MODULE(_frontend, module) {
       .def("watch_done", &Frontend::watch_done, py::arg("call_id"))
       .def("open_calls", &Frontend::open_calls)
       .def_property_readonly("lane_calls", &Frontend::lane_calls)
+      .def_property_readonly("refused_calls", &Frontend::refused_calls)
       .def("stop", &Frontend::stop, py::arg("grace_s") = 0.0);
 }

@@ -4,6 +4,7 @@ hint instead of queueing without bound, and keeps serving."""
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -77,22 +78,33 @@ def test_full_queue_answers_resource_exhausted_with_retry_hint(
 def test_rpcs_beyond_the_concurrency_bound_are_refused(
         ops_repo: Path, slow_iterations: Callable[[float], int], frontend: str) -> None:
     """Calls open at once are bounded too (gRPC's maximum_concurrent_rpcs; the native
-    transport's max_open_calls)."""
+    transport's max_open_calls). The native transport also hints a retry and counts its
+    refusals in the metrics, as no handler sees those calls."""
     server = create_server(ops_repo, workers=2, max_concurrent_rpcs=3,
                            scheduling={"slow": SchedulingPolicy(instance_count=1)},
-                           frontend=frontend)
+                           frontend=frontend, metrics_port=0)
     request = slow_request(slow_iterations(0.5))
     with server, grpc.insecure_channel(server.address) as channel:
         stub = GRPCInferenceServiceStub(channel)
 
-        def call(_: int) -> grpc.StatusCode:
+        def call(_: int) -> tuple[grpc.StatusCode, str | None]:
             try:
                 stub.ModelInfer(request, timeout=WAIT_S)
             except grpc.RpcError as exc:
-                return exc.code()  # type: ignore[attr-defined, no-any-return]
-            return grpc.StatusCode.OK
+                trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+                return exc.code(), trailers.get("retry-after-ms")  # type: ignore[attr-defined]
+            return grpc.StatusCode.OK, None
 
         with ThreadPoolExecutor(8) as pool:
-            codes = list(pool.map(call, range(8)))
+            answers = list(pool.map(call, range(8)))
+        assert server.metrics_url is not None
+        with urllib.request.urlopen(server.metrics_url, timeout=WAIT_S) as response:
+            exposition = response.read().decode()
+    codes = [code for code, _ in answers]
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
     assert codes.count(grpc.StatusCode.OK) >= 1
+    if frontend == "native":
+        refused = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert f"edgecut_rpc_refused_total {float(refused)}" in exposition
+        assert all(int(hint) >= 1 for code, hint in answers  # type: ignore[arg-type]
+                   if code == grpc.StatusCode.RESOURCE_EXHAUSTED)
