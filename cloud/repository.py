@@ -315,7 +315,9 @@ class ModelRepository:
                 loaded = model.loaded.get(candidate)
                 config, settings = model.config, model.settings or ModelSettings()
             if loaded is None:
-                path = self._root / name / str(candidate) / settings.default_model_filename
+                folder = version_folders(self._root / name).get(candidate)
+                path = (folder or self._root / name / str(candidate)) / (
+                    settings.default_model_filename)
                 loaded = self._load(name, candidate, path, config, settings)
             with self._lock:
                 previous = model.canary
@@ -503,9 +505,9 @@ class ModelRepository:
             config, settings = model.config, model.settings
         assert settings is not None  # for type checkers: parsed now or on an earlier sync
 
-        on_disk = sorted(int(p.name) for p in model_dir.iterdir()
-                         if p.is_dir() and p.name.isdigit() and int(p.name) > 0)
-        paths = {v: model_dir / str(v) / settings.default_model_filename for v in on_disk}
+        folders = version_folders(model_dir)
+        on_disk = sorted(folders)
+        paths = {v: folders[v] / settings.default_model_filename for v in on_disk}
         fingerprints = {v: _fingerprint(p) for v, p in paths.items()}
         fixed = set(model.pinned or ()) | set(model.canary.versions if model.canary else ())
         old = dict(model.loaded)
@@ -592,6 +594,18 @@ class ModelRepository:
                 self.poll()
             except Exception:  # the poller must outlive a bad day on disk
                 logger.exception("polling the model repository %s failed", self._root)
+
+
+def version_folders(model_dir: Path) -> dict[int, Path]:
+    """The version folders of a model, by version: folders named by a positive number, read
+    as Triton reads them (`002` is version 2; `2` wins over it); others are not versions."""
+    folders: dict[int, Path] = {}
+    if not model_dir.is_dir():
+        return folders
+    for path in sorted(model_dir.iterdir(), key=lambda p: (len(p.name), p.name), reverse=True):
+        if path.is_dir() and path.name.isdigit() and int(path.name) > 0:
+            folders[int(path.name)] = path  # shortest name last: the canonical one wins
+    return folders
 
 
 def _fingerprint(path: Path) -> tuple[int, ...] | None:

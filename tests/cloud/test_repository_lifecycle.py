@@ -180,6 +180,15 @@ def test_config_thread_count_is_the_sessions(repo_dir: Path) -> None:
     assert options.intra_op_num_threads == 1
 
 
+def test_version_folders_are_read_as_numbers(repo_dir: Path) -> None:
+    # As Triton reads them: `003` is version 3; a folder that is no number is no version.
+    (repo_dir / "m" / "2").rename(repo_dir / "m" / "003")
+    (repo_dir / "m" / "v4").mkdir()
+    repo = ModelRepository(repo_dir, intra_op_threads=1)
+    assert [(r.version, r.state) for r in repo.models()] == [(3, "READY")]
+    assert answer(repo, "m", "3") == 2.0
+
+
 def test_background_poller(repo_dir: Path) -> None:
     repo = ModelRepository(repo_dir, intra_op_threads=1, control_mode="poll", poll_interval_s=0.05)
     try:
