@@ -85,8 +85,16 @@ def parse_load_parameters(parameters: Mapping[str, pb.ModelRepositoryParameter])
     >>> parse_load_parameters({PROMOTE: pb.ModelRepositoryParameter(bool_param=True)}).kind
     'promote'
     """
-    problems = [f"parameter {k!r} is not supported; edgecut takes {', '.join(_KNOWN)}"
-                for k in sorted(parameters) if k not in _KNOWN]
+    problems = []
+    overrides = sorted(k for k in parameters if k == "config" or k.startswith("file:"))
+    if overrides:
+        problems.append(f"Triton's config and file overrides ({', '.join(overrides)}) are not "
+                        f"supported; edit the model's config.pbtxt or files in the repository, "
+                        f"then load it")
+    unknown = sorted(k for k in parameters if k not in _KNOWN and k not in overrides)
+    if unknown:
+        problems.append(f"parameter(s) {', '.join(map(repr, unknown))} not supported; edgecut "
+                        f"takes {', '.join(_KNOWN)}")
     values = {k: _value(parameters[k]) for k in _KNOWN if k in parameters}
     flags = [k for k in (PROMOTE, ROLLBACK) if values.get(k) is True]
     for k in (PROMOTE, ROLLBACK):

@@ -116,12 +116,17 @@ def test_bad_load_parameters(server: EndpointServer, fleet: Any) -> None:
     with ModelControl(f"localhost:{server.port}", tls_dir=fleet.directory) as control:
         request = pb.RepositoryModelLoadRequest(model_name="m")
         request.parameters["config"].string_param = "{}"
+        request.parameters["file:1/model.onnx"].bytes_param = b"onnx"
+        request.parameters["colour"].string_param = "red"
         request.parameters["edgecut_promote"].bool_param = True
         request.parameters["edgecut_canary_percent"].int64_param = 300
         with pytest.raises(RemoteError) as info:
             control._call("RepositoryModelLoad", request)
     message = str(info.value)
-    assert "'config' is not supported" in message and "needs edgecut_canary_version" in message
+    assert ("Triton's config and file overrides (config, file:1/model.onnx) are not supported; "
+            "edit the model's config.pbtxt") in message
+    assert "parameter(s) 'colour' not supported" in message
+    assert "needs edgecut_canary_version" in message
     assert "0..100, got 300" in message
 
 
