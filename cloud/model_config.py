@@ -14,8 +14,9 @@
 
 `ModelSettings` is the frozen value the rest of the endpoint reads (the batcher, the
 instance pool, the repository's version policy); the `ModelConfig` message is what the
-ModelConfig RPC returns. A missing config.pbtxt gives Triton's defaults: latest 1 version,
-no batching, two CPU instances, `model.onnx`.
+ModelConfig RPC returns. A missing config.pbtxt gives Triton's field defaults: latest 1
+version, no batching, two CPU instances, `model.onnx` (Triton would also auto-complete a batch
+size from the model; edgecut serves it unbatched).
 
 The text is parsed with Triton's own field names and numbers (edgecut.protocol's
 model_config.proto, a subset of Triton's). A Triton field that edgecut does not read (say
