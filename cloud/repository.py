@@ -28,7 +28,8 @@ Lifecycle, as Triton's model control modes:
   and removed versions and models, and changed model or config files, are picked up. Unlike
   Triton, the API still works in poll mode; the poller leaves alone a model that was unloaded
   by request, and keeps the versions pinned by a canary, a promote or a rollback until the
-  next `load(name)`.
+  next `load(name)`, or until a version folder it had not seen appears (a new release: the
+  version policy applies again), or none of the pinned versions is left on disk.
 
 A reload that fails keeps the previous copy serving (Triton's rule), and under `latest N`
 a version that does not load is skipped for the next lower one. Nothing a request holds is
@@ -133,7 +134,10 @@ class _Model:
     config_error: str = ""  # config.pbtxt did not load (the previous settings stay)
     unloaded: bool = False
     pinned: frozenset[int] | None = None
+    pinned_seen: frozenset[int] = frozenset()  # the version folders on disk when pinned
     canary: CanaryRoute | None = None
+    # Whether the canary loaded its candidate (rollback then unloads it) or found it served.
+    canary_loaded: bool = False
 
 
 class ModelRepository:
@@ -247,8 +251,12 @@ class ModelRepository:
         load, or the previous copies, keep serving).
         """
         self._check_control("load")
+        if not name or Path(name).name != name or "\\" in name or name.startswith("."):
+            # A path would load a folder elsewhere, or one model under several names.
+            raise UserInputError(f"model name {name!r} must be a folder name in the "
+                                 f"repository (no '/', '..' or leading '.')")
         with self._control:
-            if not (self._root / name).is_dir() or name.startswith("."):
+            if not (self._root / name).is_dir():
                 raise ModelNotFoundError(
                     f"no model folder {self._root / name}; expected "
                     f"{self._root}/{name}/<version>/{MODEL_FILENAME}"
@@ -313,6 +321,11 @@ class ModelRepository:
                           else self._choose(model, ""))
                 route = CanaryRoute(stable=stable, candidate=candidate, percent=percent)
                 loaded = model.loaded.get(candidate)
+                previous = model.canary
+                # Served before the canary (by the policy, or the running canary): it stays.
+                loaded_by_canary = loaded is None or (
+                    previous is not None and previous.candidate == candidate
+                    and model.canary_loaded)
                 config, settings = model.config, model.settings or ModelSettings()
             if loaded is None:
                 folder = version_folders(self._root / name).get(candidate)
@@ -321,15 +334,17 @@ class ModelRepository:
                 loaded = self._load(name, candidate, path, config, settings)
             with self._lock:
                 previous = model.canary
-                if previous is not None and previous.candidate != candidate:
+                dropped: set[int] = set()
+                if (previous is not None and previous.candidate != candidate
+                        and model.canary_loaded):
+                    dropped = {previous.candidate}
                     self._retire([model.loaded.pop(previous.candidate)])
                 model.loaded[candidate] = loaded
                 model.fingerprints.setdefault(candidate, _fingerprint(loaded.path))
                 model.failed.pop(candidate, None)
-                base = set(model.pinned or model.loaded) - (
-                    {previous.candidate} if previous is not None else set())
-                model.pinned = frozenset(base | {stable, candidate})
-                model.canary = route
+                base = set(model.pinned or model.loaded) - dropped
+                self._pin(model, base | {stable, candidate})
+                model.canary, model.canary_loaded = route, loaded_by_canary
         logger.info("model %r: canary version %d gets %d%% of traffic (stable %d)",
                     name, candidate, percent, stable)
         return self.canary_status(name)
@@ -342,7 +357,8 @@ class ModelRepository:
             route = self._require_canary(model, "promote")
             self._retire(m for v, m in model.loaded.items() if v != route.candidate)
             model.loaded = {route.candidate: model.loaded[route.candidate]}
-            model.pinned, model.canary = frozenset({route.candidate}), None
+            self._pin(model, {route.candidate})
+            model.canary = None
         logger.info("model %r: promoted version %d", name, route.candidate)
 
     def rollback(self, name: str) -> None:
@@ -351,8 +367,9 @@ class ModelRepository:
         with self._control, self._lock:
             model = self._find(name)
             route = self._require_canary(model, "roll back")
-            self._retire([model.loaded.pop(route.candidate)])
-            model.pinned = frozenset(model.loaded)
+            if model.canary_loaded:  # else the policy served it before: it stays
+                self._retire([model.loaded.pop(route.candidate)])
+            self._pin(model, set(model.loaded))
             model.canary = None
         logger.info("model %r: rolled back to version %d", name, route.stable)
 
@@ -434,9 +451,14 @@ class ModelRepository:
     def _check_control(self, action: str) -> None:
         if self._control_mode == "none":
             raise UserInputError(
-                f"cannot {action} models: model control is off (control_mode 'none'); start "
-                f"the endpoint with control_mode 'explicit' or 'poll'"
+                f"cannot {action} models: model control is off (--model-control-mode none); "
+                f"start the endpoint with --model-control-mode explicit or poll"
             )
+
+    def _pin(self, model: _Model, versions: set[int]) -> None:
+        """Serve `versions` of `model` whatever its policy says (see poll). Holds the lock."""
+        model.pinned = frozenset(versions)
+        model.pinned_seen = frozenset(version_folders(self._root / model.name))
 
     def _require_canary(self, model: _Model, action: str) -> CanaryRoute:
         if model.canary is None:
@@ -509,6 +531,15 @@ class ModelRepository:
         on_disk = sorted(folders)
         paths = {v: folders[v] / settings.default_model_filename for v in on_disk}
         fingerprints = {v: _fingerprint(p) for v, p in paths.items()}
+        if model.pinned is not None and model.canary is None:
+            released = set(on_disk) - model.pinned_seen
+            if released or not model.pinned & set(on_disk):
+                why = (f"version {max(released)} appeared" if released
+                       else "no pinned version is left on disk")
+                logger.info("model %r: %s; its version policy (%s) applies again", name, why,
+                            settings.version_policy.describe())
+                with self._lock:
+                    model.pinned = None
         fixed = set(model.pinned or ()) | set(model.canary.versions if model.canary else ())
         old = dict(model.loaded)
         loaded: dict[int, LoadedModel] = {}

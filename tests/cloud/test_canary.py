@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import importlib.util
+import shutil
 import sys
 import threading
 import time
@@ -85,6 +86,61 @@ def test_canary_rollback_and_change(repo: ModelRepository) -> None:
     assert {answer(repo, "m") for _ in range(10)} == {1.0}
     with pytest.raises(UserInputError, match="has no canary"):
         repo.promote("m")
+
+
+def test_rollback_keeps_a_candidate_the_policy_served(tmp_path: Path) -> None:
+    """A canary of a version already served (policy `all`) only routes to it: rolling back,
+    or moving the canary to another candidate, leaves it served."""
+    for v in (1, 2, 3):
+        put(tmp_path, "m", v, scaled(float(v)))
+    (tmp_path / "m" / "config.pbtxt").write_text("version_policy: { all {} }")
+    repo = ModelRepository(tmp_path, intra_op_threads=1)
+    repo.start_canary("m", candidate=2, percent=20)
+    repo.rollback("m")
+    assert repo.ready_versions("m") == (1, 2, 3)
+    repo.start_canary("m", candidate=2, percent=20)
+    repo.start_canary("m", candidate=1, percent=20)
+    assert repo.ready_versions("m") == (1, 2, 3)
+    assert answer(repo, "m", "2") == 2.0
+
+
+def test_poll_after_rollback_takes_a_new_release_and_outlives_the_pinned_version(
+        tmp_path: Path) -> None:
+    """In poll mode the versions a rollback or promote pinned stay until a version folder
+    not seen then appears (a release: the policy applies again), or none of them is left
+    on disk; a pinned version's removal never leaves the model without versions."""
+    for v in (1, 2, 3):
+        put(tmp_path, "m", v, scaled(float(v)))
+    repo = ModelRepository(tmp_path, intra_op_threads=1, control_mode="poll",
+                           poll_interval_s=3600)
+    try:
+        assert repo.ready_versions("m") == (3,)
+        repo.start_canary("m", candidate=2, percent=20)
+        repo.rollback("m")
+        repo.poll()
+        assert repo.ready_versions("m") == (3,)  # the rolled-back version is not picked up
+        put(tmp_path, "m", 4, scaled(4.0))
+        repo.poll()
+        assert repo.ready_versions("m") == (4,)
+        repo.start_canary("m", candidate=1, percent=20)
+        repo.promote("m")
+        assert repo.ready_versions("m") == (1,)
+        shutil.rmtree(tmp_path / "m" / "1")
+        repo.poll()
+        assert repo.ready_versions("m") == (4,)
+        assert answer(repo, "m") == 4.0
+    finally:
+        repo.close()
+
+
+def test_load_takes_only_folder_names_in_the_repository(tmp_path: Path) -> None:
+    put(tmp_path / "repo", "m", 1, scaled(1.0))
+    put(tmp_path, "outside", 1, scaled(7.0))
+    repo = ModelRepository(tmp_path / "repo", intra_op_threads=1)
+    for name in ("../outside", str(tmp_path / "outside"), "m/../m", "m/1", "..", ""):
+        with pytest.raises(UserInputError, match="must be a folder name in the repository"):
+            repo.load(name)
+    assert [r.name for r in repo.models()] == ["m"]
 
 
 def test_broken_candidate_changes_nothing(repo: ModelRepository, tmp_path: Path) -> None:
