@@ -137,6 +137,12 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
         if self._authorization is not None:
             self._authorization.check(device, model)
 
+    def _authorize_read(self, device: str | None, model: str) -> None:
+        """As _authorize, and operators may too: readiness, metadata, config and statistics
+        of the models they control (a rollout script loads, then asks if it is ready)."""
+        if self._authorization is not None:
+            self._authorization.check_read(device, model)
+
     def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.ServicerContext
                    ) -> pb.ServerLiveResponse:
         return self._answer("ServerLive", context, pb.ServerLiveResponse(live=True))
@@ -150,7 +156,7 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
                    ) -> pb.ModelReadyResponse:
         device = peer_identity(context)
         try:
-            self._authorize(device, request.name)
+            self._authorize_read(device, request.name)
         except Exception as exc:
             self._abort("ModelReady", context, exc, device=device)
         try:
@@ -173,7 +179,7 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
                       ) -> pb.ModelMetadataResponse:
         device = peer_identity(context)
         try:
-            self._authorize(device, request.name)
+            self._authorize_read(device, request.name)
             model = self._repository.get(request.name, request.version)
         except Exception as exc:
             self._abort("ModelMetadata", context, exc, device=device)
@@ -379,8 +385,7 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
                     ) -> pb.ModelConfigResponse:
         device = peer_identity(context)
         try:
-            if self._authorization is not None:  # a device that may use it, or an operator
-                self._authorization.check_read(device, request.name)
+            self._authorize_read(device, request.name)
             response = management.model_config(self._repository, request.name, request.version)
         except Exception as exc:
             self._abort("ModelConfig", context, exc, device=device)
@@ -390,10 +395,10 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
                         ) -> pb.ModelStatisticsResponse:
         device = peer_identity(context)
         try:
-            if request.name and self._authorization is not None:
+            if request.name:
                 # A device that may use it, or an operator weighing a canary; all models'
                 # statistics (no name) stay open, as the repository index does.
-                self._authorization.check_read(device, request.name)
+                self._authorize_read(device, request.name)
             response = management.model_statistics(self._repository, request.name,
                                                    request.version)
         except Exception as exc:

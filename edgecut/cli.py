@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from edgecut.errors import CloudUnavailableError, EdgecutError, RemoteError, UserInputError
+from edgecut.cli_types import at_least, listen_address, port, positive_seconds
+from edgecut.errors import CloudUnavailableError, EdgecutError, RemoteError
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -148,32 +149,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the cloud inference endpoint")
     p.add_argument("--repository", type=Path, required=True, metavar="REPO",
                    help="Triton-layout model repository: REPO/MODEL/VERSION/model.onnx")
-    p.add_argument("--address", default="127.0.0.1:8001", metavar="HOST:PORT", type=_address,
+    p.add_argument("--address", default="127.0.0.1:8001", metavar="HOST:PORT", type=listen_address,
                    help="where to listen (default 127.0.0.1:8001; port 0: any free port)")
     p.add_argument("--tls", type=Path, metavar="DIR", help="serve TLS with DIR/server.crt")
     p.add_argument("--mtls", action="store_true", help="require a device certificate (needs --tls)")
-    p.add_argument("--max-message-mb", type=_at_least(1), default=256,
+    p.add_argument("--max-message-mb", type=at_least(1), default=256,
                    help="largest request or response in MiB (default 256)")
     p.add_argument("--model-control-mode", choices=("none", "explicit", "poll"), default="explicit",
                    help="as Triton: none = load at start only; explicit = also load/unload via "
                         "`edgecut models`; poll = also pick up new versions from disk (default explicit)")
-    p.add_argument("--repository-poll-secs", type=_positive_seconds, default=5.0, metavar="S",
+    p.add_argument("--repository-poll-secs", type=positive_seconds, default=5.0, metavar="S",
                    help="how often poll mode looks at the repository (default 5)")
-    p.add_argument("--metrics-port", type=_port, metavar="PORT",
+    p.add_argument("--metrics-port", type=port, metavar="PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)")
     p.add_argument("--auth", type=Path, metavar="FILE",
                    help="TOML file of which devices may call which models, and which certificates "
                         "are operators that may load, unload and canary them (needs --mtls)")
-    p.add_argument("--max-queue-size", type=_at_least(1), default=128, metavar="N",
+    p.add_argument("--max-queue-size", type=at_least(1), default=128, metavar="N",
                    help="requests queued per model before RESOURCE_EXHAUSTED, where the model's "
                         "config sets no bound (default 128)")
-    p.add_argument("--workers", type=_at_least(1), default=64,
+    p.add_argument("--workers", type=at_least(1), default=64,
                    help="gRPC worker threads; a call waiting for its batch holds one (default 64); "
                         "at most 4 x workers calls are open at once, RESOURCE_EXHAUSTED beyond")
-    p.add_argument("--threads", type=_at_least(0), default=0, metavar="N",
+    p.add_argument("--threads", type=at_least(0), default=0, metavar="N",
                    help="onnxruntime intra-op threads per session (default 0: onnxruntime decides; "
                         "a model's config.pbtxt parameters intra_op_thread_count overrides it)")
-    p.add_argument("--grace-secs", type=_positive_seconds, default=5.0, metavar="S",
+    p.add_argument("--grace-secs", type=positive_seconds, default=5.0, metavar="S",
                    help="on SIGTERM or SIGINT, how long the requests in flight may take to finish "
                         "(default 5)")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
@@ -235,46 +236,6 @@ def _version() -> str:
         return version("edgecut")
     except PackageNotFoundError:
         return "unknown"
-
-
-def _at_least(least: int) -> Callable[[str], int]:
-    """An argparse type: a whole number >= `least`."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = least - 1
-        if value < least:
-            raise argparse.ArgumentTypeError(f"must be a whole number >= {least}, got {text!r}")
-        return value
-    return parse
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return value
-
-
-def _port(text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
-        raise argparse.ArgumentTypeError(f"must be a port in 0..65535 (0: any free port), "
-                                         f"got {text!r}")
-    return int(text)
-
-
-def _address(text: str) -> str:
-    from edgecut.cloud.server import split_address
-
-    try:
-        split_address(text)
-    except UserInputError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("address ")) from exc
-    return text
 
 
 def _input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:

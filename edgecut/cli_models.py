@@ -23,6 +23,8 @@ import argparse
 import json
 from pathlib import Path
 
+from edgecut.cli_types import positive_seconds
+
 __all__ = ["register"]
 
 
@@ -43,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # argparse has no
                        help="certificate NAME.crt/NAME.key in the --tls folder to present (default: "
                             "the only one); an operator's for load, unload and canary control "
                             "when the endpoint has --auth")
-        p.add_argument("--timeout", type=float, default=60.0, metavar="S",
+        p.add_argument("--timeout", type=positive_seconds, default=60.0, metavar="S",
                        help="seconds to wait for the endpoint (default 60)")
         return p
 

@@ -137,6 +137,19 @@ def test_unknown_argument_is_one_line(model_path: Path) -> None:
     assert_one_line_error(edgecut("cuts", str(model_path), "--frobnicate"), 2, "--frobnicate")
 
 
+@pytest.mark.parametrize(("flag", "value", "said"), [
+    ("--address", "127.0.0.1:99999", "a port in 0..65535"),
+    ("--workers", "0", "whole number >= 1"),
+    ("--metrics-port", "70000", "a port in 0..65535"),
+    ("--grace-secs", "-1", "seconds > 0"),
+])
+def test_serve_flags_are_checked_before_any_model_loads(tmp_path: Path, flag: str, value: str,
+                                                        said: str) -> None:
+    # The repository does not even exist: the flag is refused first, by its own name.
+    result = edgecut("serve", "--repository", str(tmp_path / "none"), flag, value)
+    assert_one_line_error(result, 2, f"argument {flag}: must be", said)
+
+
 def test_input_file_missing(model_path: Path, tmp_path: Path) -> None:
     main(["plan", str(model_path), "--cut", "1", "--out", str(tmp_path / "plan")])
     result = edgecut("run", str(tmp_path / "plan"), "--mode", "local", "--input",

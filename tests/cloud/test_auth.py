@@ -244,6 +244,14 @@ def test_only_operators_control_the_repository(control_repo: Path, ops_fleet: Pa
                                  ) as ops, pytest.raises(grpc.RpcError) as info:
             _answer(ops)
         assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+        # ... but it reads what a rollout checks: readiness and metadata.
+        with grpc.secure_channel(server.address, channel_credentials(ops_fleet, device=OPERATOR)
+                                 ) as ops:
+            stub = GRPCInferenceServiceStub(ops)
+            assert stub.ModelReady(pb.ModelReadyRequest(name="m", version="1"),
+                                   timeout=WAIT_S).ready
+            assert stub.ModelMetadata(pb.ModelMetadataRequest(name="m"),
+                                      timeout=WAIT_S).versions == ["1"]
 
         # Malformed parameters from a non-operator: refused for who it is, not for what it sent.
         request = pb.RepositoryModelLoadRequest(model_name="m")
