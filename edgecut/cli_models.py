@@ -87,10 +87,17 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serving(control, name: str) -> str:
+    """What `name` serves now, for the line a control command prints."""
+    versions = [r.version for r in control.index(ready_only=True) if r.name == name]
+    return (f"serving version{'s' if len(versions) > 1 else ''} {', '.join(versions)}"
+            if versions else "no version ready")
+
+
 def _cmd_load(args: argparse.Namespace) -> int:
     with _control(args) as control:
         control.load(args.name)
-    print(f"loaded {args.name}")
+        print(f"loaded {args.name}: {_serving(control, args.name)}")
     return 0
 
 
@@ -104,19 +111,20 @@ def _cmd_unload(args: argparse.Namespace) -> int:
 def _cmd_canary(args: argparse.Namespace) -> int:
     with _control(args) as control:
         control.canary(args.name, version=args.version, percent=args.percent)
-    print(f"{args.name}: version {args.version} gets {args.percent}% of unversioned requests")
+        print(f"{args.name}: version {args.version} gets {args.percent}% of unversioned "
+              f"requests; {_serving(control, args.name)}")
     return 0
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
     with _control(args) as control:
         control.promote(args.name)
-    print(f"{args.name}: canary version promoted")
+        print(f"{args.name}: canary version promoted; {_serving(control, args.name)}")
     return 0
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
     with _control(args) as control:
         control.rollback(args.name)
-    print(f"{args.name}: rolled back to the stable version")
+        print(f"{args.name}: rolled back to the stable version; {_serving(control, args.name)}")
     return 0

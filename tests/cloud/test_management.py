@@ -140,6 +140,9 @@ def test_cli(server: EndpointServer, fleet: Any, capsys: pytest.CaptureFixture[s
         assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "version 2 gets 25%" in out and "m" in out and "READY" in out
+    # Each control command says what the model serves after it.
+    assert "m: version 2 gets 25% of unversioned requests; serving versions 1, 2" in out
+    assert "m: canary version promoted; serving version 2" in out
     args = parser.parse_args(["models", "rollback", "m", *common])
     with pytest.raises(RemoteError, match="has no canary"):
         args.func(args)
