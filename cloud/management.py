@@ -38,7 +38,7 @@ from edgecut.errors import CloudUnavailableError, DeadlineExceededError, RemoteE
 from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from edgecut.protocol.model_config_pb2 import DataType, ModelConfig, ModelInput, ModelOutput
-from edgecut.protocol.tls import channel_credentials
+from edgecut.protocol.tls import channel_credentials, device_names
 
 from .loaded_model import LoadedModel, TensorSpec
 from .model_config import BACKEND, PLATFORM
@@ -259,6 +259,7 @@ class ModelControl:
                  timeout_s: float = 60.0) -> None:
         self._endpoint = endpoint
         self._timeout_s = timeout_s
+        self._hint = _connect_hint(tls_dir, device)
         if tls_dir is None:
             self._channel = grpc.insecure_channel(endpoint)
         else:
@@ -311,12 +312,26 @@ class ModelControl:
             code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
             details = exc.details() if hasattr(exc, "details") else str(exc)
             if code == grpc.StatusCode.UNAVAILABLE:
+                # Connection refused: nothing listens there, whatever the TLS set-up.
+                hint = "" if "refused" in (details or "").lower() else self._hint
                 raise CloudUnavailableError(
-                    f"cannot reach the endpoint at {self._endpoint}: {details}") from exc
+                    f"cannot reach the endpoint at {self._endpoint}: {details}{hint}") from exc
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise DeadlineExceededError(
                     f"{rpc} to {self._endpoint} took over {self._timeout_s:g} s") from exc
             raise RemoteError(details or f"{rpc} failed", code=code.name) from exc
+
+
+def _connect_hint(tls_dir: Path | None, device: str | None) -> str:
+    """What an unreachable endpoint may be down to, said where the caller's set-up suggests
+    it: a handshake refused for want of a certificate reads as a closed socket."""
+    if tls_dir is None:
+        return " (if the endpoint serves TLS, give --tls DIR)"
+    names = device_names(Path(tls_dir)) if device is None else []
+    if len(names) > 1:
+        return (f" (no client certificate was sent: {tls_dir} holds several; if the endpoint "
+                f"requires one, choose it with --device: {', '.join(names)})")
+    return ""
 
 
 def _value(parameter: pb.ModelRepositoryParameter) -> object:

@@ -299,3 +299,8 @@ def test_models_cli_presents_the_operator_certificate(
         assert main(["models", "unload", "m", *common, "--device", OPERATOR]) == 0
         assert main(["models", "index", *common, "--device", DEVICE, "--json"]) == 0
         assert '"state": "UNAVAILABLE"' in capsys.readouterr().out
+        # Without --device, a folder of several certificates sends none: the error says so.
+        assert main(["models", "index", *common]) == EXIT_FAILED
+        err = capsys.readouterr().err
+        assert "cannot reach the endpoint" in err
+        assert f"choose it with --device: {OPERATOR}, {DEVICE}" in err
