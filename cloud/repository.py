@@ -328,9 +328,12 @@ class ModelRepository:
                     and model.canary_loaded)
                 config, settings = model.config, model.settings or ModelSettings()
             if loaded is None:
-                folder = version_folders(self._root / name).get(candidate)
-                path = (folder or self._root / name / str(candidate)) / (
-                    settings.default_model_filename)
+                folders = version_folders(self._root / name)
+                if candidate not in folders:
+                    raise ModelNotFoundError(
+                        f"model {name!r} has no version {candidate} on disk (version folders: "
+                        f"{', '.join(map(str, sorted(folders))) or 'none'})")
+                path = folders[candidate] / settings.default_model_filename
                 loaded = self._load(name, candidate, path, config, settings)
             with self._lock:
                 previous = model.canary

@@ -18,7 +18,7 @@ from edgecut.cloud import canary
 from edgecut.cloud.canary import CanaryRoute
 from edgecut.cloud.repository import ModelRepository
 from edgecut.cloud.server import create_server
-from edgecut.errors import UserInputError
+from edgecut.errors import ModelNotFoundError, UserInputError
 from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 
@@ -147,6 +147,9 @@ def test_broken_candidate_changes_nothing(repo: ModelRepository, tmp_path: Path)
     put(tmp_path, "m", 4, b"broken")
     with pytest.raises(Exception, match="cannot be loaded"):
         repo.start_canary("m", candidate=4, percent=10)
+    with pytest.raises(ModelNotFoundError,
+                       match=r"'m' has no version 9 on disk \(version folders: 1, 2, 3, 4\)"):
+        repo.start_canary("m", candidate=9, percent=10)
     assert repo.canary_status("m") is None and repo.ready_versions("m") == (1,)
 
 
