@@ -360,10 +360,10 @@ def _batch_size_problems(request: InferRequest, max_batch_size: int) -> list[str
         listed = ", ".join(f"{name!r} {n}" for name, n in rows.items())
         return [f"the inputs' batch sizes differ ({listed}); every input of a batched model "
                 f"starts with the same batch dimension"]
-    if sizes and sizes.pop() > max_batch_size:
-        return [f"batch size {next(iter(rows.values()))} is more than the model's "
-                f"max_batch_size {max_batch_size} (config.pbtxt); send at most "
-                f"{max_batch_size} rows per request"]
+    size = max(sizes, default=0)
+    if size > max_batch_size:
+        return [f"batch size {size} is more than the model's max_batch_size {max_batch_size} "
+                f"(config.pbtxt); send at most {max_batch_size} rows per request"]
     return []
 
 
