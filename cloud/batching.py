@@ -81,7 +81,9 @@ class SchedulingPolicy:
     `max_batch_size` > 0 says the model's first dimension is a batch dimension of at most
     that many rows (Triton's meaning); `dynamic_batching` lets requests from different callers
     share a run. `max_queue_size` 0 takes the server's default (never unbounded).
-    `instance_count` runs execute at once for this model.
+    `instance_count` runs execute at once for this model. `queue_timeout_us` > 0 fails a
+    request still queued after that long (Triton's default_queue_policy with timeout_action
+    REJECT); with `queue_timeout_override` a request may ask for less (its `timeout`).
     """
 
     max_batch_size: int = 0
@@ -90,6 +92,8 @@ class SchedulingPolicy:
     max_queue_delay_us: int = 0
     max_queue_size: int = 0
     instance_count: int = 1
+    queue_timeout_us: int = 0
+    queue_timeout_override: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -108,6 +112,8 @@ class SchedulingPolicy:
                             f"got {self.max_queue_size}")
         if self.instance_count < 1:
             problems.append(f"instance_count must be >= 1, got {self.instance_count}")
+        if self.queue_timeout_us < 0:
+            problems.append(f"queue_timeout_us must be >= 0 (0: none), got {self.queue_timeout_us}")
         if problems:
             raise UserInputError("scheduling policy: " + "; ".join(problems))
 
@@ -119,6 +125,15 @@ class SchedulingPolicy:
     @property
     def max_queue_delay_s(self) -> float:
         return self.max_queue_delay_us / 1e6
+
+    def queue_timeout_s(self, asked_s: float | None = None) -> float | None:
+        """How long a request may wait in the queue: the policy's timeout, or what the request
+        asked for (`asked_s`, its `timeout` parameter) where the policy lets it ask for less.
+        None: no bound."""
+        bound = self.queue_timeout_us / 1e6 if self.queue_timeout_us else None
+        if asked_s is not None and self.queue_timeout_override:
+            bound = asked_s if bound is None else min(bound, asked_s)
+        return bound
 
 
 class SchedulingSettings(Protocol):
@@ -132,13 +147,15 @@ def policy_from_settings(settings: Any) -> SchedulingPolicy:
     """A SchedulingPolicy from a model's settings (edgecut.cloud.model_config.ModelSettings).
 
     Reads `max_batch_size`, `dynamic_batching` (None when the config has no
-    `dynamic_batching {}`; else an object with `preferred_batch_sizes`, `max_queue_delay_us`
-    and `max_queue_size`, or Triton's spellings) and `instance_count`. Missing
+    `dynamic_batching {}`; else an object with `preferred_batch_sizes`, `max_queue_delay_us`,
+    `max_queue_size` and the queue timeout's `default_timeout_us`, `timeout_action` and
+    `allow_timeout_override`, or Triton's spellings) and `instance_count`. Missing
     attributes take Triton's defaults, so None gives the default policy.
 
     >>> policy_from_settings(None)
     SchedulingPolicy(max_batch_size=0, dynamic_batching=False, preferred_batch_sizes=(), \
-max_queue_delay_us=0, max_queue_size=0, instance_count=1)
+max_queue_delay_us=0, max_queue_size=0, instance_count=1, queue_timeout_us=0, \
+queue_timeout_override=False)
     """
     if settings is None:
         return SchedulingPolicy()
@@ -156,6 +173,10 @@ max_queue_delay_us=0, max_queue_size=0, instance_count=1)
             _first(dynamic, "max_queue_delay_us", "max_queue_delay_microseconds") or 0),
         max_queue_size=int(getattr(dynamic, "max_queue_size", 0) or 0),
         instance_count=int(count),
+        # DELAY (requests past it go behind the others) is not served: no timeout then.
+        queue_timeout_us=(int(getattr(dynamic, "default_timeout_us", 0) or 0)
+                          if getattr(dynamic, "timeout_action", "reject") == "reject" else 0),
+        queue_timeout_override=bool(getattr(dynamic, "allow_timeout_override", False)),
     )
 
 
@@ -276,6 +297,12 @@ class BatchQueue(Generic[_T]):
             return None
         delay = self._policy.max_queue_delay_s
         return min(group[0].enqueued_at for _, group in self._groups()) + delay
+
+    def earliest_deadline(self) -> float | None:
+        """The earliest `deadline` of a queued item's payload (None: no item has one)."""
+        deadlines = [d for p in self._items
+                     if (d := getattr(p.payload, "deadline", None)) is not None]
+        return min(deadlines, default=None)
 
     def next_batch_at(self, now: float) -> float | None:
         """When the next batch is due: `now` if one is ready at `now`, else when the earliest

@@ -56,6 +56,7 @@ __all__ = [
     "RequestedOutput",
     "RunResult",
     "Runner",
+    "asked_timeout_s",
     "complete",
     "decode_inputs",
     "encode_outputs",
@@ -186,6 +187,19 @@ def complete(prepared: PreparedRequest, model: LoadedModel, run: RunResult) -> I
                         wire_bytes_in=prepared.wire_bytes_in, raw_bytes_out=raw_out,
                         wire_bytes_out=wire_out, queue_s=run.queue_s, compute_s=run.compute_s,
                         batch_rows=run.batch_rows)
+
+
+def asked_timeout_s(request: InferRequest) -> float | None:
+    """The queue timeout a request asks for in seconds (Triton's `timeout` parameter, in
+    microseconds, as tritonclient's `infer(timeout=...)` sends it); None when it asks none.
+    The model's policy decides whether it counts (SchedulingPolicy.queue_timeout_s)."""
+    if "timeout" not in request.parameters:
+        return None
+    value = parameter_value(request.parameters["timeout"])
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProtocolError(f"parameter 'timeout' must be a whole number of microseconds "
+                            f">= 0, got {value!r}")
+    return value / 1e6 if value else None
 
 
 def requested_outputs(request: InferRequest, model: LoadedModel

@@ -20,9 +20,9 @@ size from the model; edgecut serves it unbatched).
 
 The text is parsed with Triton's own field names and numbers (edgecut.protocol's
 model_config.proto, a subset of Triton's). A Triton field that edgecut does not read (say
-`optimization` or `model_warmup`), or reads but does not apply (request priorities, queue
-timeouts, parameters other than `intra_op_thread_count`), is logged as a warning naming the
-file and ignored, so configs written for Triton load unchanged. Refused, as BadModelError
+`optimization` or `model_warmup`), or reads but does not apply (request priorities, a queue
+timeout's DELAY action, parameters other than `intra_op_thread_count`), is logged as a
+warning naming the file and ignored, so configs written for Triton load unchanged. Refused, as BadModelError
 naming file:line: a name that is no field of Triton's either (a typo would otherwise load
 the model with a default), and the settings without which the model would answer wrongly
 (`sequence_batching`, `ensemble_scheduling`, `batch_input`/`batch_output`, `reshape`). Text
@@ -262,9 +262,10 @@ def _not_applied(config: ModelConfig, parameters: Mapping[str, str]) -> list[str
         batching, queue = config.dynamic_batching, config.dynamic_batching.default_queue_policy
         if batching.priority_levels or batching.priority_queue_policy:
             found.append("dynamic_batching priority levels (every request has one priority)")
-        if queue.default_timeout_microseconds or queue.allow_timeout_override:
-            found.append("dynamic_batching.default_queue_policy timeouts (a request waits "
-                         "until its gRPC deadline)")
+        if queue.timeout_action == ModelQueuePolicy.DELAY and (
+                queue.default_timeout_microseconds or queue.allow_timeout_override):
+            found.append("dynamic_batching.default_queue_policy timeout_action DELAY (no queue "
+                         "timeout applies then; REJECT is served)")
     return found
 
 

@@ -191,6 +191,8 @@ class ModelScheduler:
         self._free_sessions = [sessions[i % len(sessions)]
                                for i in range(self._policy.instance_count)]
         self._threads: list[threading.Thread] = []
+        # Whether queued requests can run out of queue time (the workers watch for it then).
+        self._expiring = bool(self._policy.queue_timeout_us or self._policy.queue_timeout_override)
 
     def _tracked(self, session: ort.InferenceSession) -> ort.InferenceSession:
         traffic = self._model.traffic
@@ -209,14 +211,18 @@ class ModelScheduler:
 
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], *,
             timeout_s: float | None = None,
-            cancelled: Callable[[], bool] | None = None) -> BatchResult:
+            cancelled: Callable[[], bool] | None = None,
+            asked_timeout_s: float | None = None) -> BatchResult:
         """Queue a request and wait for its result (see the class docstring for who runs it).
 
         Raises OverloadedError (with `retry_after_ms`) when the queue is full,
-        DeadlineExceededError when `timeout_s` passes before the request's batch starts,
-        CloudUnavailableError when `cancelled()` turns true first (the caller went away) or
-        the scheduler closes, and whatever the run raised for this request.
+        DeadlineExceededError when `timeout_s`, or the policy's queue timeout (or the shorter
+        one the request asked for, `asked_timeout_s`, where the policy allows it), passes
+        before the request's batch starts, CloudUnavailableError when `cancelled()` turns
+        true first (the caller went away) or the scheduler closes, and whatever the run raised
+        for this request.
         """
+        timeout_s = self._with_queue_timeout(timeout_s, asked_timeout_s)
         if self._policy.batching:
             return self._run_by_workers(inputs, output_names, timeout_s=timeout_s,
                                         cancelled=cancelled)
@@ -280,14 +286,17 @@ class ModelScheduler:
 
     def submit(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], *,
                timeout_s: float | None = None,
-               cancelled: Callable[[], bool] | None = None) -> Future[BatchResult]:
+               cancelled: Callable[[], bool] | None = None,
+               asked_timeout_s: float | None = None) -> Future[BatchResult]:
         """Queue a request; its Future gives a BatchResult or the run's error.
 
         Raises OverloadedError (with `retry_after_ms`) when the queue is full and
         CloudUnavailableError once the scheduler is closing. A request still queued when
-        `timeout_s` passes, or when `cancelled()` turns true, is not run: its Future fails
-        with DeadlineExceededError or CloudUnavailableError as run() would raise.
+        `timeout_s` (or the queue timeout, as in run()) passes, or when `cancelled()` turns
+        true, is not run: its Future fails with DeadlineExceededError or CloudUnavailableError
+        as run() would raise.
         """
+        timeout_s = self._with_queue_timeout(timeout_s, asked_timeout_s)
         self._start_workers()
         item = self._enqueue(inputs, output_names, future=_Submitted(self))
         if timeout_s is not None:
@@ -308,6 +317,7 @@ class ModelScheduler:
         OverloadedError the others get. Raises CloudUnavailableError once the scheduler is
         closing. Request i has `timeouts_s[i]` and `cancelled[i]`, as `submit` has them.
         """
+        timeouts_s = [self._with_queue_timeout(t) for t in timeouts_s]
         self._start_workers()
         now = self._clock()
         names = tuple(output_names)
@@ -443,10 +453,21 @@ class ModelScheduler:
             self._wake_next()
         return gone
 
+    def _with_queue_timeout(self, timeout_s: float | None,
+                            asked_s: float | None = None) -> float | None:
+        """The call's time left, bounded by how long the policy lets it wait in the queue."""
+        bound = self._policy.queue_timeout_s(asked_s)
+        if bound is None:
+            return timeout_s
+        return bound if timeout_s is None else min(timeout_s, bound)
+
     def _gave_up(self, expired: bool) -> Exception:
         if expired:
-            return DeadlineExceededError(f"{self._where()}no answer by the call's deadline "
-                                         f"({self.pending()} requests queued)")
+            queue_timeout = (f" or the model's queue timeout ({self._policy.queue_timeout_us} "
+                             f"us, config.pbtxt default_queue_policy)"
+                             if self._policy.queue_timeout_us else "")
+            return DeadlineExceededError(f"{self._where()}no answer by the call's deadline"
+                                         f"{queue_timeout} ({self.pending()} requests queued)")
         return CloudUnavailableError(f"{self._where()}the call was cancelled before it ran")
 
     def _retry_after_ms(self) -> int:
@@ -480,6 +501,14 @@ class ModelScheduler:
                 while True:
                     if self._closing:
                         return
+                    expired = self._take_expired(self._clock()) if self._expiring else []
+                    if expired:  # answered without the lock, as runs are
+                        self._cond.release()
+                        try:
+                            self._fail_expired(expired)
+                        finally:
+                            self._cond.acquire()
+                        continue
                     batch = (self._queue.take(self._clock(), flush=self._flush)
                              if self._free_sessions else None)
                     if batch:
@@ -487,6 +516,8 @@ class ModelScheduler:
                         session = self._free_sessions.pop()
                         break
                     wake = self._queue.wake_at() if self._free_sessions else None
+                    if self._expiring:
+                        wake = _earliest(wake, self._queue.earliest_deadline())
                     self._cond.wait(None if wake is None else max(0.0, wake - self._clock()))
             try:
                 self._run(session, batch)
@@ -495,6 +526,19 @@ class ModelScheduler:
             finally:
                 self._finished_run(session, batch)
                 del batch  # an idle worker holds on to no request
+
+    def _take_expired(self, now: float) -> list[Pending[_Work]]:
+        """Take out of the queue the requests whose time in it ran out (the policy's queue
+        timeout, or their call's deadline), so that they are answered then, not when a batch
+        is next formed. Call with the lock held."""
+        return self._queue.remove(lambda p: p.payload.deadline is not None
+                                  and now >= p.payload.deadline)
+
+    def _fail_expired(self, expired: list[Pending[_Work]]) -> None:
+        for item in expired:
+            if item.payload.future.set_running_or_notify_cancel():
+                item.payload.future.set_exception(self._gave_up(expired=True))
+        _answer_groups(expired)
 
     def _finished_run(self, session: ort.InferenceSession,
                       batch: list[Pending[_Work]]) -> None:
@@ -616,6 +660,10 @@ class ModelScheduler:
 
     def _where(self) -> str:
         return f"model {self._model.name!r} version {self._model.version}: "
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _answer_groups(batch: list[Pending[_Work]]) -> None:

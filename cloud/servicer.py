@@ -38,7 +38,7 @@ from edgecut.protocol.tls import peer_identity
 from . import management
 from .auth import AuthorizationFile
 from .infer_lane import LaneOutcome
-from .inference import InferOutcome, complete, prepare
+from .inference import InferOutcome, asked_timeout_s, complete, prepare
 from .lane_handlers import InferLaneHandlers
 from .loaded_model import LoadedModel, TensorSpec
 from .logs import RequestLog
@@ -215,7 +215,8 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
                 # This thread waits for its request's batch, and runs it when its turn comes.
                 result = self._scheduler.for_model(model).run(
                     prepared.inputs, prepared.names, timeout_s=context.time_remaining(),
-                    cancelled=lambda: not context.is_active())
+                    cancelled=lambda: not context.is_active(),
+                    asked_timeout_s=asked_timeout_s(request))
                 outcome = complete(prepared, model, result)
             finally:
                 self._leave()
@@ -251,7 +252,8 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
                 scheduler = self._scheduler.for_model(model)
                 future = scheduler.submit(prepared.inputs, prepared.names,
                                           timeout_s=context.time_remaining(),
-                                          cancelled=lambda: not context.is_active())
+                                          cancelled=lambda: not context.is_active(),
+                                          asked_timeout_s=asked_timeout_s(request))
             except BaseException:
                 self._leave()
                 raise

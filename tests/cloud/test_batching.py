@@ -13,11 +13,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import grpc
 import numpy as np
+import onnx
 import pytest
+import tritonclient.grpc as triton
 from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.utils import InferenceServerException
 
 from edgecut.cloud.batching import (
     BatchQueue,
@@ -41,6 +45,7 @@ from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from edgecut.protocol.tls import channel_credentials
 
+from .conftest import wide_mlp
 from .test_frontends import _wait_until
 
 WAIT_S = 30.0  # generous bound on anything that should take milliseconds
@@ -639,3 +644,68 @@ def test_separate_sessions_count_their_runs(ops_repo: Path) -> None:
         scheduler.close()
     assert len(results) == 60
     assert model.statistics().executions - before == 60
+
+
+# -- queue timeouts: Triton's default_queue_policy { default_timeout_microseconds } ----------
+
+def _never_filling(**timeouts: Any) -> SchedulingPolicy:
+    """Batches that never fill and a 600 s delay: only a queue timeout ends the wait."""
+    return SchedulingPolicy(max_batch_size=8, dynamic_batching=True, preferred_batch_sizes=(8,),
+                            max_queue_delay_us=600_000_000, **timeouts)
+
+
+@pytest.mark.parametrize(("timeouts", "asked_s"), [
+    ({"queue_timeout_us": 50_000}, None),                               # the policy's timeout
+    ({"queue_timeout_override": True}, 0.05),                           # the request's own
+    ({"queue_timeout_us": 600_000_000, "queue_timeout_override": True}, 0.05),  # shorter: taken
+])
+def test_queued_requests_fail_when_their_queue_time_runs_out(
+        ops_models: ModelRepository, timeouts: dict[str, Any], asked_s: float | None) -> None:
+    """Through run() (a caller waiting) and submit() (the workers answer it): answered at the
+    timeout, not when the 600 s delay would form a batch, and out of the queue."""
+    scheduler = ModelScheduler(ops_models.get("wide_mlp", ""), _never_filling(**timeouts))
+    x = {"x": np.ones((1, 256), np.float32)}
+    try:
+        with pytest.raises(DeadlineExceededError, match="deadline or the model's queue timeout"
+                           if timeouts.get("queue_timeout_us") else "deadline"):
+            scheduler.run(x, ["y"], asked_timeout_s=asked_s)
+        future = scheduler.submit(x, ["y"], asked_timeout_s=asked_s)
+        with pytest.raises(DeadlineExceededError):
+            future.result(timeout=WAIT_S)
+        assert scheduler.pending() == 0
+    finally:
+        scheduler.close(timeout_s=0.0)
+
+
+def test_a_request_may_not_lengthen_the_queue_timeout_nor_set_one_unless_allowed(
+        ops_models: ModelRepository) -> None:
+    assert _never_filling(queue_timeout_us=50_000).queue_timeout_s(9.0) == 0.05
+    assert _never_filling(queue_timeout_us=50_000,
+                          queue_timeout_override=True).queue_timeout_s(9.0) == 0.05
+    assert _never_filling().queue_timeout_s(0.01) is None  # no override: the request's is ignored
+
+
+def test_queue_timeout_from_config_over_both_transports(tmp_path: Path, frontend: str) -> None:
+    """config.pbtxt's default_queue_policy as Triton reads it: tritonclient's plain request
+    (the native transport's lane) fails DEADLINE_EXCEEDED at the default timeout; one that
+    asks for a shorter `timeout` (the per-call path) at its own."""
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    onnx.save(wide_mlp(), str(tmp_path / "m" / "1" / "model.onnx"))
+    (tmp_path / "m" / "config.pbtxt").write_text(
+        "max_batch_size: 8\n"
+        "dynamic_batching { preferred_batch_size: [8] max_queue_delay_microseconds: 600000000\n"
+        "  default_queue_policy { default_timeout_microseconds: 200000 "
+        "allow_timeout_override: true } }\n")
+    x = triton.InferInput("x", [1, 256], "FP32")
+    x.set_data_from_numpy(np.ones((1, 256), np.float32))
+    with create_server(tmp_path, workers=4, frontend=frontend) as server:
+        client = triton.InferenceServerClient(server.address)
+        for timeout_us in (None, 20_000):
+            with pytest.raises(InferenceServerException) as info:
+                client.infer("m", [x], timeout=timeout_us, client_timeout=WAIT_S)
+            assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+            assert "queue timeout (200000 us, config.pbtxt default_queue_policy)" in (
+                info.value.message())
+        statistics = client.get_inference_statistics("m", as_json=True)
+        assert statistics["model_stats"][0]["inference_stats"]["fail"]["count"] == "2"
+        assert server.lane_calls == (1 if frontend == "native" else 0)  # the plain one

@@ -89,7 +89,7 @@ def test_triton_config_is_read(tmp_path: Path, caplog: pytest.LogCaptureFixture)
         assert f"{model_dir}/config.pbtxt:{line}: field {field!r}" in caplog.text
     assert caplog.text.count("not read by edgecut") == 2
     # Read but not acted on: said once each, so no one relies on them unknowingly.
-    for setting in ("output 'logits' label_filename", "default_queue_policy timeouts"):
+    for setting in ("output 'logits' label_filename", "timeout_action DELAY"):
         assert f"{setting}" in caplog.text
     assert caplog.text.count("not applied by edgecut") == 2
 
