@@ -29,6 +29,7 @@ runs out).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -507,13 +508,22 @@ def serve(
 
     `options` are create_server's keywords. Signal handlers are installed only when called from
     the main thread (Python's rule) and restored on return. `on_started` is called with the
-    running server (e.g. to print the port when `address` ends in :0). `grace_s` bounds the drain.
+    running server (e.g. to print the port when `address` ends in :0). `grace_s` bounds the drain;
+    a second signal during it ends the process at once (exit status 128 + the signal), as an
+    operator pressing Ctrl-C twice means.
     """
     server = create_server(repository, address=address, **options)
     stop_requested = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        logger.info("received %s; draining (grace %.1f s)", signal.Signals(signum).name, grace_s)
+        name = signal.Signals(signum).name
+        if stop_requested.is_set():
+            logger.warning("received %s again; exiting now, without waiting for the requests "
+                           "in flight", name)
+            logging.shutdown()  # flush the log handlers: os._exit skips them
+            os._exit(128 + signum)
+        logger.info("received %s; draining (grace %.1f s; send it again to exit at once)",
+                    name, grace_s)
         stop_requested.set()
 
     previous = {}

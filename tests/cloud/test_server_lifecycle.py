@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,3 +151,36 @@ def test_edgecut_serve_logs_and_stops_past_open_health_watches(model_repo: Path,
     messages = [line.get("message", "") for line in lines]
     assert any("unloaded model 'scale_by'" in m for m in messages), messages
     assert any("received SIGTERM; draining" in m for m in messages), messages
+
+
+def test_a_second_signal_exits_at_once(ops_repo: Path, slow_iterations: Callable[[float], int],
+                                       call_timeout_s: float) -> None:
+    """SIGTERM drains (here for up to 120 s, behind a 60 s request); SIGTERM again means now:
+    the process exits with 128 + SIGTERM and says so, without waiting for the request."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgecut", "serve", "--repository", str(ops_repo),
+         "--address", "127.0.0.1:0", "--grace-secs", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        address = process.stdout.readline().split("listening on ", 1)[1].split(" ", 1)[0]
+        with grpc.insecure_channel(address) as channel:
+            stub: Any = GRPCInferenceServiceStub(channel)
+            slow = pb.ModelInferRequest(model_name="slow")
+            slow.inputs.add(name="x", datatype="FP32", shape=[1, 64])
+            slow.inputs.add(name="iterations", datatype="INT64", shape=[])
+            slow.raw_input_contents.append(np.ones((1, 64), np.float32).tobytes())
+            slow.raw_input_contents.append(np.array(slow_iterations(60.0), np.int64).tobytes())
+            call = stub.ModelInfer.future(slow, timeout=120)
+            time.sleep(0.5)  # the request is running
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=30)  # well before the request's 60 s
+            assert call.exception(timeout=call_timeout_s) is not None
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=10)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "received SIGTERM again; exiting now" in err
