@@ -69,45 +69,40 @@ PendingSource = Callable[[], Iterable[tuple[str, int, int]]]
 StateSource = Callable[[], Iterable[tuple[str, int | None, str]]]
 
 
-class _PendingCollector(Collector):
-    """Reads queue lengths at scrape time, from the scheduler."""
+class _ScrapedGauge(Collector):
+    """A gauge family read at scrape time: `rows()` gives (label values, value) pairs."""
 
-    def __init__(self, source: PendingSource) -> None:
-        self._source = source
-
-    def describe(self) -> Iterable[GaugeMetricFamily]:
-        yield self._family()
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        family = self._family()
-        for model, version, pending in self._source():
-            family.add_metric([model, str(version)], pending)
-        yield family
-
-    def _family(self) -> GaugeMetricFamily:
-        return GaugeMetricFamily("edgecut_inference_pending_requests",
-                                  "Requests waiting in the model's queue", labels=list(_MODEL))
-
-
-class _StateCollector(Collector):
-    """Reads each model version's state at scrape time, from the repository: a model that
-    failed to load shows as UNAVAILABLE, which no request counter would show."""
-
-    def __init__(self, source: StateSource) -> None:
-        self._source = source
+    def __init__(self, name: str, documentation: str, labels: list[str],
+                 rows: Callable[[], Iterable[tuple[list[str], float]]]) -> None:
+        self._name, self._documentation, self._labels = name, documentation, labels
+        self._rows = rows
 
     def describe(self) -> Iterable[GaugeMetricFamily]:
         yield self._family()
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         family = self._family()
-        for model, version, state in self._source():
-            family.add_metric([model, "" if version is None else str(version), state], 1)
+        for values, value in self._rows():
+            family.add_metric(values, value)
         yield family
 
     def _family(self) -> GaugeMetricFamily:
-        return GaugeMetricFamily("edgecut_model_state", "1 for each model version's state",
-                                 labels=[*_MODEL, "state"])
+        return GaugeMetricFamily(self._name, self._documentation, labels=self._labels)
+
+
+def _pending_gauge(source: PendingSource) -> _ScrapedGauge:
+    """Queue lengths, from the scheduler."""
+    return _ScrapedGauge(
+        "edgecut_inference_pending_requests", "Requests waiting in the model's queue",
+        list(_MODEL), lambda: (([m, str(v)], n) for m, v, n in source()))
+
+
+def _state_gauge(source: StateSource) -> _ScrapedGauge:
+    """Each model version's state, from the repository: a model that failed to load shows as
+    UNAVAILABLE, which no request counter would show."""
+    return _ScrapedGauge(
+        "edgecut_model_state", "1 for each model version's state", [*_MODEL, "state"],
+        lambda: (([m, "" if v is None else str(v), state], 1) for m, v, state in source()))
 
 
 class _RefusedCollector(Collector):
@@ -197,9 +192,9 @@ class EndpointMetrics:
         self._by_model: dict[tuple[str, int], _ModelSeries] = {}
         self._rpc_children: dict[tuple[str, str], Any] = {}
         if pending_source is not None:
-            r.register(_PendingCollector(pending_source))
+            r.register(_pending_gauge(pending_source))
         if state_source is not None:
-            r.register(_StateCollector(state_source))
+            r.register(_state_gauge(state_source))
 
     def count_refusals(self, source: Callable[[], int]) -> None:
         """Report `source()`, the transport's refusals at its open-call limit, on each scrape
