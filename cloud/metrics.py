@@ -286,7 +286,7 @@ class MetricsHTTPServer:
         except OSError as exc:
             raise UserInputError(
                 f"cannot serve metrics on {host}:{port} ({exc.strerror}); choose another "
-                f"metrics_port"
+                f"metrics port or address"
             ) from exc
         self._host = host
 

@@ -103,6 +103,7 @@ class EndpointServer:
                  recorder: StatisticsRecorder, host: str, port: int, tls: bool,
                  scheduler: Scheduler | None = None, health: EndpointHealth | None = None,
                  metrics: EndpointMetrics | None = None, metrics_port: int | None = None,
+                 metrics_host: str | None = None,
                  authorization: AuthorizationFile | None = None,
                  certificates: ReloadingServerCertificates | None = None,
                  poll_interval_s: float = DEFAULT_POLL_INTERVAL_S) -> None:
@@ -118,6 +119,7 @@ class EndpointServer:
         self._health = health
         self._metrics = metrics
         self._metrics_port = metrics_port
+        self._metrics_host = metrics_host or host
         self._metrics_http: MetricsHTTPServer | None = None
         self._authorization = authorization
         self._certificates = certificates
@@ -164,7 +166,8 @@ class EndpointServer:
 
     def start(self) -> None:
         if self._metrics is not None and self._metrics_port is not None:
-            self._metrics_http = MetricsHTTPServer(self._metrics.registry, host=self._host,
+            self._metrics_http = MetricsHTTPServer(self._metrics.registry,
+                                                   host=self._metrics_host,
                                                    port=self._metrics_port)
         self._server.start()
         self._servicer.set_ready(True)
@@ -295,6 +298,7 @@ def create_server(
     separate_sessions: bool = False,
     max_concurrent_rpcs: int | None = None,
     metrics_port: int | None = None,
+    metrics_host: str | None = None,
     auth_file: Path | None = None,
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
     reload_certificates: bool = True,
@@ -320,12 +324,14 @@ def create_server(
     `separate_sessions` gives each instance its own onnxruntime session (see
     edgecut.cloud.providers for when that pays).
 
-    `metrics_port` serves Prometheus metrics on the gRPC address's host (0: any free port,
-    None: off). `auth_file` (TOML, see edgecut.cloud.auth; needs `mutual_tls`) says which
-    models each device may use and which identities may control the repository (operators).
-    Model health and the auth file are re-read every `poll_interval_s`; freed memory is given
-    back to the system every TRIM_INTERVAL_S. `request_log_level` is the level of the per-call
-    JSON log lines (None: none).
+    `metrics_port` serves Prometheus metrics (0: any free port, None: off) on `metrics_host`
+    (default: the gRPC address's host; the metrics are not behind TLS, so an endpoint
+    listening on every address may keep them on 127.0.0.1). `auth_file` (TOML, see
+    edgecut.cloud.auth; needs `mutual_tls`) says which models each device may use and which
+    identities may control the repository (operators). Model health and the auth file are
+    re-read every `poll_interval_s`; freed memory is given back to the system every
+    TRIM_INTERVAL_S. `request_log_level` is the level of the per-call JSON log lines (None:
+    none).
 
     `frontend` is the gRPC transport: "grpcio" is Python's grpcio; "native" runs it in C++
     (edgecut.cloud.native_server; built at install where gRPC's C++ library is found); "auto"
@@ -454,6 +460,7 @@ def create_server(
                           repository=repository, recorder=recorder, host=host, port=port,
                           tls=credentials is not None, scheduler=scheduler, health=health,
                           metrics=metrics, metrics_port=metrics_port,
+                          metrics_host=metrics_host,
                           authorization=authorization, certificates=certificates,
                           poll_interval_s=poll_interval_s)
 

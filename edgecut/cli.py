@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often poll mode looks at the repository (default 5)")
     p.add_argument("--metrics-port", type=port, metavar="PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)")
+    p.add_argument("--metrics-address", metavar="HOST",
+                   help="the host the metrics listen on (default: --address's; they have no TLS, "
+                        "so e.g. 127.0.0.1 keeps them local)")
     p.add_argument("--auth", type=Path, metavar="FILE",
                    help="TOML file of which devices may call which models, and which certificates "
                         "are operators that may load, unload and canary them (needs --mtls)")
@@ -471,7 +474,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     stats = serve(repository, address=args.address, grace_s=args.grace_secs,
                   tls_dir=args.tls, mutual_tls=args.mtls,
                   max_message_bytes=args.max_message_mb << 20, on_started=announce,
-                  metrics_port=args.metrics_port, auth_file=args.auth,
+                  metrics_port=args.metrics_port, metrics_host=args.metrics_address,
+                  auth_file=args.auth,
                   max_queue_size=args.max_queue_size, workers=args.workers,
                   intra_op_threads=args.threads,
                   request_log_level="INFO" if args.log_requests else None,

@@ -94,6 +94,16 @@ def test_metrics_port_in_use(model_repo: Path) -> None:
         clash.stop(grace_s=0)
 
 
+def test_metrics_listen_where_asked(model_repo: Path) -> None:
+    # gRPC on every address, the unencrypted metrics on loopback only.
+    with create_server(model_repo, workers=1, address="0.0.0.0:0", metrics_port=0,
+                       metrics_host="127.0.0.1") as server:
+        assert server.metrics_url is not None
+        assert server.metrics_url.startswith("http://127.0.0.1:")
+        assert "edgecut_rpc_total" in urllib.request.urlopen(
+            server.metrics_url, timeout=WAIT_S).read().decode()
+
+
 def test_request_log_is_one_json_line_per_call(model_repo: Path,
                                                caplog: pytest.LogCaptureFixture) -> None:
     with create_server(model_repo, workers=1, request_log_level="INFO") as server, \
