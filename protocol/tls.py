@@ -77,6 +77,7 @@ class ReloadingServerCertificates:
         self._mutual = mutual
         self._lock = threading.Lock()
         self._stamp = self._stamps()
+        self._refused_stamp: tuple[tuple[int, int] | None, ...] | None = None
         self._initial_files = self._files()  # raises TLSConfigError at startup
         self.reloads = 0
 
@@ -100,11 +101,12 @@ class ReloadingServerCertificates:
         last asked and form a consistent set; None to keep the previous ones."""
         stamp = self._stamps()
         with self._lock:
-            if stamp == self._stamp:
+            if stamp in (self._stamp, self._refused_stamp):  # unchanged, or refused as it is
                 return None
             try:
                 files = self._files()
             except TLSConfigError as exc:
+                self._refused_stamp = stamp  # said once, not at every check or handshake
                 logger.error("TLS files in %s changed but cannot be used yet; the previous "
                              "certificates stay in force: %s", self._dir, exc)
                 return None
