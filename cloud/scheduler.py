@@ -317,7 +317,8 @@ class ModelScheduler:
         OverloadedError the others get. Raises CloudUnavailableError once the scheduler is
         closing. Request i has `timeouts_s[i]` and `cancelled[i]`, as `submit` has them.
         """
-        timeouts_s = [self._with_queue_timeout(t) for t in timeouts_s]
+        if self._expiring:
+            timeouts_s = [self._with_queue_timeout(t) for t in timeouts_s]
         self._start_workers()
         now = self._clock()
         names = tuple(output_names)
@@ -456,10 +457,9 @@ class ModelScheduler:
     def _with_queue_timeout(self, timeout_s: float | None,
                             asked_s: float | None = None) -> float | None:
         """The call's time left, bounded by how long the policy lets it wait in the queue."""
-        bound = self._policy.queue_timeout_s(asked_s)
-        if bound is None:
+        if not self._expiring:  # the common case, on every request: no policy bound
             return timeout_s
-        return bound if timeout_s is None else min(timeout_s, bound)
+        return _earliest(timeout_s, self._policy.queue_timeout_s(asked_s))
 
     def _gave_up(self, expired: bool) -> Exception:
         if expired:
@@ -501,11 +501,14 @@ class ModelScheduler:
                 while True:
                     if self._closing:
                         return
-                    expired = self._take_expired(self._clock()) if self._expiring else []
+                    now = self._clock()
+                    expired = self._take_expired(now) if self._expiring else []
                     if expired:  # answered without the lock, as runs are
                         self._cond.release()
                         try:
-                            self._fail_expired(expired)
+                            for item in expired:
+                                self._gave_up_before_run(item, now)
+                            _answer_groups(expired)
                         finally:
                             self._cond.acquire()
                         continue
@@ -533,12 +536,6 @@ class ModelScheduler:
         is next formed. Call with the lock held."""
         return self._queue.remove(lambda p: p.payload.deadline is not None
                                   and now >= p.payload.deadline)
-
-    def _fail_expired(self, expired: list[Pending[_Work]]) -> None:
-        for item in expired:
-            if item.payload.future.set_running_or_notify_cancel():
-                item.payload.future.set_exception(self._gave_up(expired=True))
-        _answer_groups(expired)
 
     def _finished_run(self, session: ort.InferenceSession,
                       batch: list[Pending[_Work]]) -> None:
