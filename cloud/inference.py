@@ -47,6 +47,7 @@ from edgecut.protocol.grpc_service_pb2 import (
 )
 from edgecut.protocol.rawfields import InferRequestView
 from edgecut.protocol.tensors import dtype_of, expected_nbytes
+from edgecut.protocol.timing import COMPUTE_MS_PARAMETER, QUEUE_MS_PARAMETER
 
 from .loaded_model import LoadedModel, format_shape
 
@@ -64,6 +65,7 @@ __all__ = [
     "prepare",
     "requested_outputs",
     "run_model",
+    "set_timing",
 ]
 
 # The typed field of InferTensorContents that carries each datatype. FP16 (and BF16) have
@@ -183,10 +185,18 @@ def complete(prepared: PreparedRequest, model: LoadedModel, run: RunResult) -> I
     """infer's second half: the response to `prepared` once `run` computed its outputs."""
     response, raw_out, wire_out = encode_outputs(prepared.request, model, prepared.outputs,
                                                  run.outputs)
+    set_timing(response, queue_s=run.queue_s, compute_s=run.compute_s)
     return InferOutcome(response=response, raw_bytes_in=prepared.raw_bytes_in,
                         wire_bytes_in=prepared.wire_bytes_in, raw_bytes_out=raw_out,
                         wire_bytes_out=wire_out, queue_s=run.queue_s, compute_s=run.compute_s,
                         batch_rows=run.batch_rows)
+
+
+def set_timing(response: ModelInferResponse, *, queue_s: float, compute_s: float) -> None:
+    """Report on `response` how long its request queued and its batch ran
+    (edgecut.protocol.timing; the infer lane writes the same in frontend.cc)."""
+    response.parameters[QUEUE_MS_PARAMETER].double_param = queue_s * 1e3
+    response.parameters[COMPUTE_MS_PARAMETER].double_param = compute_s * 1e3
 
 
 def asked_timeout_s(request: InferRequest) -> float | None:

@@ -29,7 +29,7 @@ from .infer_lane import (
     LaneTicket,
     remember_layout,
 )
-from .inference import encode_outputs, prepare
+from .inference import encode_outputs, prepare, set_timing
 from .loaded_model import LoadedModel
 from .scheduler import BatchResult
 
@@ -199,7 +199,9 @@ class InferLaneHandlers:
         ), device=group.peer, started=ticket.started,
             request_ids=[_text(c.request_id) for c in calls])
         server.finish_infers([c.call_id for c in calls], [c.request_id for c in calls],
-                             [group.rows] * len(calls), model.name, str(model.version), columns)
+                             [group.rows] * len(calls), model.name, str(model.version), columns,
+                             queue_ms=[result.queue_s * 1e3] * len(calls),
+                             compute_ms=[result.compute_s * 1e3] * len(calls))
 
     def _lane_encoded(self, ticket: LaneTicket, slot: LaneSlot, server: NativeServer) -> None:
         """Answer one lane call from its outputs as they are, as infer_later would."""
@@ -211,6 +213,7 @@ class InferLaneHandlers:
         except Exception as exc:
             self._lane_fail(server, group.peer, call, exc, model=model, started=ticket.started)
             return
+        set_timing(response, queue_s=result.queue_s, compute_s=result.compute_s)
         in_bytes = group.call_bytes
         self._observe_infer(model, LaneOutcome(
             raw_bytes_in=in_bytes, wire_bytes_in=in_bytes, raw_bytes_out=raw_out,

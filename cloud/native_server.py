@@ -277,11 +277,20 @@ class NativeServer:
 
     def finish_infers(self, call_ids: Sequence[int], request_ids: Sequence[bytes],
                       rows: Sequence[int], model_name: str, model_version: str,
-                      outputs: list[tuple[str, str, tuple[int, ...], Any]]) -> int:
-        """Answer infer-lane calls from one run (see Frontend.finish_infers in frontend.cc);
-        returns how many were still open."""
-        return int(self._frontend.finish_infers(call_ids, request_ids, rows, model_name,
-                                                model_version, outputs))
+                      outputs: list[tuple[str, str, tuple[int, ...], Any]], *,
+                      queue_ms: Sequence[float] = (), compute_ms: Sequence[float] = (),
+                      keep: Sequence[bool] = ()) -> tuple[int, list[bytes | None]]:
+        """Answer infer-lane calls from one run (see Frontend.finish_infers in frontend.cc),
+        each response with its call's `queue_ms` and `compute_ms` (edgecut.protocol.timing)
+        where given; returns how many were still open, and the answers' bytes of the calls
+        `keep` marks (None for the others; an empty list without `keep`)."""
+        result = self._frontend.finish_infers(call_ids, request_ids, rows, model_name,
+                                              model_version, outputs, list(queue_ms),
+                                              list(compute_ms), list(keep))
+        if not keep:
+            return int(result), []
+        answered, kept = result
+        return int(answered), list(kept)
 
     @property
     def lane_calls(self) -> int:

@@ -33,6 +33,7 @@ from edgecut.protocol.probe import (
     PROBE_OUTPUT,
 )
 from edgecut.protocol.rawfields import InferRequestView, parse_infer_request
+from edgecut.protocol.timing import TIMING_EXTENSION
 from edgecut.protocol.tls import peer_identity
 
 from . import management
@@ -171,7 +172,8 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
                        ) -> pb.ServerMetadataResponse:
         response = pb.ServerMetadataResponse(
             name=SERVER_NAME, version=self._version,
-            extensions=[*TRITON_EXTENSIONS, *SERVER_EXTENSIONS, PROBE_EXTENSION],
+            extensions=[*TRITON_EXTENSIONS, *SERVER_EXTENSIONS, PROBE_EXTENSION,
+                        TIMING_EXTENSION],
         )
         return self._answer("ServerMetadata", context, response)
 

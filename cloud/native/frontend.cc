@@ -100,6 +100,9 @@ constexpr int kReloadIntervalS = 1;
 // The retry hint of a call refused at the open-call limit (the handlers' queues give their
 // own, measured hints; this limit frees as soon as any open call is answered).
 constexpr char kRetryAfterMsAtLimit[] = "50";
+// The response parameters of edgecut.protocol.timing (QUEUE_MS_PARAMETER, COMPUTE_MS_PARAMETER).
+constexpr char kQueueMsParameter[] = "edgecut_queue_ms";
+constexpr char kComputeMsParameter[] = "edgecut_compute_ms";
 
 std::string read_file(const std::string& path) {
   std::ifstream file(path, std::ios::binary);
@@ -370,14 +373,29 @@ class Frontend {
 
   // Answer infer-lane calls from one run: `outputs` holds (name, datatype, inner shape,
   // buffer) per output, each buffer C-contiguous with the rows of every call in turn; call i
-  // gets the next rows[i] of them. Returns how many calls were still open to answer.
-  size_t finish_infers(const std::vector<uint64_t>& call_ids,
-                       const std::vector<std::string>& request_ids,
-                       const std::vector<int64_t>& rows, const std::string& model_name,
-                       const std::string& model_version, const py::list& outputs) {
+  // gets the next rows[i] of them. `queue_ms` and `compute_ms`, when given (one per call),
+  // go into each response's parameters as edgecut_queue_ms and edgecut_compute_ms
+  // (edgecut.protocol.timing). Returns how many calls were still open to answer; with
+  // `keep`, also the answers' bytes of the calls whose `keep` entry is true (None for the
+  // others), for the server to give again to a repeated request id.
+  py::object finish_infers(const std::vector<uint64_t>& call_ids,
+                           const std::vector<std::string>& request_ids,
+                           const std::vector<int64_t>& rows, const std::string& model_name,
+                           const std::string& model_version, const py::list& outputs,
+                           const std::vector<double>& queue_ms,
+                           const std::vector<double>& compute_ms,
+                           const std::vector<bool>& keep) {
     if (request_ids.size() != call_ids.size() || rows.size() != call_ids.size()) {
       throw std::invalid_argument(
           "finish_infers: call_ids, request_ids and rows differ in length");
+    }
+    bool timed = !queue_ms.empty() || !compute_ms.empty();
+    if (timed && (queue_ms.size() != call_ids.size() || compute_ms.size() != call_ids.size())) {
+      throw std::invalid_argument(
+          "finish_infers: queue_ms and compute_ms need one entry per call");
+    }
+    if (!keep.empty() && keep.size() != call_ids.size()) {
+      throw std::invalid_argument("finish_infers: keep needs one entry per call");
     }
     size_t total_rows = 0;
     for (int64_t count : rows) {
@@ -403,10 +421,45 @@ class Frontend {
       }
     }
     size_t answered = 0;
-    py::gil_scoped_release release;
     std::vector<grpc::ByteBuffer> answers(call_ids.size());
+    {
+      py::gil_scoped_release release;
+      answered = answer_infers(call_ids, request_ids, rows, model_name, model_version,
+                               columns, timed ? &queue_ms : nullptr,
+                               timed ? &compute_ms : nullptr, &answers);
+    }
+    if (keep.empty()) return py::int_(answered);
+    py::list kept;
+    for (size_t i = 0; i < call_ids.size(); ++i) {
+      if (!keep[i]) {
+        kept.append(py::none());
+        continue;
+      }
+      // The slice is shared with the call being answered: one copy, into Python's bytes.
+      std::vector<grpc::Slice> slices;
+      if (!answers[i].Dump(&slices).ok() || slices.size() != 1) {
+        kept.append(py::none());
+        continue;
+      }
+      kept.append(py::bytes(reinterpret_cast<const char*>(slices[0].begin()), slices[0].size()));
+    }
+    return py::make_tuple(answered, kept);
+  }
+
+  // finish_infers' work without the GIL: each call's response written and sent. `answers`
+  // keeps a reference to each response sent.
+  size_t answer_infers(const std::vector<uint64_t>& call_ids,
+                       const std::vector<std::string>& request_ids,
+                       const std::vector<int64_t>& rows, const std::string& model_name,
+                       const std::string& model_version,
+                       const std::vector<std::unique_ptr<OutputColumn>>& columns,
+                       const std::vector<double>* queue_ms,
+                       const std::vector<double>* compute_ms,
+                       std::vector<grpc::ByteBuffer>* answers) {
+    size_t answered = 0;
     std::vector<infer_wire::Output> parts(columns.size());
     std::vector<size_t> offsets(columns.size(), 0);
+    std::vector<infer_wire::DoubleParameter> parameters;
     for (size_t i = 0; i < call_ids.size(); ++i) {
       for (size_t j = 0; j < columns.size(); ++j) {
         const OutputColumn& column = *columns[j];
@@ -418,16 +471,22 @@ class Frontend {
         parts[j].raw = std::string_view(column.data() + offsets[j], size);
         offsets[j] += size;
       }
-      infer_wire::Response response(model_name, model_version, request_ids[i], parts);
+      parameters.clear();
+      if (queue_ms != nullptr) {
+        parameters.push_back({kQueueMsParameter, (*queue_ms)[i]});
+        parameters.push_back({kComputeMsParameter, (*compute_ms)[i]});
+      }
+      infer_wire::Response response(model_name, model_version, request_ids[i], parts,
+                                    parameters);
       grpc::Slice slice(response.size());
       response.write(reinterpret_cast<char*>(const_cast<uint8_t*>(slice.begin())));
-      answers[i] = grpc::ByteBuffer(&slice, 1);
+      (*answers)[i] = grpc::ByteBuffer(&slice, 1);
     }
     std::lock_guard<std::mutex> lock(calls_mutex_);
     for (size_t i = 0; i < call_ids.size(); ++i) {
       Call* call = find(call_ids[i]);
       if (call == nullptr || call->final_status) continue;
-      call->outbox.push_back(std::move(answers[i]));
+      call->outbox.push_back((*answers)[i]);  // a ByteBuffer copy shares its slices
       call->final_status = grpc::Status::OK;
       pump(call);
       ++answered;
@@ -872,7 +931,10 @@ PYBIND11_MODULE(_frontend, module) {
            py::arg("excluded_models") = std::vector<std::string>{})
       .def("finish_infers", &Frontend::finish_infers, py::arg("call_ids"),
            py::arg("request_ids"), py::arg("rows"), py::arg("model_name"),
-           py::arg("model_version"), py::arg("outputs"))
+           py::arg("model_version"), py::arg("outputs"),
+           py::arg("queue_ms") = std::vector<double>{},
+           py::arg("compute_ms") = std::vector<double>{},
+           py::arg("keep") = std::vector<bool>{})
       .def("cancelled", &Frontend::cancelled, py::arg("call_id"))
       .def("watch_done", &Frontend::watch_done, py::arg("call_id"))
       .def("open_calls", &Frontend::open_calls)

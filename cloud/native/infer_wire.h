@@ -230,16 +230,36 @@ struct Output {
   std::string_view raw;
 };
 
+// A double response parameter: an entry of ModelInferResponse.parameters (field 4, a map
+// of string to InferParameter) holding double_param (field 4 of InferParameter).
+struct DoubleParameter {
+  std::string_view name;
+  double value;
+};
+
 // A ModelInferResponse as the Python path writes it for raw outputs, written into `out`,
 // which must hold response_size() bytes. The tensors' bytes go at the end, copied once.
 class Response {
  public:
   Response(std::string_view model_name, std::string_view model_version, std::string_view id,
-           const std::vector<Output>& outputs)
+           const std::vector<Output>& outputs,
+           const std::vector<DoubleParameter>& parameters = {})
       : outputs_(outputs) {
     if (!model_name.empty()) head_.bytes(1, model_name);
     if (!model_version.empty()) head_.bytes(2, model_version);
     if (!id.empty()) head_.bytes(3, id);
+    for (const DoubleParameter& parameter : parameters) {
+      Writer value;  // InferParameter { double double_param = 4; }
+      value.key(4, kFixed64);
+      uint64_t bits = 0;
+      static_assert(sizeof(bits) == sizeof(parameter.value), "double is 64 bits");
+      std::memcpy(&bits, &parameter.value, sizeof(bits));
+      for (int i = 0; i < 8; ++i) value.out().push_back(static_cast<char>(bits >> (8 * i)));
+      Writer entry;  // the map entry: key = 1, value = 2
+      entry.bytes(1, parameter.name);
+      entry.bytes(2, value.out());
+      head_.bytes(4, entry.out());
+    }
     for (const Output& output : outputs) {
       Writer tensor;
       tensor.bytes(1, output.name);

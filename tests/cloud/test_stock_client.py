@@ -14,6 +14,7 @@ from edgecut.cloud.server import EndpointServer
 from edgecut.cloud.servicer import TRITON_EXTENSIONS
 from edgecut.protocol.codecs import SERVER_EXTENSIONS
 from edgecut.protocol.probe import PROBE_EXTENSION
+from edgecut.protocol.timing import TIMING_EXTENSION
 
 Reference = Callable[..., list[np.ndarray]]
 
@@ -58,7 +59,8 @@ def test_server_metadata_announces_codecs(client: triton.InferenceServerClient,
     metadata = client.get_server_metadata(as_json=True, client_timeout=call_timeout_s)
     assert metadata["name"] == "edgecut"
     assert metadata["version"]
-    assert metadata["extensions"] == [*TRITON_EXTENSIONS, *SERVER_EXTENSIONS, PROBE_EXTENSION]
+    assert metadata["extensions"] == [*TRITON_EXTENSIONS, *SERVER_EXTENSIONS, PROBE_EXTENSION,
+                                      TIMING_EXTENSION]
 
 
 def test_model_metadata(client: triton.InferenceServerClient, call_timeout_s: float) -> None:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 MODULES = ["edgecut.protocol.tensors", "edgecut.protocol.codecs", "edgecut.protocol.pki",
-           "edgecut.protocol.tls"]
+           "edgecut.protocol.tls", "edgecut.protocol.timing"]
 
 
 @pytest.mark.parametrize("name", MODULES)
