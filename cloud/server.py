@@ -19,6 +19,8 @@ Around the handlers (each piece in its own module):
     logs.py        one JSON line per inference call on `edgecut.cloud.requests`
     auth.py        which models each device may use, and which identities (operators) may
                    load, unload and canary them (`auth_file`), re-read on change
+    http_frontend  the same protocol over HTTP/REST on `http_address` (KServe v2 + Triton's
+                   extensions), served by the same handlers
     protocol/tls   certificates re-read on change (ReloadingServerCertificates)
 
 `stop()` drains: ServerReady and health go false, new inference calls get UNAVAILABLE, queued
@@ -37,7 +39,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -66,6 +68,9 @@ from .servicer import (
     add_to_server,
 )
 from .statistics import EndpointStatistics, StatisticsRecorder
+
+if TYPE_CHECKING:  # imported where used: aiohttp loads only for an endpoint that serves HTTP
+    from .http_frontend import HTTPFrontend
 
 __all__ = [
     "DEFAULT_MAX_DECODED_BYTES",
@@ -106,8 +111,10 @@ class EndpointServer:
                  metrics_host: str | None = None,
                  authorization: AuthorizationFile | None = None,
                  certificates: ReloadingServerCertificates | None = None,
-                 poll_interval_s: float = DEFAULT_POLL_INTERVAL_S) -> None:
+                 poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+                 http: HTTPFrontend | None = None) -> None:
         self._server = server
+        self._http = http
         self._executor = executor
         self._servicer = servicer
         self._repository = repository
@@ -160,6 +167,16 @@ class EndpointServer:
         return self._server.lane_calls if isinstance(self._server, NativeServer) else 0
 
     @property
+    def http_port(self) -> int | None:
+        """The HTTP/REST listener's port (create_server's `http_address`), else None."""
+        return None if self._http is None else self._http.port
+
+    @property
+    def http_url(self) -> str | None:
+        """`http(s)://host:port` of the HTTP/REST listener, else None."""
+        return None if self._http is None else self._http.url
+
+    @property
     def metrics_url(self) -> str | None:
         """`http://host:port/metrics` once started with a metrics_port, else None."""
         return None if self._metrics_http is None else self._metrics_http.url
@@ -170,14 +187,17 @@ class EndpointServer:
                                                    host=self._metrics_host,
                                                    port=self._metrics_port)
         self._server.start()
+        if self._http is not None:
+            self._http.start()
         self._servicer.set_ready(True)
         if self._health is not None:
             self._health.set_serving(True)
         self.refresh()
         self._poller = threading.Thread(target=self._poll, name="edgecut-poll", daemon=True)
         self._poller.start()
-        logger.info("edgecut endpoint listening on %s (%s)%s", self.address,
+        logger.info("edgecut endpoint listening on %s (%s)%s%s", self.address,
                     "TLS" if self._tls else "plaintext",
+                    f", HTTP/REST at {self.http_url}" if self.http_url else "",
                     f", metrics at {self.metrics_url}" if self.metrics_url else "")
 
     def refresh(self) -> None:
@@ -229,6 +249,8 @@ class EndpointServer:
             # grpc sets `done` once every call is finished or cancelled; bound the wait anyway.
             remaining = left()
             done.wait(None if remaining is None else remaining + 5.0)
+            if self._http is not None:
+                self._http.stop(left())
             self._stop_polling.set()
             if self._scheduler is not None:
                 self._scheduler.close(timeout_s=1.0)
@@ -304,6 +326,7 @@ def create_server(
     reload_certificates: bool = True,
     request_log_level: int | str | None = logging.DEBUG,
     frontend: str = "auto",
+    http_address: str | None = None,
 ) -> EndpointServer:
     """Load `repository` and bind an endpoint on `address` (port 0: any free port).
 
@@ -343,6 +366,9 @@ def create_server(
     Raises UserInputError for bad settings or an address it cannot listen on, TLSConfigError
     for missing or mismatched certificate files, BadModelError if `repository` is no folder,
     BadProfileError for a malformed auth file.
+
+    `http_address` (HOST:PORT, port 0: any free port; None: off) also serves the protocol's
+    HTTP/REST binding there, with the same TLS, handlers and limits (cloud/http_frontend.py).
     """
     problems = []
     if workers < 1:
@@ -370,6 +396,11 @@ def create_server(
         host, _ = split_address(address)
     except UserInputError as exc:
         problems.append(str(exc))
+    if http_address is not None:
+        try:
+            split_address(http_address)
+        except UserInputError as exc:
+            problems.append(f"http_address: {exc}")
     if problems:
         raise UserInputError("; ".join(problems))
 
@@ -406,6 +437,18 @@ def create_server(
                                  max_decoded_bytes=max_decoded_bytes, scheduler=scheduler,
                                  metrics=metrics, authorization=authorization,
                                  request_log=RequestLog(request_log_level))
+    http: HTTPFrontend | None = None
+    if http_address is not None:
+        from .http_frontend import HTTPFrontend
+
+        try:
+            http = HTTPFrontend(servicer, repository, address=split_address(http_address),
+                                tls_dir=tls_dir, mutual=mutual_tls,
+                                max_body_bytes=max_message_bytes,
+                                reload_certificates=reload_certificates)
+        except BaseException:
+            scheduler.close(timeout_s=0)
+            raise
     health = EndpointHealth()
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="edgecut-rpc")
     _start_every_worker(executor, workers)
@@ -450,6 +493,8 @@ def create_server(
             port = 0
             cause = exc
     if port == 0:
+        if http is not None:
+            http.stop()
         executor.shutdown(wait=False)
         scheduler.close(timeout_s=0)
         raise UserInputError(
@@ -462,7 +507,7 @@ def create_server(
                           metrics=metrics, metrics_port=metrics_port,
                           metrics_host=metrics_host,
                           authorization=authorization, certificates=certificates,
-                          poll_interval_s=poll_interval_s)
+                          poll_interval_s=poll_interval_s, http=http)
 
 
 FRONTENDS = ("auto", "native", "grpcio")

@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "`edgecut models`; poll = also pick up new versions from disk (default explicit)")
     p.add_argument("--repository-poll-secs", type=positive_seconds, default=5.0, metavar="S",
                    help="how often poll mode looks at the repository (default 5)")
+    p.add_argument("--http-address", metavar="HOST:PORT", type=listen_address,
+                   help="also serve the protocol's HTTP/REST binding (KServe v2, Triton's "
+                        "binary tensors) there, with --tls/--mtls as gRPC (default: off)")
     p.add_argument("--metrics-port", type=port, metavar="PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)")
     p.add_argument("--metrics-address", metavar="HOST",
@@ -456,6 +459,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         ready = sorted({m.name for m in server.repository.models() if m.ready})
         models = f"{len(ready)} models" if ready else "no models"
         metrics = f"; metrics on {server.metrics_url}" if server.metrics_url else ""
+        if server.http_url:
+            metrics = f"; HTTP/REST on {server.http_url}{metrics}"
         print(f"edgecut endpoint listening on {server.address} ({security}, {server.frontend} "
               f"transport); serving {models}{metrics}", flush=True)
 
@@ -479,7 +484,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                   max_queue_size=args.max_queue_size, workers=args.workers,
                   intra_op_threads=args.threads,
                   request_log_level="INFO" if args.log_requests else None,
-                  frontend=args.frontend)
+                  frontend=args.frontend, http_address=args.http_address)
     others = stats.total_failures - stats.infer_failures
     print(f"stopped after {stats.infer_requests} inference requests "
           f"({stats.infer_failures} failed"
