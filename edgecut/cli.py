@@ -32,6 +32,12 @@ def _add_input_shape(p: argparse.ArgumentParser) -> None:
                    help="concrete shape for an input with symbolic dimensions (repeatable)")
 
 
+def _add_sample_input(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="a sample value for an input (repeatable): its shape fixes the symbolic "
+                        "dims, and the model runs on it, e.g. where it branches on the value")
+
+
 def _add_tls(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls", type=Path, metavar="DIR",
                    help="folder from `edgecut certs` (ca.crt, and a device certificate for mTLS)")
@@ -48,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cuts", help="list a model's candidate cuts")
     p.add_argument("model", type=Path, metavar="MODEL.onnx")
     _add_input_shape(p)
+    _add_sample_input(p)
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=_cmd_cuts)
 
@@ -67,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cloud: catalogue device name or .toml (default gpu-server)")
     p.add_argument("--objective", choices=("latency", "energy", "throughput"), default="latency")
     _add_input_shape(p)
+    _add_sample_input(p)
     p.add_argument("--device-memory-mib", type=float, metavar="MIB",
                    help="the head's weights and peak activations must fit in this")
     p.add_argument("--energy-budget-j", type=float, metavar="J",
@@ -199,13 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="one inference from the device side")
     p.add_argument("plan", type=Path, metavar="DIR")
-    p.add_argument("--endpoint", metavar="HOST:PORT")
+    p.add_argument("--endpoint", action="append", metavar="HOST:PORT",
+                   help="the cloud endpoint; repeat it (or separate with commas) for replicas, "
+                        "balanced round robin")
     _add_tls(p)
     p.add_argument("--input", action="append", default=[], required=True, metavar="NAME=FILE.npy")
     p.add_argument("--output", type=Path, required=True, metavar="OUT.npz")
-    p.add_argument("--mode", choices=("split", "offload", "local"), default="split")
+    p.add_argument("--mode", choices=("split", "offload", "local", "adaptive"), default="split",
+                   help="adaptive: the plan's envelope cut for the measured link, offload under "
+                        "device pressure, local when the cloud fails")
+    p.add_argument("--fallback", choices=("local", "none"),
+                   help="when the cloud part fails: finish with the full model here, or fail "
+                        "(default: local in adaptive mode, none otherwise)")
     p.add_argument("--cut", type=int, metavar="ID", help="default: the plan's chosen cut")
     p.add_argument("--codec", default="auto", help="tensor codec: auto, raw, zstd, shuffle_zstd, fp16")
+    p.add_argument("--timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
+                   help="deadline of the inference, any fallback included (default 30)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("demo", help="plan, deploy, serve with mTLS and run split/offload/local")
@@ -262,9 +279,11 @@ def _input_shapes(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
 
 def _cmd_cuts(args: argparse.Namespace) -> int:
     from edgecut import report
+    from edgecut.inputs import load_input_files
     from edgecut.partitioner import list_cuts, load_model
 
-    cuts = list_cuts(load_model(args.model), _input_shapes(args.input_shape))
+    cuts = list_cuts(load_model(args.model), _input_shapes(args.input_shape),
+                     values=load_input_files(args.input))
     if args.json:
         print(json.dumps([report.cut_json(c) for c in cuts], indent=1))
     else:
@@ -274,6 +293,7 @@ def _cmd_cuts(args: argparse.Namespace) -> int:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from edgecut.errors import UnknownCutError, UserInputError
+    from edgecut.inputs import load_input_files
     from edgecut.partitioner import list_cuts, load_model, write_plan
 
     if args.cut is None:
@@ -286,7 +306,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.out is None:
         raise UserInputError("--out DIR is required: the plan folder to write")
     shapes = _input_shapes(args.input_shape)
-    known = [c.id for c in list_cuts(load_model(args.model), shapes)]
+    values = load_input_files(args.input)
+    known = [c.id for c in list_cuts(load_model(args.model), shapes, values=values)]
     if args.cut == ["all"]:
         cut_ids = known
     else:
@@ -294,7 +315,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
             cut_ids = [int(c) for c in args.cut]
         except ValueError as exc:
             raise UnknownCutError(f"--cut takes cut ids (integers) or 'all', got {args.cut}") from exc
-    plan = write_plan(args.model, args.out, cut_ids=cut_ids, input_shapes=shapes, chosen=cut_ids[0])
+    plan = write_plan(args.model, args.out, cut_ids=cut_ids, input_shapes=shapes, chosen=cut_ids[0],
+                      input_values=values)
     print(f"wrote {args.out}/plan.json: model {plan['model']['name']!r}, "
           f"cuts {[c['id'] for c in plan['cuts']]}, chosen {plan['chosen']}")
     return 0
@@ -303,6 +325,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_plan_choose(args: argparse.Namespace) -> int:
     from edgecut import report
     from edgecut.errors import UserInputError
+    from edgecut.inputs import load_input_files
     from edgecut.partitioner.cost import Constraints
     from edgecut.partitioner.planner import plan_model, write_planned
     from edgecut.profiles import load_cloud, load_device, load_network
@@ -330,7 +353,7 @@ def _cmd_plan_choose(args: argparse.Namespace) -> int:
             objective=args.objective, input_shapes=_input_shapes(args.input_shape),
             constraints=constraints, pinned_inputs=args.pin_input,
             measure=not args.no_measure, measure_budget_s=args.measure_budget_s,
-            progress=progress)
+            progress=progress, input_values=load_input_files(args.input))
     say = (lambda text: print(text, file=sys.stderr)) if args.json else print
     if args.explain:
         rows = planned.explain()
@@ -507,14 +530,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from edgecut.edge import Config, Predictor
     from edgecut.inputs import load_input_files
 
-    config = Config(plan=args.plan, mode=args.mode, endpoint=args.endpoint, tls_dir=args.tls,
-                    device=args.device, cut=args.cut, codec=args.codec)
+    endpoints = [e.strip() for given in args.endpoint or () for e in given.split(",") if e.strip()]
+    config = Config(plan=args.plan, mode=args.mode,
+                    endpoint=(endpoints[0] if len(endpoints) == 1 else endpoints) or None,
+                    tls_dir=args.tls, device=args.device, cut=args.cut, codec=args.codec,
+                    fallback=args.fallback, timeout_s=args.timeout)
     with Predictor(config) as predictor:
         names = [o.name for o in predictor.get_outputs()]
         outputs = predictor.run(names, load_input_files(args.input))
         stats = predictor.last_run()
     np.savez(args.output, **dict(zip(names, outputs, strict=True)))
-    print(f"wrote {args.output}: {', '.join(names)} ({stats.total_ms:.1f} ms, mode {args.mode})")
+    where = f"split at cut {stats.cut}" if stats.mode == "split" else stats.mode
+    fallback = f"; fell back: {stats.fallback}" if stats.fallback else ""
+    print(f"wrote {args.output}: {', '.join(names)} ({stats.total_ms:.1f} ms, ran {where}{fallback})")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 
 from edgecut.edge import Config, Predictor
 from edgecut.edge.plan import Plan, load_plan
+from edgecut.errors import BadPlanError
 from edgecut.partitioner import (
     compare_outputs,
     load_model,
@@ -26,11 +28,34 @@ class CutCheck:
     ok: bool
 
 
+def saved_samples(plan: Plan) -> dict[str, np.ndarray]:
+    """The sample values the plan was written with (`edgecut plan --input`), by input name."""
+    doc = json.loads((plan.directory / "plan.json").read_text())
+    files = doc.get("sample_inputs") or {}
+    if not isinstance(files, dict):
+        raise BadPlanError(f"{plan.directory}/plan.json: sample_inputs must be an object of "
+                           f"input name: file, got {json.dumps(files)[:80]}")
+    values = {}
+    for name, relative in files.items():
+        path = plan.directory / str(relative)
+        try:
+            values[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BadPlanError(f"{path}: sample input {name!r} of the plan cannot be read as "
+                               f".npy ({exc}); write the plan again") from exc
+    return values
+
+
 def random_inputs(plan: Plan, input_shapes: Mapping[str, Sequence[int]] | None = None,
                   *, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs of the plan's declared dtypes, at `input_shapes` or the plan's own shapes."""
+    """Inputs of the plan's declared dtypes, at `input_shapes` or the plan's own shapes: the
+    plan's saved sample values (`edgecut plan --input`) where their shapes fit, random
+    values for the rest."""
     shapes = {**plan.input_shapes, **(input_shapes or {})}
-    return sample_inputs(load_model(plan.directory / plan.model.file), shapes, seed=seed)
+    saved = {n: v for n, v in saved_samples(plan).items()
+             if tuple(shapes.get(n, v.shape)) == v.shape}
+    return sample_inputs(load_model(plan.directory / plan.model.file), shapes, seed=seed,
+                         values=saved)
 
 
 def verify_plan(

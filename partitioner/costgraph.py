@@ -25,6 +25,8 @@ from edgecut.errors import BadInputError, BadProfileError, BadShapeError, UserIn
 if TYPE_CHECKING:
     import onnx
 
+    from edgecut.partitioner.shapes import TensorInfo
+
 __all__ = [
     "CostGraph",
     "CostNode",
@@ -200,6 +202,8 @@ def costgraph_from_model(
     device_ms: Mapping[str, float],
     cloud_ms: Mapping[str, float],
     pinned_inputs: Iterable[str] = (),
+    *,
+    tensors: Mapping[str, TensorInfo] | None = None,
 ) -> CostGraph:
     """A CostGraph of `model` at `input_shapes`, timed by per-node tables keyed by node name.
 
@@ -213,7 +217,7 @@ def costgraph_from_model(
     from edgecut.partitioner.shapes import resolve_tensors
 
     info = analyse_graph(model)
-    sizes = resolve_tensors(model, input_shapes)
+    sizes = tensors if tensors is not None else resolve_tensors(model, input_shapes)
     names = _names(model, info.order)
     for table, label in ((device_ms, "device_ms"), (cloud_ms, "cloud_ms")):
         missing = [x for x in names if x not in table]

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx
 
 from edgecut.errors import BadShapeError, UnknownCutError
@@ -103,10 +104,15 @@ def list_cuts(
     *,
     graph: GraphInfo | None = None,
     tensors: Mapping[str, TensorInfo] | None = None,
+    values: Mapping[str, np.ndarray] | None = None,
 ) -> list[Cut]:
-    """Every distinct cut along the topological order, with bytes at `input_shapes`."""
+    """Every distinct cut along the topological order, with bytes at `input_shapes`.
+
+    `values` are sample inputs (`--input`): their shapes fix symbolic dims, and the model runs
+    on them where shape inference leaves a tensor open (`resolve_tensors`).
+    """
     info = graph if graph is not None else analyse_graph(model)
-    sizes = tensors if tensors is not None else resolve_tensors(model, input_shapes)
+    sizes = tensors if tensors is not None else resolve_tensors(model, input_shapes, values=values)
     order = info.order
     n = len(order)
 

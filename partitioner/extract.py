@@ -27,7 +27,7 @@ from onnx import helper, shape_inference
 from edgecut.errors import UnknownCutError
 from edgecut.partitioner.cuts import Cut
 from edgecut.partitioner.graph import GraphInfo, analyse_graph
-from edgecut.partitioner.shapes import TensorInfo
+from edgecut.partitioner.shapes import TensorInfo, known_dim
 
 __all__ = ["head_outputs", "split_model"]
 
@@ -45,7 +45,7 @@ def _is_static(model: onnx.ModelProto, graph: GraphInfo) -> bool:
     for vi in model.graph.input:
         if vi.name in real:
             t = vi.type.tensor_type
-            if not t.HasField("shape") or not all(d.HasField("dim_value") for d in t.shape.dim):
+            if not t.HasField("shape") or any(known_dim(d) is None for d in t.shape.dim):
                 return False
     return True
 
@@ -99,7 +99,7 @@ class _Types:
         for axis, size in enumerate(concrete.shape):
             if self.static:
                 dims.append(size)
-            elif known and known[axis].HasField("dim_value"):
+            elif known and known_dim(known[axis]) is not None:
                 dims.append(known[axis].dim_value)
             elif known and known[axis].HasField("dim_param"):
                 dims.append(known[axis].dim_param)

@@ -33,7 +33,13 @@ from edgecut.partitioner.runtime import (
     run_split_locally,
     tolerance_for,
 )
-from edgecut.partitioner.shapes import concrete_input_shapes, resolve_tensors, sample_inputs
+from edgecut.partitioner.shapes import (
+    concrete_input_shapes,
+    known_dim,
+    resolve_tensors,
+    run_on_samples,
+    shapes_from_values,
+)
 
 __all__ = [
     "PLAN_FORMAT",
@@ -111,11 +117,26 @@ def _io(vis: Sequence[onnx.ValueInfoProto], skip: set[str]) -> list[dict[str, An
             continue
         t = vi.type.tensor_type
         dims: list[int | str | None] = [
-            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim
+            known_dim(d) if known_dim(d) is not None else (d.dim_param or None) for d in t.shape.dim
         ]
         dtype = str(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)) if t.elem_type else None
         out.append({"name": vi.name, "dtype": dtype, "shape": dims})
     return out
+
+
+def _save_samples(out: Path, values: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """Write each sample value as samples/<n>.npy (numbered: input names may hold '/')."""
+    folder = out / "samples"
+    if folder.exists():
+        shutil.rmtree(folder)
+    if not values:
+        return {}
+    folder.mkdir(parents=True)
+    files = {}
+    for i, (name, value) in enumerate(sorted(values.items())):
+        np.save(folder / f"{i}.npy", np.asarray(value), allow_pickle=False)
+        files[name] = f"samples/{i}.npy"
+    return files
 
 
 def _opset(model: onnx.ModelProto) -> int:
@@ -134,6 +155,7 @@ def write_plan(
     extra_cuts: Sequence[Cut] = (),
     cut_fields: Mapping[int, Mapping[str, Any]] | None = None,
     fields: Mapping[str, Any] | None = None,
+    input_values: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Write a plan folder for `cut_ids` (default: every cut) and return plan.json's dict.
 
@@ -142,11 +164,14 @@ def write_plan(
     `cut_from_device_set`, ids after the prefix ids); they are written too and may be chosen.
     `cut_fields[id]` adds keys to that cut's entry (`predicted`, ...), `fields` adds top-level
     keys (`envelope`, `profiles`, ...): the planner's, documented in docs/plan-format.md.
+    `input_values` are sample inputs (`--input`): every cut is verified on them (generated
+    values complete the rest), and they are saved in the folder as `samples/NAME.npy`, listed
+    in plan.json's `sample_inputs`, for `edgecut verify` to use.
     """
     model = load_model(model_path)
     graph = analyse_graph(model)
-    shapes = concrete_input_shapes(model, input_shapes)
-    tensors = resolve_tensors(model, shapes)
+    shapes = concrete_input_shapes(model, shapes_from_values(model, input_values, input_shapes))
+    tensors = resolve_tensors(model, shapes, values=input_values)
     cuts = list_cuts(model, shapes, graph=graph, tensors=tensors)
     prefix_ids = {c.id for c in cuts}
     clash = sorted(c.id for c in extra_cuts if c.id in prefix_ids)
@@ -163,8 +188,8 @@ def write_plan(
     if chosen is not None and chosen not in ids:
         raise UnknownCutError(f"chosen cut {chosen} is not among the cuts written {ids}")
 
-    feeds = sample_inputs(model, shapes, seed)
-    full_outputs = run_model(model, feeds)
+    feeds, full_outputs = run_on_samples(model, shapes, input_values, seed=seed,
+                                         where=f"{model_path}: verifying the cuts")
     parts: list[tuple[Cut, onnx.ModelProto | None, onnx.ModelProto | None, float]] = []
     for cut in selected:
         head, tail = split_model(model, cut, graph=graph)
@@ -186,6 +211,7 @@ def write_plan(
     full_path = out / "full.onnx"
     shutil.copyfile(model_path, full_path)
     digest = hashlib.sha256(full_path.read_bytes()).hexdigest()
+    samples = _save_samples(out, input_values or {})
     endpoint = name if name is not None else model_name(model_path)
     inits = set(graph.initializers)
     entries = []
@@ -225,6 +251,7 @@ def write_plan(
             "outputs": _io(model.graph.output, set()),
         },
         "input_shapes": {k: list(v) for k, v in shapes.items()},
+        **({"sample_inputs": samples} if samples else {}),
         "cuts": entries,
         "chosen": chosen,
         **dict(fields or {}),

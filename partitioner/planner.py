@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from edgecut.errors import NoFeasibleCutError, UserInputError
@@ -70,7 +71,12 @@ from edgecut.partitioner.graph import GraphInfo, analyse_graph
 from edgecut.partitioner.search import best_cut
 from edgecut.partitioner.search.mincut import min_cut
 from edgecut.partitioner.search.scan import scan_prefixes
-from edgecut.partitioner.shapes import TensorInfo, concrete_input_shapes, resolve_tensors
+from edgecut.partitioner.shapes import (
+    TensorInfo,
+    concrete_input_shapes,
+    resolve_tensors,
+    shapes_from_values,
+)
 from edgecut.profiles.schema import CloudProfile, DeviceProfile, NetworkProfile
 
 __all__ = [
@@ -298,6 +304,7 @@ class Planned:
     measurement: Mapping[str, Any] | None
     planning_s: float
     plot_inputs: Mapping[str, Any]  # device, network, cloud profiles, for `plot_envelope`
+    input_values: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict, compare=False)
 
     def candidate(self, cut_id: int) -> Candidate:
         return next(c for c in self.candidates if c.id == cut_id)
@@ -378,10 +385,13 @@ def plan_model(
     measure_budget_s: float = 20.0,
     progress: Progress | None = None,
     clock: Callable[[], float] | None = None,
+    input_values: Mapping[str, np.ndarray] | None = None,
 ) -> Planned:
     """Cost every candidate cut of the model and choose one (see the module docstring).
 
     `cloud_reference` is the device a `speedup` cloud is relative to (default: `device`).
+    `input_values` are sample inputs (`--input`): their shapes fix symbolic dims, and every
+    run of the model (open shapes, measuring, verifying the written cuts) uses them.
     With `measure`, the heads and tails of the envelope cuts and the chosen one are timed on
     this machine and their predictions corrected (`edgecut.partitioner.correction`).
     """
@@ -394,12 +404,13 @@ def plan_model(
     path = Path(model_path)
     model = load_model(path)
     info = analyse_graph(model)
-    shapes = concrete_input_shapes(model, input_shapes)
-    tensors: dict[str, TensorInfo] = resolve_tensors(model, shapes)
+    shapes = concrete_input_shapes(model, shapes_from_values(model, input_values, input_shapes))
+    tensors: dict[str, TensorInfo] = resolve_tensors(model, shapes, values=input_values)
     cuts = list_cuts(model, shapes, graph=info, tensors=tensors)
     cloud_device = cloud.as_device(cloud_reference or device)
     device_ms, cloud_ms = node_times(model, path, shapes, info, [device, cloud_device])
-    graph = costgraph_from_model(model, shapes, device_ms, cloud_ms, pinned_inputs=pinned_inputs)
+    graph = costgraph_from_model(model, shapes, device_ms, cloud_ms, pinned_inputs=pinned_inputs,
+                                 tensors=tensors)
     params = cost_parameters(device, network, cloud)
     candidates = candidates_from_graph(graph, params, [(c.id, c.position) for c in cuts],
                                        objective=objective, constraints=constraints)
@@ -438,7 +449,8 @@ def plan_model(
         params=params, candidates=tuple(candidates), chosen=chosen, envelope=tuple(envelope),
         model_envelope=tuple(model_envelope), model_chosen=model_chosen.id, cuts=by_id,
         profiles=profiles, measurement=measurement, planning_s=planning_s,
-        plot_inputs={"device": device, "network": network, "cloud": cloud})
+        plot_inputs={"device": device, "network": network, "cloud": cloud},
+        input_values=dict(input_values or {}))
 
 
 def _file_sha(path: Path) -> str:
@@ -486,5 +498,6 @@ def write_planned(planned: Planned, out_dir: str | os.PathLike[str], *,
     }
     return write_plan(planned.model_path, out_dir, cut_ids=prefix_ids,
                       input_shapes=planned.input_shapes, chosen=planned.chosen.id, name=name,
-                      extra_cuts=extra, cut_fields=cut_fields, fields=fields)
+                      extra_cuts=extra, cut_fields=cut_fields, fields=fields,
+                      input_values=planned.input_values or None)
 

@@ -38,7 +38,7 @@ def make_session(model: onnx.ModelProto | str | Path) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures are raised (and translated) below, not logged
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     try:

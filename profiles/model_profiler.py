@@ -148,6 +148,7 @@ def _concrete_inputs(model: onnx.ModelProto, input_shapes: InputShapes) -> dict[
                 problems.append(f"input {vi.name!r}: dimensions must be > 0, got {shape}")
             shapes[vi.name] = shape
             continue
+        # symbolic, unknown and negative (Paddle2ONNX's -1) dims all need a given size
         dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
         if any(d <= 0 for d in dims):
             problems.append(f"input {vi.name!r} has symbolic dimensions; give its shape in input_shapes")

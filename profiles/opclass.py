@@ -306,8 +306,9 @@ def graph_shapes(model: onnx.ModelProto) -> tuple[dict[str, tuple[object, ...]],
         for vi in (*graph.input, *graph.output, *graph.value_info):
             tensor = vi.type.tensor_type
             if vi.type.HasField("tensor_type") and tensor.HasField("shape"):
-                shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
-                                        for d in tensor.shape.dim)
+                # a negative dim_value (Paddle2ONNX's -1) is unknown, like a dim_param
+                shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value >= 0
+                                        else None for d in tensor.shape.dim)
                 itemsizes[vi.name] = _itemsize(tensor.elem_type)
         for node in graph.node:
             for attribute in node.attribute:
