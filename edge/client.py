@@ -44,16 +44,22 @@ from edgecut.protocol.codecs import (
     CODECS,
     SERVER_EXTENSIONS,
     decode_tensor,
+    parameter_value,
     set_parameter,
 )
 from edgecut.protocol.tls import channel_credentials
 
-from .wire import array_from_contents, encode_input, request_with_raw_inputs
+from .channel import channel_options, target_for
+from .wire import array_from_contents, encode_input, padded_message, request_with_raw_inputs
 
 __all__ = ["ClientStatistics", "CloudClient", "InferResult", "MiB"]
 
 MiB = 1 << 20
 _INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+_LIVE_METHOD = "/inference.GRPCInferenceService/ServerLive"
+# Response parameters in which the endpoint reports where a request's time went (ms).
+QUEUE_PARAMETER = "edgecut_queue_ms"
+COMPUTE_PARAMETER = "edgecut_compute_ms"
 _COMPRESSION = {None: grpc.Compression.NoCompression, "gzip": grpc.Compression.Gzip,
                 "deflate": grpc.Compression.Deflate}
 
@@ -76,6 +82,8 @@ class InferResult:
     encode_ms: float
     rpc_ms: float
     decode_ms: float
+    server_queue_ms: float | None = None
+    server_compute_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,15 +102,18 @@ class ClientStatistics:
 
 
 class CloudClient:
-    """A gRPC channel to one inference endpoint, secure when `tls_dir` is given.
+    """A gRPC channel to an inference endpoint, secure when `tls_dir` is given.
 
+    `endpoint` is "host:port" or a list of them: replicas of one endpoint, balanced round
+    robin by gRPC (edge/channel.py, with its retry, keepalive and reconnect settings).
     `device` names the certificate to present under mutual TLS (DIR/<device>.crt); without
-    it the folder's only device certificate is used, if it holds exactly one.
+    it the folder's only device certificate is used, if it holds exactly one. Creating a
+    client connects nothing: the endpoint may be down until the first call.
     """
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         *,
         tls_dir: Path | None = None,
         device: str | None = None,
@@ -111,8 +122,9 @@ class CloudClient:
         compression: str | None = None,
     ) -> None:
         problems = []
-        if not isinstance(endpoint, str) or not endpoint:
-            problems.append(f"endpoint must be 'host:port', got {endpoint!r}")
+        endpoints = (endpoint,) if isinstance(endpoint, str) else tuple(endpoint or ())
+        if not endpoints or not all(isinstance(e, str) and e for e in endpoints):
+            problems.append(f"endpoint must be 'host:port' or a list of them, got {endpoint!r}")
         if not timeout_s > 0:
             problems.append(f"timeout_s must be > 0, got {timeout_s}")
         if not max_message_bytes > 0:
@@ -124,25 +136,30 @@ class CloudClient:
         if device is not None and tls_dir is None:
             raise TLSConfigError(f"device certificate {device!r} named without tls_dir; give "
                                  f"the folder from `edgecut certs init` as tls_dir")
-        self.endpoint = endpoint
+        self.endpoint = ",".join(endpoints)
         self.timeout_s = float(timeout_s)
         self.max_message_bytes = int(max_message_bytes)
         # A decoded output may be larger than its message (zstd, fp16), but not unboundedly:
         # this caps what a response can make the device allocate.
         self.max_tensor_bytes = 4 * self.max_message_bytes
         self._compression = _COMPRESSION[compression]
-        options = [("grpc.max_send_message_length", self.max_message_bytes),
-                   ("grpc.max_receive_message_length", self.max_message_bytes)]
+        target, authority = target_for(endpoints)
+        options = channel_options(self.max_message_bytes,
+                                  authority=authority if tls_dir is not None else None)
         if tls_dir is None:
-            self._channel = grpc.insecure_channel(endpoint, options=options)
+            self._channel = grpc.insecure_channel(target, options=options)
         else:
             credentials = channel_credentials(Path(tls_dir), device=device)
-            self._channel = grpc.secure_channel(endpoint, credentials, options=options)
+            self._channel = grpc.secure_channel(target, credentials, options=options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         # ModelInfer without a request serializer: it takes the bytes built in infer().
         self._infer = self._channel.unary_unary(
             _INFER_METHOD, request_serializer=None,
             response_deserializer=pb.ModelInferResponse.FromString)
+        # ServerLive with padding: an uplink probe whose bytes the server skips unread.
+        self._live_padded = self._channel.unary_unary(
+            _LIVE_METHOD, request_serializer=None,
+            response_deserializer=pb.ServerLiveResponse.FromString)
         self._lock = threading.Lock()
         self._closed = False
         self._server_codecs: frozenset[str] | None = None
@@ -181,6 +198,18 @@ class CloudClient:
     def server_live(self, *, timeout_s: float | None = None) -> bool:
         reply = self._call(self._stub.ServerLive, pb.ServerLiveRequest(), timeout_s, "ServerLive")
         return bool(reply.live)
+
+    def probe_uplink(self, padding_bytes: int, *, timeout_s: float | None = None) -> float:
+        """Milliseconds of a ServerLive call carrying `padding_bytes` the server ignores.
+
+        The padding is an unknown protobuf field, which every protobuf parser skips, so the
+        probe costs the endpoint nothing but the read; with padding 0 it measures the round
+        trip. Raises CloudUnavailableError / DeadlineExceededError like any call.
+        """
+        payload = padded_message(b"", max(0, int(padding_bytes)))
+        start = time.perf_counter()
+        self._call(self._live_padded, payload, timeout_s, "ServerLive (probe)")
+        return (time.perf_counter() - start) * 1e3
 
     def server_ready(self, *, timeout_s: float | None = None) -> bool:
         reply = self._call(self._stub.ServerReady, pb.ServerReadyRequest(), timeout_s,
@@ -225,6 +254,7 @@ class CloudClient:
         timeout_s: float | None = None,
         model_version: str = "",
         parameters: Mapping[str, bool | int | float | str] | None = None,
+        request_id: str = "",
     ) -> InferResult:
         """Run `model` on the endpoint; the outputs come back in the order of `outputs`
         (all the model's outputs, in the server's order, when None).
@@ -232,7 +262,9 @@ class CloudClient:
         `codec` is one codec for every input or one per input name (missing names go raw);
         a codec the server did not announce falls back to raw. `response_codec` asks the
         server to encode its outputs so: one codec for all, or one per name in `outputs`.
-        `parameters` become the request's own (OIP request-level parameters).
+        `parameters` become the request's own (OIP request-level parameters). `request_id`
+        is the OIP request id: an endpoint that already answered that id for this device
+        answers again from its cache instead of computing twice (a retried request).
         """
         timeout = self.timeout_s if timeout_s is None else float(timeout_s)
         start = time.perf_counter()
@@ -250,7 +282,8 @@ class CloudClient:
             down = {n: c for n, c in down.items() if c in supported and c != "raw"}
 
         encode_start = time.perf_counter()
-        request = pb.ModelInferRequest(model_name=model, model_version=model_version)
+        request = pb.ModelInferRequest(model_name=model, model_version=model_version,
+                                       id=request_id)
         chunks: list[memoryview | bytes] = []
         raw_up = 0
         for name, array in inputs.items():
@@ -294,7 +327,9 @@ class CloudClient:
         return InferResult(model=model, outputs=decoded, codecs=wanted, raw_bytes_up=raw_up,
                            wire_bytes_up=wire_up, raw_bytes_down=raw_down,
                            wire_bytes_down=wire_down, encode_ms=encode_ms, rpc_ms=rpc_ms,
-                           decode_ms=decode_ms)
+                           decode_ms=decode_ms,
+                           server_queue_ms=_reported_ms(response, QUEUE_PARAMETER),
+                           server_compute_ms=_reported_ms(response, COMPUTE_PARAMETER))
 
     def _decode(self, model: str, response: pb.ModelInferResponse,
                 outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
@@ -352,6 +387,16 @@ def _translate(exc: grpc.RpcError, what: str, endpoint: str, timeout_s: float) -
         return ModelNotFoundError(f"{where}: {details}; deploy the model to the endpoint's "
                                   f"repository (`edgecut deploy`)")
     return RemoteError(f"{where}: {code.name}: {details}", code=code.name)
+
+
+def _reported_ms(response: pb.ModelInferResponse, key: str) -> float | None:
+    """A time the endpoint reported in the response's parameters; None if it did not."""
+    if key not in response.parameters:
+        return None
+    value = parameter_value(response.parameters[key])
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        return None  # a stock or broken server: no report rather than a wrong one
+    return float(value)
 
 
 def _codecs_for(role: str, names: Sequence[str], codec: str | Mapping[str, str]

@@ -1,4 +1,4 @@
-"""How a Predictor runs: which plan, where, over what channel, and how long it may take.
+"""How a Predictor runs: which plan, where, over what channel, how long, and how it adapts.
 
     >>> Config(plan=Path("plans/chain_cnn"), mode="local")  # doctest: +ELLIPSIS
     Config(plan=PosixPath('plans/chain_cnn'), mode='local', ...)
@@ -6,10 +6,14 @@
     Traceback (most recent call last):
     ...
     edgecut.errors.BadProfileError: Config: endpoint is required in mode 'split' ...
+    >>> Config(plan=Path("p"), mode="adaptive", endpoint=["10.0.0.1:8001", "10.0.0.2:8001"]
+    ...        ).fallback
+    'local'
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,10 +21,12 @@ from typing import Literal
 from edgecut.errors import BadProfileError
 from edgecut.protocol.codecs import CODECS
 
-__all__ = ["CODEC_CHOICES", "MODES", "Config", "Mode"]
+__all__ = ["CODEC_CHOICES", "FALLBACKS", "MODES", "Config", "Fallback", "Mode"]
 
-Mode = Literal["split", "offload", "local"]
-MODES: tuple[str, ...] = ("split", "offload", "local")
+Mode = Literal["split", "offload", "local", "adaptive"]
+MODES: tuple[str, ...] = ("split", "offload", "local", "adaptive")
+Fallback = Literal["local", "none"]
+FALLBACKS: tuple[str, ...] = ("local", "none")
 # "auto" picks a lossless codec per tensor from the measured uplink (codecs.choose_codec).
 CODEC_CHOICES: tuple[str, ...] = ("auto", *CODECS)
 
@@ -29,28 +35,67 @@ CODEC_CHOICES: tuple[str, ...] = ("auto", *CODECS)
 class Config:
     """A Predictor's settings.
 
+    Where a run goes:
     - `plan`: the plan folder (`edgecut plan`).
     - `mode`: "split" runs the cut's head here and its tail on `endpoint`; "offload" sends
-      the inputs to the full model on `endpoint`; "local" runs the full model here.
-    - `endpoint`: "host:port" of the cloud endpoint (split and offload).
+      the inputs to the full model on `endpoint`; "local" runs the full model here;
+      "adaptive" chooses among those per request: the plan's envelope cut for the measured
+      uplink, full offload under device pressure, local when the cloud is down or loaded.
+    - `endpoint`: "host:port" of the cloud endpoint, or a list of them (gRPC round_robin over
+      the replicas). Needed by every mode but "local"; it need not be up when the Predictor
+      is created.
     - `tls_dir`, `device`: the folder from `edgecut certs` and the device certificate to
       present; without `tls_dir` the channel is plaintext (loopback and tests only).
-    - `cut`: the cut id to run in split mode; None takes the plan's chosen cut.
+    - `cut`: the cut id to run in split mode; None takes the plan's chosen cut. In adaptive
+      mode it is the first choice, before anything is measured.
     - `codec`: how crossing tensors are encoded: "auto" (lossless, by bandwidth) or a codec;
       "fp16" applies to float32 tensors and the outputs sent back, lossless for the rest.
-    - `timeout_s`: the deadline of one `run`, head, transfer and tail together.
+    - `timeout_s`: the deadline of one `run`, head, transfer, tail and any fallback together.
     - `intra_op_threads`: onnxruntime threads for the device part; 0 lets it choose.
+
+    When the cloud fails (`fallback`; default "local" in adaptive mode, "none" otherwise):
+    - "local": a request whose cloud part cannot finish by its deadline (unreachable,
+      refused, overloaded, too slow, a corrupt answer) is finished here with the plan's full
+      model; the cloud call is given the deadline less the time that takes.
+    - "none": the run raises the typed error (CloudUnavailableError, DeadlineExceededError,
+      OverloadedError, ProtocolError, RemoteError ...).
+    - `breaker_failures` consecutive cloud failures open the circuit: cloud work is not
+      tried for `breaker_reset_s` (doubling while it stays down, up to 4x), then a health
+      probe (ServerReady) decides whether it closes again.
+
+    Adaptive switching (thresholds; None disables that check):
+    - `hysteresis`: how far (relative) the uplink estimate must pass an envelope breakpoint
+      before the cut moves, so that a noisy link does not make it flap.
+    - `min_free_memory_mib`, `max_cpu_percent`, `min_battery_percent`: device pressure;
+      while any holds, requests go whole to the cloud's full model. `pressure_recovery`:
+      relative margin the readings must clear before pressure ends.
+    - `max_cloud_queue_ms`: when the endpoint reports queueing longer than this, work comes
+      back to the device (the local model, if it is predicted faster than waiting).
+    - `probe_interval_s`: idle time after which the link is probed (round trip, and a small
+      uplink transfer); `probe_max_share`: the largest share of the estimated uplink that
+      probes may use.
     """
 
     plan: Path
     mode: Mode = "split"
-    endpoint: str | None = None
+    endpoint: str | Sequence[str] | None = None
     tls_dir: Path | None = None
     device: str | None = None
     cut: int | None = None
     codec: str = "auto"
     timeout_s: float = 30.0
     intra_op_threads: int = 0
+    fallback: Fallback | None = None
+    breaker_failures: int = 3
+    breaker_reset_s: float = 1.0
+    hysteresis: float = 0.25
+    min_free_memory_mib: float | None = 256.0
+    max_cpu_percent: float | None = None
+    min_battery_percent: float | None = 15.0
+    pressure_recovery: float = 0.1
+    max_cloud_queue_ms: float | None = 50.0
+    probe_interval_s: float = 5.0
+    probe_max_share: float = 0.05
 
     def __post_init__(self) -> None:
         # Paths may arrive as strings (from a CLI or a TOML file); hold them as Paths.
@@ -58,6 +103,8 @@ class Config:
             object.__setattr__(self, "plan", Path(self.plan))
         if isinstance(self.tls_dir, str):
             object.__setattr__(self, "tls_dir", Path(self.tls_dir))
+        if self.fallback is None:
+            object.__setattr__(self, "fallback", "local" if self.mode == "adaptive" else "none")
         problems = []
         if not isinstance(self.plan, Path):
             problems.append(f"plan must be a path to a plan folder, got {self.plan!r}")
@@ -66,9 +113,7 @@ class Config:
         elif self.mode != "local" and not self.endpoint:
             problems.append(f"endpoint is required in mode {self.mode!r} (give 'host:port' "
                             f"of the cloud endpoint, or use mode 'local')")
-        if self.endpoint is not None and (not isinstance(self.endpoint, str)
-                                          or ":" not in self.endpoint):
-            problems.append(f"endpoint must be 'host:port', got {self.endpoint!r}")
+        problems += self._check_endpoint()
         if self.tls_dir is not None and not isinstance(self.tls_dir, Path):
             problems.append(f"tls_dir must be a path, got {self.tls_dir!r}")
         if self.device is not None and self.tls_dir is None:
@@ -80,12 +125,69 @@ class Config:
         if self.codec not in CODEC_CHOICES:
             problems.append(f"codec must be one of {', '.join(CODEC_CHOICES)}, "
                             f"got {self.codec!r}")
-        if (not isinstance(self.timeout_s, (int, float)) or isinstance(self.timeout_s, bool)
-                or not self.timeout_s > 0):
+        if self.fallback not in FALLBACKS:
+            problems.append(f"fallback must be one of {', '.join(FALLBACKS)}, "
+                            f"got {self.fallback!r}")
+        if not _positive(self.timeout_s):
             problems.append(f"timeout_s must be > 0, got {self.timeout_s!r}")
-        if (not isinstance(self.intra_op_threads, int) or isinstance(self.intra_op_threads, bool)
-                or self.intra_op_threads < 0):
+        if not _integer(self.intra_op_threads) or self.intra_op_threads < 0:
             problems.append(f"intra_op_threads must be an integer >= 0, "
                             f"got {self.intra_op_threads!r}")
+        if not _integer(self.breaker_failures) or self.breaker_failures < 1:
+            problems.append(f"breaker_failures must be an integer >= 1, "
+                            f"got {self.breaker_failures!r}")
+        for name in ("breaker_reset_s", "probe_interval_s"):
+            if not _positive(getattr(self, name)):
+                problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("hysteresis", "pressure_recovery", "probe_max_share"):
+            value = getattr(self, name)
+            if not _number(value) or not 0 <= value < 1:
+                problems.append(f"{name} must be a number in [0, 1), got {value!r}")
+        for name in ("min_free_memory_mib", "max_cloud_queue_ms"):
+            value = getattr(self, name)
+            if value is not None and (not _number(value) or value < 0):
+                problems.append(f"{name} must be a number >= 0 or None, got {value!r}")
+        for name in ("max_cpu_percent", "min_battery_percent"):
+            value = getattr(self, name)
+            if value is not None and (not _number(value) or not 0 <= value <= 100):
+                problems.append(f"{name} must be a percentage in [0, 100] or None, "
+                                f"got {value!r}")
         if problems:
             raise BadProfileError("Config: " + "; ".join(problems))
+
+    def _check_endpoint(self) -> list[str]:
+        """Problems with `endpoint`; a list of addresses is held as a tuple."""
+        if self.endpoint is None:
+            return []
+        if isinstance(self.endpoint, str):
+            addresses: Sequence[object] = [self.endpoint]
+        elif isinstance(self.endpoint, Sequence) and self.endpoint:
+            addresses = list(self.endpoint)
+            object.__setattr__(self, "endpoint", tuple(addresses))
+        else:
+            return [f"endpoint must be 'host:port' or a non-empty list of them, "
+                    f"got {self.endpoint!r}"]
+        bad = [a for a in addresses if not isinstance(a, str) or ":" not in a
+               or not a.rsplit(":", 1)[1].isdigit()]
+        if bad:
+            return [f"endpoint must be 'host:port' (or a list of them), got {bad[0]!r}"]
+        return []
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The endpoint addresses as a tuple (empty without an endpoint)."""
+        if self.endpoint is None:
+            return ()
+        return (self.endpoint,) if isinstance(self.endpoint, str) else tuple(self.endpoint)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive(value: object) -> bool:
+    return _number(value) and value > 0  # type: ignore[operator]

@@ -2,45 +2,59 @@
 
 It mirrors onnxruntime.InferenceSession, so code written against one runs against the other:
 
-    >>> predictor = Predictor(Config(plan=Path("plans/chain_cnn"), endpoint="cloud:8001",
-    ...                              tls_dir=Path("tls")))  # doctest: +SKIP
+    >>> predictor = Predictor(Config(plan=Path("plans/chain_cnn"), mode="adaptive",
+    ...                              endpoint="cloud:8001", tls_dir=Path("tls")))  # doctest: +SKIP
     >>> [i.name for i in predictor.get_inputs()]  # doctest: +SKIP
     ['x']
     >>> (y,) = predictor.run(["y"], {"x": x})  # doctest: +SKIP
-    >>> predictor.last_run().rpc_ms  # doctest: +SKIP
-    1.9
+    >>> predictor.last_run().mode, predictor.last_run().fallback  # doctest: +SKIP
+    ('split', None)
 
 A run checks its inputs against the plan before any work, then, by mode: runs the full model
-here ("local"); sends the inputs to the full model on the endpoint ("offload"); or runs the
+here ("local"); sends the inputs to the full model on the endpoint ("offload"); runs the
 cut's head here, sends the crossing tensors to the tail and merges the outputs both sides
-computed ("split"). It returns the outputs or raises a typed error by its deadline.
+computed ("split"); or chooses among those per request ("adaptive", edge/policy.py). With
+`fallback="local"`, a cloud part that fails or cannot finish in time is replaced by the full
+model run here. Every run returns the outputs or raises a typed error by its deadline.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import math
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
-from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
 from edgecut.errors import (
     BadInputError,
     BadModelError,
     BadPlanError,
+    CloudUnavailableError,
     DeadlineExceededError,
     EdgecutError,
+    ModelNotFoundError,
+    OverloadedError,
+    PermissionDeniedError,
+    ProtocolError,
+    RemoteError,
 )
 from edgecut.protocol.codecs import choose_codec
 
+from .breaker import CircuitBreaker
 from .client import CloudClient
 from .config import Config
+from .monitors import DeviceMonitor, LinkEstimator
 from .plan import Plan, PlanCut, TensorSpec, load_plan
-from .stats import PredictorStatistics, RunStatistics
+from .policy import Choice, CutCosts, Inputs, Thresholds, decide
+from .prober import Prober
+from .sessions import DeviceSession, load_session
+from .stats import PredictorStatistics, RunStatistics, SwitchEvent
 
 __all__ = ["Predictor", "TensorInfo"]
 
@@ -50,15 +64,19 @@ _ORT_TYPES = {
     "int16": "tensor(int16)", "int32": "tensor(int32)", "int64": "tensor(int64)",
     "float16": "tensor(float16)", "float32": "tensor(float)", "float64": "tensor(double)",
 }
-_ORT_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, *(
-    getattr(_ort_state, name) for name in (
-        "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
-        "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
-    if hasattr(_ort_state, name)))
 _FP16_MAX = 65504.0
-# Transfers smaller than this say more about round trip than bandwidth.
-_MIN_PROBE_BYTES = 64 * 1024
-_UPLINK_SMOOTHING = 0.3
+# What the cloud part may fail with and the device can finish instead.
+_CLOUD_FAILURES: tuple[type[EdgecutError], ...] = (
+    CloudUnavailableError, DeadlineExceededError, OverloadedError, ProtocolError, RemoteError,
+    ModelNotFoundError, PermissionDeniedError)
+# A local fallback is given this much more than its measured time, and this margin on top.
+_LOCAL_RESERVE_FACTOR = 1.5
+_LOCAL_RESERVE_MS = 20.0
+# Below this much time for the cloud call, the device does not try it.
+_MIN_CLOUD_BUDGET_MS = 5.0
+# A head that failed to run keeps the device offloading this long.
+_HEAD_FAILURE_HOLD_S = 10.0
+_EVENTS_KEPT = 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,10 +95,25 @@ class TensorInfo:
         return list(self.dims)
 
 
-class Predictor:
-    """Runs a plan in the mode of `config`; see the module docstring."""
+class _CloudPartFailed(Exception):
+    """Internal: the cloud part failed with `error`, after `stats` of work."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, error: EdgecutError, stats: RunStatistics) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.stats = stats
+
+
+class Predictor:
+    """Runs a plan in the mode of `config`; see the module docstring.
+
+    `monitor` reads the device's state for adaptive mode (a DeviceMonitor; tests and
+    agents with their own sensors give one with their own reader). `on_event` is called with
+    each SwitchEvent, from the thread that caused it; `events()` keeps the last 1000.
+    """
+
+    def __init__(self, config: Config, *, monitor: DeviceMonitor | None = None,
+                 on_event: Callable[[SwitchEvent], None] | None = None) -> None:
         self.config = config
         self.plan: Plan = load_plan(config.plan)
         cut_id = self.plan.chosen if config.cut is None else config.cut
@@ -89,22 +122,48 @@ class Predictor:
         self._outputs = tuple(_info(s) for s in self.plan.model.outputs)
         self._specs = {s.name: s for s in self.plan.model.inputs}
         self._output_dtypes = {s.name: s.dtype for s in self.plan.model.outputs}
-        self._session: ort.InferenceSession | None = None
-        if config.mode == "local":
-            self._session = self._load(self.plan.model.file)
-        elif config.mode == "split" and self.cut.head is not None:
-            self._session = self._load(self.cut.head)
-        self._session_inputs = (
-            [i.name for i in self._session.get_inputs()] if self._session else [])
-        self._session_outputs = (
-            [o.name for o in self._session.get_outputs()] if self._session else [])
-        self._client = None if config.mode == "local" or config.endpoint is None else CloudClient(
-            config.endpoint, tls_dir=config.tls_dir, device=config.device,
+        self._adaptive = config.mode == "adaptive"
+        self._fallback_local = config.fallback == "local" and config.mode != "local"
+        self._costs = plan_costs(self.plan)
+        # Split mode runs its cut as it is, even one with nothing on one side; adaptive mode
+        # runs those as the full model, here ("local") or in the cloud ("offload").
+        self._initial = (Choice("local", None) if config.mode == "local"
+                         else Choice("offload", None) if config.mode == "offload"
+                         else Choice("split", self.cut.id) if config.mode == "split"
+                         else self._costs[self.cut.id].choice)
+        self._choice = self._initial
+        self._thresholds = Thresholds(hysteresis=config.hysteresis,
+                                      max_cloud_queue_ms=config.max_cloud_queue_ms,
+                                      downlink_ratio=downlink_ratio(self.plan))
+        self._envelope = [(r.cut, r.min_mbps, r.max_mbps) for r in self.plan.envelope]
+
+        self._sessions: dict[str | None, DeviceSession] = {}  # None: the full model
+        self._load_sessions()
+        self._client = None if config.mode == "local" else CloudClient(
+            config.endpoints, tls_dir=config.tls_dir, device=config.device,
             timeout_s=config.timeout_s)
+        self._link = LinkEstimator(downlink_ratio=self._thresholds.downlink_ratio)
+        self._queue = LinkEstimator(max_age_s=max(2.0, config.breaker_reset_s))
+        self._monitor = monitor if monitor is not None else DeviceMonitor()
+        self._breaker = CircuitBreaker(failures=config.breaker_failures,
+                                       reset_s=config.breaker_reset_s)
+        self._on_event = on_event
+        self._events: collections.deque[SwitchEvent] = collections.deque(maxlen=_EVENTS_KEPT)
+        self._head_failed_until = -math.inf
+        self._local_ms: float | None = None
         self._lock = threading.Lock()
         self._closed = False
-        self._stats = PredictorStatistics(mode=config.mode,
-                                          cut=self.cut.id if config.mode == "split" else None)
+        self._stats = PredictorStatistics(
+            mode=config.mode, cut=self.cut.id if config.mode in ("split", "adaptive") else None)
+        if self._fallback_local or self._adaptive:
+            self._warm_up()
+        self._prober = None
+        if self._client is not None and (self._fallback_local or self._adaptive):
+            self._prober = Prober(
+                self._client, self._breaker, self._link, interval_s=config.probe_interval_s,
+                max_share=config.probe_max_share,
+                tick_s=min(config.probe_interval_s, config.breaker_reset_s) / 4,
+                on_open=self._cloud_lost, on_close=self._cloud_back)
 
     # -- the onnxruntime.InferenceSession surface -----------------------------------------
 
@@ -119,31 +178,29 @@ class Predictor:
         """The outputs named in `output_names` (all, when None or empty), in that order.
 
         Raises BadInputError (before any work) for unknown, missing or mistyped inputs and
-        unknown output names; CloudUnavailableError, DeadlineExceededError,
-        ModelNotFoundError or RemoteError when the cloud part fails. Outputs that came from
-        the cloud uncompressed are read-only views over the response (no copy): copy one
-        before writing into it. Safe to call from several threads.
+        unknown output names. When the cloud part fails: with fallback "local" the full model
+        runs here and its outputs are returned (`last_run().fallback` says why); with
+        "none", CloudUnavailableError, DeadlineExceededError, OverloadedError,
+        ModelNotFoundError, ProtocolError or RemoteError. Returns or raises within
+        `timeout_s`. Outputs that came from the cloud uncompressed are read-only views over
+        the response (no copy): copy one before writing into it. Safe to call from several
+        threads.
         """
         if self._closed:
             raise EdgecutError(f"Predictor for {self.plan.directory} is closed; create a new one")
         start = time.perf_counter()
+        deadline = start + self.config.timeout_s
         names = self._check(output_names, input_feed)
+        request_id = uuid.uuid4().hex
         try:
-            if self.config.mode == "local":
-                outputs = dict(zip(names, self._run_session(names, input_feed), strict=True))
-                # The whole model ran on the device: that is the device ("head") time.
-                stats = RunStatistics(mode="local", cut=None,
-                                      head_ms=(time.perf_counter() - start) * 1e3)
-            elif self.config.mode == "offload":
-                outputs, stats = self._run_cloud(self.plan.model.name, dict(input_feed), names,
-                                                 start, RunStatistics(mode="offload", cut=None))
-            else:
-                outputs, stats = self._run_split(names, input_feed, start)
+            choice = self._next_choice()
+            outputs, stats = self._execute(choice, names, input_feed, deadline, request_id)
         except EdgecutError:
             with self._lock:
                 self._stats = dataclasses.replace(self._stats, failures=self._stats.failures + 1)
             raise
-        stats = dataclasses.replace(stats, total_ms=(time.perf_counter() - start) * 1e3)
+        stats = dataclasses.replace(stats, total_ms=(time.perf_counter() - start) * 1e3,
+                                    request_id=request_id)
         with self._lock:
             self._stats = self._stats.add(stats)
         return [outputs[n] for n in names]
@@ -151,18 +208,30 @@ class Predictor:
     # -- statistics and lifecycle ---------------------------------------------------------
 
     def last_run(self) -> RunStatistics | None:
-        """Timings and bytes of the latest successful run (None before the first)."""
+        """Where the latest successful run ran, its timings and bytes (None before the first)."""
         return self._stats.last
 
     def statistics(self) -> PredictorStatistics:
-        """Totals since this Predictor was created."""
-        return self._stats
+        """Totals since this Predictor was created, with the live estimates and choice."""
+        with self._lock:
+            stats, choice = self._stats, self._effective_choice()
+        return dataclasses.replace(
+            stats, uplink_mbps=self._link.uplink_mbps(), downlink_mbps=self._link.downlink_mbps(),
+            rtt_ms=self._link.rtt_ms(), cloud_queue_ms=self._queue.rtt_ms(),
+            choice=str(choice), breaker=self._breaker.state)
+
+    def events(self) -> list[SwitchEvent]:
+        """The switches so far (the last 1000), oldest first."""
+        with self._lock:
+            return list(self._events)
 
     def close(self) -> None:
         self._closed = True
+        if self._prober is not None:
+            self._prober.stop()
         if self._client is not None:
             self._client.close()
-        self._session = None
+        self._sessions = {}
 
     def __enter__(self) -> Predictor:
         return self
@@ -170,18 +239,145 @@ class Predictor:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- the modes ------------------------------------------------------------------------
+    # -- choosing -------------------------------------------------------------------------
 
-    def _run_split(self, names: list[str], feed: Mapping[str, np.ndarray], start: float
+    def _next_choice(self) -> Choice:
+        if not self._adaptive:
+            return self._initial
+        pressure = self._monitor.pressure(
+            min_free_memory_mib=self.config.min_free_memory_mib,
+            max_cpu_percent=self.config.max_cpu_percent,
+            min_battery_percent=self.config.min_battery_percent,
+            recovery=self.config.pressure_recovery)
+        if time.monotonic() < self._head_failed_until:
+            pressure = "the head failed to run" + (f", {pressure}" if pressure else "")
+        inputs = Inputs(uplink_mbps=self._link.uplink_mbps(), rtt_ms=self._link.rtt_ms(),
+                        cloud_queue_ms=self._queue.rtt_ms(), pressure=pressure)
+        with self._lock:
+            before = self._effective_choice()
+            decision = decide(inputs, self._choice, envelope=self._envelope, costs=self._costs,
+                              thresholds=self._thresholds, initial=self._initial)
+            self._choice = decision.choice
+            after = self._effective_choice()
+        if before != after:
+            self._event(before, after, decision.reason or "the cloud is reachable again")
+        return decision.choice
+
+    def _effective_choice(self) -> Choice:
+        """Where requests go now: the policy's choice, or local while the circuit is open."""
+        if (self._fallback_local and self._choice.mode != "local"
+                and self._breaker.state == "open"):
+            return Choice("local", None)
+        return self._choice
+
+    def _event(self, before: Choice, after: Choice, reason: str) -> None:
+        event = SwitchEvent(time.time(), str(before), str(after), reason)
+        with self._lock:
+            self._events.append(event)
+            self._stats = dataclasses.replace(self._stats, switches=self._stats.switches + 1)
+        if self._on_event is not None:
+            self._on_event(event)
+
+    def _cloud_lost(self, reason: str) -> None:
+        """The breaker opened: requests that needed the cloud run here until it closes."""
+        if self._fallback_local and self._choice.mode != "local":
+            self._event(self._choice, Choice("local", None), f"cloud unavailable: {reason}")
+
+    def _cloud_back(self, reason: str) -> None:
+        if self._fallback_local and self._choice.mode != "local":
+            self._event(Choice("local", None), self._choice, reason)
+
+    # -- running --------------------------------------------------------------------------
+
+    def _execute(self, choice: Choice, names: list[str], feed: Mapping[str, np.ndarray],
+                 deadline: float, request_id: str) -> tuple[dict[str, np.ndarray], RunStatistics]:
+        if choice.mode == "local":
+            return self._run_local(names, feed, deadline, fallback=None)
+        cut = self.plan.cut(choice.cut) if choice.mode == "split" else None
+        if cut is not None and cut.tail is None:
+            return self._run_split(cut, names, feed, deadline - time.perf_counter(), request_id)
+        if not self._breaker.allow():
+            error = CloudUnavailableError(
+                f"{self._client_name()}: not tried, the circuit is open after "
+                f"{self.config.breaker_failures} failed calls; it is probed again shortly")
+            return self._fall_back(error, "circuit open", names, feed, deadline, None)
+        budget_s = deadline - time.perf_counter() - self._local_reserve_s()
+        if budget_s * 1e3 < _MIN_CLOUD_BUDGET_MS:
+            # Not a cloud failure: this request has no time for the cloud.
+            self._breaker.release()
+            error = DeadlineExceededError(
+                f"run of {self.plan.model.name!r}: no time left for the cloud within the "
+                f"{self.config.timeout_s} s deadline; raise timeout_s")
+            return self._fall_back(error, "no time left for the cloud", names, feed, deadline,
+                                   None)
+        try:
+            if choice.mode == "offload":
+                outputs, stats = self._run_cloud(
+                    self.plan.model.name, dict(feed), names, budget_s,
+                    RunStatistics(mode="offload", cut=None), request_id)
+            else:
+                outputs, stats = self._run_split(cut, names, feed, budget_s, request_id)
+        except _CloudPartFailed as failed:
+            return self._fall_back(failed.error, _describe(failed.error), names, feed, deadline,
+                                   failed.stats)
+        if self._breaker.record_success():
+            self._cloud_back("a request reached the endpoint")
+        return outputs, stats
+
+    def _fall_back(self, error: EdgecutError, reason: str, names: list[str],
+                   feed: Mapping[str, np.ndarray], deadline: float,
+                   stats: RunStatistics | None
                    ) -> tuple[dict[str, np.ndarray], RunStatistics]:
-        cut = self.cut
+        """The cloud part failed (`stats`: what it did) or was not tried (None): finish
+        here, or raise `error`."""
+        if stats is not None and self._breaker.record_failure():
+            self._cloud_lost(reason)
+        if not self._fallback_local:
+            raise error
+        outputs, local = self._run_local(names, feed, deadline, fallback=reason)
+        if stats is not None:
+            local = dataclasses.replace(local, head_ms=local.head_ms + stats.head_ms,
+                                        encode_ms=stats.encode_ms, rpc_ms=stats.rpc_ms)
+        return outputs, local
+
+    def _run_local(self, names: list[str], feed: Mapping[str, np.ndarray], deadline: float, *,
+                   fallback: str | None) -> tuple[dict[str, np.ndarray], RunStatistics]:
+        session = self._session(None)
+        start = time.perf_counter()
+        # A fallback must not overrun the deadline; a chosen local run is held to it too in
+        # adaptive mode, where the caller was promised an answer or an error by then.
+        limit = deadline - start if (fallback is not None or self._adaptive) else None
+        values = session.run(names, feed, deadline_s=limit)
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+        self._observe_local(elapsed_ms)
+        # The whole model ran on the device: that is the device ("head") time.
+        return (dict(zip(names, values, strict=True)),
+                RunStatistics(mode="local", cut=None, head_ms=elapsed_ms, fallback=fallback))
+
+    def _run_split(self, cut: PlanCut, names: list[str], feed: Mapping[str, np.ndarray],
+                   budget_s: float, request_id: str
+                   ) -> tuple[dict[str, np.ndarray], RunStatistics]:
         stats = RunStatistics(mode="split", cut=cut.id)
         device: dict[str, np.ndarray] = {}
-        if self._session is not None:
+        if cut.head is not None:
+            head = self._session(cut.head)
             head_start = time.perf_counter()
-            values = self._run_session(None, {n: feed[n] for n in self._session_inputs})
-            device = dict(zip(self._session_outputs, values, strict=True))
-            stats = dataclasses.replace(stats, head_ms=(time.perf_counter() - head_start) * 1e3)
+            try:
+                values = head.run(None, feed)
+            except BadModelError as exc:
+                if not self._adaptive:
+                    raise
+                # Out of memory, most likely: offload whole requests for a while.
+                self._head_failed_until = time.monotonic() + _HEAD_FAILURE_HOLD_S
+                return self._run_cloud(self.plan.model.name, dict(feed), names,
+                                       budget_s - (time.perf_counter() - head_start),
+                                       RunStatistics(mode="offload", cut=None,
+                                                     fallback=f"the head failed: {exc}"),
+                                       request_id)
+            device = dict(zip(head.output_names, values, strict=True))
+            head_ms = (time.perf_counter() - head_start) * 1e3
+            stats = dataclasses.replace(stats, head_ms=head_ms)
+            budget_s -= head_ms / 1e3
         cloud_names = list(dict.fromkeys(n for n in names if n in cut.cloud_outputs))
         cloud: dict[str, np.ndarray] = {}
         if cloud_names:
@@ -190,8 +386,8 @@ class Predictor:
                 raise BadPlanError(f"{self.plan.directory}: cut {cut.id} sends {missing} to the "
                                    f"cloud, but neither its head nor the inputs produce them")
             crossing = {n: device[n] if n in device else feed[n] for n in cut.crossing}
-            cloud, stats = self._run_cloud(cut.endpoint_model, crossing, cloud_names, start,
-                                           stats)
+            cloud, stats = self._run_cloud(cut.endpoint_model, crossing, cloud_names, budget_s,
+                                           stats, request_id)
         outputs = {}
         for n in names:
             for source in (cloud, device, feed):
@@ -204,32 +400,53 @@ class Predictor:
         return outputs, stats
 
     def _run_cloud(self, model: str, inputs: dict[str, np.ndarray], names: list[str],
-                   start: float, stats: RunStatistics
+                   budget_s: float, stats: RunStatistics, request_id: str
                    ) -> tuple[dict[str, np.ndarray], RunStatistics]:
         if self._client is None:
             raise EdgecutError(f"mode {self.config.mode!r} needs an endpoint")
-        remaining = self.config.timeout_s - (time.perf_counter() - start)
-        if remaining <= 0:
-            raise DeadlineExceededError(
-                f"run of {self.plan.model.name!r} (cut {self.cut.id}): the head used up the "
-                f"{self.config.timeout_s} s deadline before the cloud call; raise timeout_s "
-                f"or use a cut with less work on the device")
+        if budget_s <= 0:
+            raise _CloudPartFailed(DeadlineExceededError(
+                f"run of {self.plan.model.name!r}: the head used up the {self.config.timeout_s} s "
+                f"deadline before the cloud call; raise timeout_s or use a cut with less work "
+                f"on the device"), stats)
         codecs = {n: self._codec_for(a) for n, a in inputs.items()}
         wanted = list(dict.fromkeys(names))
-        result = self._client.infer(model, inputs, outputs=wanted, codec=codecs,
-                                    response_codec=self._response_codecs(wanted),
-                                    timeout_s=remaining)
-        self._observe_uplink(result.wire_bytes_up, result.rpc_ms)
+        try:
+            result = self._client.infer(model, inputs, outputs=wanted, codec=codecs,
+                                        response_codec=self._response_codecs(wanted),
+                                        timeout_s=budget_s, request_id=request_id)
+        except _CLOUD_FAILURES as exc:
+            raise _CloudPartFailed(exc, stats) from exc
+        server_ms = None
+        if result.server_queue_ms is not None:
+            server_ms = result.server_queue_ms + (result.server_compute_ms or 0.0)
+            self._queue.observe_rtt(result.server_queue_ms)
+        self._link.observe_call(up_bytes=result.wire_bytes_up, down_bytes=result.wire_bytes_down,
+                                rpc_ms=result.rpc_ms, server_ms=server_ms)
         return result.outputs, dataclasses.replace(
             stats, encode_ms=result.encode_ms, rpc_ms=result.rpc_ms,
             decode_ms=result.decode_ms, raw_bytes_up=result.raw_bytes_up,
             wire_bytes_up=result.wire_bytes_up, raw_bytes_down=result.raw_bytes_down,
-            wire_bytes_down=result.wire_bytes_down, cloud_calls=1, codecs=result.codecs)
+            wire_bytes_down=result.wire_bytes_down, cloud_calls=1, codecs=result.codecs,
+            server_queue_ms=result.server_queue_ms)
+
+    def _local_reserve_s(self) -> float:
+        """Time a local fallback needs, kept back from the cloud call's deadline."""
+        if not self._fallback_local:
+            return 0.0
+        local_ms = self._local_ms if self._local_ms is not None else 0.25 * self.config.timeout_s * 1e3
+        return (local_ms * _LOCAL_RESERVE_FACTOR + _LOCAL_RESERVE_MS) / 1e3
+
+    def _observe_local(self, ms: float) -> None:
+        with self._lock:
+            # A slow mean: the reserve must cover ordinary runs, not chase the fastest.
+            old = self._local_ms
+            self._local_ms = ms if old is None else max(ms, old + 0.2 * (ms - old))
 
     def _codec_for(self, array: np.ndarray) -> str:
         codec = self.config.codec
         if codec == "auto":
-            return choose_codec(array, uplink_mbps=self._stats.uplink_mbps)
+            return choose_codec(array, uplink_mbps=self._link.uplink_mbps())
         if codec == "fp16" and not _fits_fp16(array):
             # fp16 only where it is defined; anything else still goes compressed, losslessly.
             return "shuffle_zstd" if array.dtype.kind == "f" else "zstd"
@@ -245,38 +462,53 @@ class Predictor:
             return dict.fromkeys(names, codec)
         return {n: "fp16" if self._output_dtypes[n] == "float32" else "zstd" for n in names}
 
-    def _observe_uplink(self, wire_bytes: int, rpc_ms: float) -> None:
-        if wire_bytes < _MIN_PROBE_BYTES or rpc_ms <= 0:
-            return
-        sample = wire_bytes * 8 / 1e6 / (rpc_ms / 1e3)
-        with self._lock:
-            old = self._stats.uplink_mbps
-            new = sample if old is None else old + _UPLINK_SMOOTHING * (sample - old)
-            self._stats = dataclasses.replace(self._stats, uplink_mbps=new)
+    def _client_name(self) -> str:
+        return self._client.endpoint if self._client is not None else "(no endpoint)"
 
     # -- onnxruntime and input checks -----------------------------------------------------
 
-    def _load(self, relative: str) -> ort.InferenceSession:
-        path = self.plan.path(relative)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.config.intra_op_threads
-        options.log_severity_level = 3
-        try:
-            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except _ORT_ERRORS as exc:
-            raise BadModelError(f"{path}: onnxruntime cannot load it: {exc}") from exc
+    def _load_sessions(self) -> None:
+        """Load what this mode may run, before the first request."""
+        mode = self.config.mode
+        heads: list[str] = []
+        if mode == "split" and self.cut.head is not None:
+            heads = [self.cut.head]
+        elif mode == "adaptive":
+            ids = {self.cut.id, *(r.cut for r in self.plan.envelope)}
+            heads = [c.head for c in self.plan.cuts
+                     if c.id in ids and c.head is not None and c.tail is not None]
+        for head in dict.fromkeys(heads):
+            self._sessions[head] = load_session(self.plan.path(head), f"the head {head}",
+                                                intra_op_threads=self.config.intra_op_threads)
+        if mode in ("local", "adaptive") or self._fallback_local:
+            self._sessions[None] = load_session(
+                self.plan.path(self.plan.model.file),
+                f"the full model of {self.plan.model.name!r}",
+                intra_op_threads=self.config.intra_op_threads)
 
-    def _run_session(self, names: list[str] | None, feed: Mapping[str, np.ndarray]
-                     ) -> list[np.ndarray]:
-        if self._session is None:
-            raise EdgecutError(f"Predictor for {self.plan.directory} is closed")
+    def _session(self, head: str | None) -> DeviceSession:
+        session = self._sessions.get(head)
+        if session is None:
+            if self._closed:
+                raise EdgecutError(f"Predictor for {self.plan.directory} is closed")
+            raise BadPlanError(f"{self.plan.directory}: {head or 'the full model'} is not loaded "
+                               f"for mode {self.config.mode!r}")
+        return session
+
+    def _warm_up(self) -> None:
+        """One local run on zeros: onnxruntime's first run is slow, and the fallback's reserve
+        needs a figure. A model that cannot run on zeros is measured at its first real run."""
+        feed = {}
+        for spec in self.plan.model.inputs:
+            shape = self.plan.input_shapes.get(spec.name) or tuple(
+                d if isinstance(d, int) and d >= 0 else 1 for d in spec.shape)
+            feed[spec.name] = np.zeros(shape, dtype=spec.dtype)
+        start = time.perf_counter()
         try:
-            return list(self._session.run(names, dict(feed)))
-        except _ORT_ERRORS as exc:
-            if isinstance(exc, getattr(_ort_state, "InvalidArgument", ())):
-                raise BadInputError(f"onnxruntime rejected the inputs: {exc}") from exc
-            raise BadModelError(f"onnxruntime failed to run the device part of "
-                                f"{self.plan.model.name!r}: {exc}") from exc
+            self._session(None).run(None, feed)
+        except EdgecutError:
+            return
+        self._observe_local((time.perf_counter() - start) * 1e3)
 
     def _check(self, output_names: Sequence[str] | None,
                input_feed: Mapping[str, np.ndarray]) -> list[str]:
@@ -307,6 +539,47 @@ class Predictor:
         if problems:
             raise BadInputError(f"{self.plan.model.name}: " + "; ".join(problems))
         return names
+
+
+def plan_costs(plan: Plan) -> dict[int, CutCosts]:
+    """Every cut's mode and its predicted costs (corrected where measured), for the policy."""
+    costs = {}
+    for cut in plan.cuts:
+        mode = "offload" if cut.head is None else "local" if cut.tail is None else "split"
+        predicted = dict(cut.predicted or {})
+        figures = predicted.get("corrected") or predicted.get("model") or {}
+        fixed = sum(float(figures.get(k, 0.0)) for k in
+                    ("device_ms", "encode_ms", "cloud_ms", "decode_ms")) if figures else math.nan
+        costs[cut.id] = CutCosts(cut=cut.id, mode=mode, fixed_ms=fixed,
+                                 up_bytes=int(figures.get("up_bytes", cut.bytes)),
+                                 down_bytes=int(figures.get("down_bytes", cut.down_bytes)))
+    return costs
+
+
+def downlink_ratio(plan: Plan) -> float:
+    """Downlink over uplink bandwidth in the plan's network profile (1.0 when unknown)."""
+    for cut in plan.cuts:
+        figures = (cut.predicted or {}).get("model") or {}
+        up_b, down_b = figures.get("up_bytes", 0), figures.get("down_bytes", 0)
+        up_ms, down_ms = figures.get("uplink_ms", 0), figures.get("downlink_ms", 0)
+        if up_b and down_b and up_ms and down_ms:
+            return float((down_b / down_ms) / (up_b / up_ms))
+    return 1.0
+
+
+def _describe(error: EdgecutError) -> str:
+    """A short reason for the fallback: the error's kind and its first clause."""
+    kind = {CloudUnavailableError: "cloud unavailable", DeadlineExceededError: "cloud too slow",
+            OverloadedError: "cloud overloaded", ProtocolError: "corrupt answer",
+            ModelNotFoundError: "model not on the endpoint",
+            PermissionDeniedError: "permission denied"}.get(type(error))
+    if kind is None:
+        kind = next((v for k, v in ((ProtocolError, "corrupt answer"),
+                                    (RemoteError, "endpoint error")) if isinstance(error, k)),
+                    type(error).__name__)
+        if isinstance(error, RemoteError):
+            kind = f"endpoint error {error.code}"
+    return f"{kind}: {error}"
 
 
 def _check_tensor(spec: TensorSpec, value: object) -> list[str]:

@@ -24,10 +24,12 @@ from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.codecs import encode_tensor
 from edgecut.protocol.tensors import datatype_of, dtype_of
 
-__all__ = ["array_from_contents", "encode_input", "request_with_raw_inputs"]
+__all__ = ["array_from_contents", "encode_input", "padded_message", "request_with_raw_inputs"]
 
 # Tag of ModelInferRequest.raw_input_contents: field 7, wire type 2 (length-delimited).
 _RAW_INPUT_TAG = bytes([(7 << 3) | 2])
+# A field number no message of the protocol uses, length-delimited: parsers skip it.
+_PADDING_TAG = bytes([0xFA, 0x3F])  # field 1023, wire type 2, as a varint
 # Where a stock server puts a tensor it did not send in raw_output_contents.
 _CONTENTS_FIELD = {
     "BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
@@ -60,6 +62,18 @@ def request_with_raw_inputs(header: bytes, chunks: Sequence[memoryview | bytes])
     for chunk in chunks:
         parts += [_RAW_INPUT_TAG, _varint(len(chunk)), chunk]
     return b"".join(parts)
+
+
+def padded_message(message: bytes, padding_bytes: int) -> bytes:
+    """`message` (serialised) with `padding_bytes` of zeros in an unknown field.
+
+    >>> request = pb.ServerLiveRequest.FromString(padded_message(b"", 1000))
+    >>> request.DiscardUnknownFields(); request == pb.ServerLiveRequest()
+    True
+    """
+    if padding_bytes <= 0:
+        return message
+    return b"".join((message, _PADDING_TAG, _varint(padding_bytes), bytes(padding_bytes)))
 
 
 def _varint(n: int) -> bytes:
