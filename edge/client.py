@@ -44,9 +44,9 @@ from edgecut.protocol.codecs import (
     CODECS,
     SERVER_EXTENSIONS,
     decode_tensor,
-    parameter_value,
     set_parameter,
 )
+from edgecut.protocol.timing import server_timing
 from edgecut.protocol.tls import channel_credentials
 
 from .channel import channel_options, target_for
@@ -57,9 +57,6 @@ __all__ = ["ClientStatistics", "CloudClient", "InferResult", "MiB"]
 MiB = 1 << 20
 _INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 _LIVE_METHOD = "/inference.GRPCInferenceService/ServerLive"
-# Response parameters in which the endpoint reports where a request's time went (ms).
-QUEUE_PARAMETER = "edgecut_queue_ms"
-COMPUTE_PARAMETER = "edgecut_compute_ms"
 _COMPRESSION = {None: grpc.Compression.NoCompression, "gzip": grpc.Compression.Gzip,
                 "deflate": grpc.Compression.Deflate}
 
@@ -69,7 +66,9 @@ class InferResult:
     """Outputs of one ModelInfer call, in the order asked for, and what moving them cost.
 
     `raw_*` bytes are the tensors' decoded sizes, `wire_*` what their encodings took;
-    `rpc_ms` is the call itself (network both ways and the endpoint's queue and compute).
+    `rpc_ms` is the call itself (network both ways and the endpoint's queue and compute);
+    `server_queue_ms` / `server_compute_ms` are what the endpoint reported of its part
+    (protocol/timing.py), None from a server that reports nothing.
     """
 
     model: str
@@ -320,6 +319,7 @@ class CloudClient:
         raw_down = sum(a.nbytes for a in decoded.values())
         wire_down = sum(len(c) for c in response.raw_output_contents)
         decode_ms = (time.perf_counter() - decode_start) * 1e3
+        timing = server_timing(response)
         with self._lock:
             for i, n in enumerate((raw_up, wire_up, raw_down, wire_down)):
                 self._bytes[i] += n
@@ -328,8 +328,8 @@ class CloudClient:
                            wire_bytes_up=wire_up, raw_bytes_down=raw_down,
                            wire_bytes_down=wire_down, encode_ms=encode_ms, rpc_ms=rpc_ms,
                            decode_ms=decode_ms,
-                           server_queue_ms=_reported_ms(response, QUEUE_PARAMETER),
-                           server_compute_ms=_reported_ms(response, COMPUTE_PARAMETER))
+                           server_queue_ms=None if timing is None else timing.queue_ms,
+                           server_compute_ms=None if timing is None else timing.compute_ms)
 
     def _decode(self, model: str, response: pb.ModelInferResponse,
                 outputs: Sequence[str] | None) -> dict[str, np.ndarray]:
@@ -387,16 +387,6 @@ def _translate(exc: grpc.RpcError, what: str, endpoint: str, timeout_s: float) -
         return ModelNotFoundError(f"{where}: {details}; deploy the model to the endpoint's "
                                   f"repository (`edgecut deploy`)")
     return RemoteError(f"{where}: {code.name}: {details}", code=code.name)
-
-
-def _reported_ms(response: pb.ModelInferResponse, key: str) -> float | None:
-    """A time the endpoint reported in the response's parameters; None if it did not."""
-    if key not in response.parameters:
-        return None
-    value = parameter_value(response.parameters[key])
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        return None  # a stock or broken server: no report rather than a wrong one
-    return float(value)
 
 
 def _codecs_for(role: str, names: Sequence[str], codec: str | Mapping[str, str]

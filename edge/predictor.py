@@ -418,9 +418,11 @@ class Predictor:
         except _CLOUD_FAILURES as exc:
             raise _CloudPartFailed(exc, stats) from exc
         server_ms = None
-        if result.server_queue_ms is not None:
-            server_ms = result.server_queue_ms + (result.server_compute_ms or 0.0)
-            self._queue.observe_rtt(result.server_queue_ms)
+        queue, compute = result.server_queue_ms, result.server_compute_ms
+        # What a server reports is believed only within what the device itself timed.
+        if queue is not None and compute is not None and 0 <= queue + compute <= result.rpc_ms:
+            server_ms = queue + compute
+            self._queue.observe_rtt(queue)
         self._link.observe_call(up_bytes=result.wire_bytes_up, down_bytes=result.wire_bytes_down,
                                 rpc_ms=result.rpc_ms, server_ms=server_ms)
         return result.outputs, dataclasses.replace(
