@@ -8,6 +8,8 @@ the device's readings) and check where each run ran and that its outputs are the
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -248,3 +250,27 @@ def test_concurrent_runs_all_answer_while_the_endpoint_dies(plan_dir: Path, flee
             t.join(timeout=30)
     assert failures == []
     assert "split" in modes and "local" in modes
+
+
+def _edgecut(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edgecut", *args], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_cli_run_adaptive_finishes_locally_or_fails_in_one_line(
+        plan_dir: Path, fleet: Path, feed: dict, reference: list[np.ndarray], free_port,
+        tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", feed["x"])
+    common = ["run", str(plan_dir), "--endpoint", f"127.0.0.1:{free_port()}", "--tls",
+              str(fleet), "--device", DEVICE, "--input", f"x={tmp_path / 'x.npy'}",
+              "--output", str(tmp_path / "out.npz"), "--timeout", "3"]
+    result = _edgecut(*common, "--mode", "adaptive", "--fallback", "local")
+    assert result.returncode == 0, result.stderr
+    assert "ran local; fell back: cloud unavailable" in result.stdout
+    saved = np.load(tmp_path / "out.npz")
+    _assert_model_outputs([saved[k] for k in saved.files], reference)
+
+    result = _edgecut(*common, "--mode", "adaptive", "--fallback", "none")
+    assert result.returncode == 1
+    assert result.stderr.startswith("edgecut run: error: ") and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
