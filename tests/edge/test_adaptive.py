@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -274,3 +275,45 @@ def test_cli_run_adaptive_finishes_locally_or_fails_in_one_line(
     assert result.returncode == 1
     assert result.stderr.startswith("edgecut run: error: ") and result.stderr.count("\n") == 1
     assert "Traceback" not in result.stderr
+
+
+def test_a_queueing_cloud_pushes_work_back_to_the_device(tmp_path: Path, fleet: Path) -> None:
+    """The endpoint holds each lone request 300 ms for batch-mates and says so in its
+    answer: the device runs the next requests itself, then tries the cloud again."""
+    from edgecut.cloud.batching import SchedulingPolicy
+    from edgecut.partitioner import write_plan
+    from edgecut.zoo import ZOO
+
+    model_path = tmp_path / "dynamic_cnn.onnx"
+    onnx.save(ZOO["dynamic_cnn"](), str(model_path))
+    plan = tmp_path / "plan"
+    write_plan(model_path, plan, cut_ids=[2], input_shapes={"x": (1, 3, 16, 16)}, chosen=2)
+    repo = tmp_path / "repo"
+    deploy_plan(plan, repo)
+    held = SchedulingPolicy(max_batch_size=8, dynamic_batching=True, max_queue_delay_us=300_000)
+    server = create_server(repo, tls_dir=fleet, mutual_tls=True, workers=4, intra_op_threads=1,
+                           scheduling={"dynamic_cnn.cut2": held})
+    server.start()
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    want = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]
+                                ).run(None, {"x": x})
+    try:
+        config = _config(plan, f"localhost:{server.port}", fleet, max_cloud_queue_ms=50.0)
+        with Predictor(config) as predictor:
+            runs = []
+            for _ in range(4):
+                _assert_model_outputs(predictor.run(None, {"x": x}), want)
+                runs.append(predictor.last_run())
+            # The queue report is forgotten after 2 s: the cloud is tried again.
+            time.sleep(2.1)
+            _assert_model_outputs(predictor.run(None, {"x": x}), want)
+            retried = predictor.last_run()
+            events = predictor.events()
+    finally:
+        server.stop(grace_s=0.5)
+    assert runs[0].mode == "split" and runs[0].server_queue_ms > 200
+    assert [r.mode for r in runs[1:]] == ["local"] * 3
+    assert all(r.fallback is None for r in runs)  # a choice, not a failure
+    assert events[0].from_choice == "split:2" and events[0].to_choice == "local"
+    assert events[0].reason.startswith("cloud queue 3")
+    assert retried.mode == "split" and events[1].to_choice == "split:2"
