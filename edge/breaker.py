@@ -97,14 +97,15 @@ class CircuitBreaker:
             self._trial_out = None
 
     def record_failure(self) -> bool:
-        """A call failed; True when that opened the breaker (or kept a half-open one open)."""
+        """A call failed; True when that opened a closed breaker. A failed half-open trial
+        opens it again, for twice as long, and returns False (it was not closed)."""
         with self._lock:
             state = self._state()
             self._trial_out = None
             if state == "half_open":
                 self._open_for = min(self._open_for * 2, self.max_reset_s)
                 self._opened_at = self._clock()
-                return True
+                return False
             if state == "open":
                 return False
             self._consecutive += 1

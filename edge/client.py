@@ -32,7 +32,9 @@ from edgecut.errors import (
     DeadlineExceededError,
     EdgecutError,
     ModelNotFoundError,
+    OverloadedError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     ProtocolError,
     RemoteError,
     TLSConfigError,
@@ -386,7 +388,27 @@ def _translate(exc: grpc.RpcError, what: str, endpoint: str, timeout_s: float) -
     if code == grpc.StatusCode.NOT_FOUND:
         return ModelNotFoundError(f"{where}: {details}; deploy the model to the endpoint's "
                                   f"repository (`edgecut deploy`)")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDeniedError(f"{where}: {details}; the endpoint's auth file must list "
+                                     f"this device for the model")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        hint = _retry_after_ms(exc)
+        if hint is not None:
+            return OverloadedError(f"{where}: overloaded ({details}); retry after {hint} ms",
+                                   retry_after_ms=hint)
     return RemoteError(f"{where}: {code.name}: {details}", code=code.name)
+
+
+def _retry_after_ms(exc: grpc.RpcError) -> int | None:
+    """The endpoint's `retry-after-ms` trailer on a refused call, if it sent one."""
+    trailers = exc.trailing_metadata() if isinstance(exc, grpc.Call) else None
+    for key, value in trailers or ():
+        if key == "retry-after-ms":
+            try:
+                return max(int(value), 0)
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 def _codecs_for(role: str, names: Sequence[str], codec: str | Mapping[str, str]

@@ -69,6 +69,11 @@ _FP16_MAX = 65504.0
 _CLOUD_FAILURES: tuple[type[EdgecutError], ...] = (
     CloudUnavailableError, DeadlineExceededError, OverloadedError, ProtocolError, RemoteError,
     ModelNotFoundError, PermissionDeniedError)
+# Refusals from an endpoint that is up and answering: the request still finishes locally,
+# but they say nothing about availability, so they do not open the circuit.
+_REFUSAL_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED",
+                            "UNAUTHENTICATED", "FAILED_PRECONDITION", "OUT_OF_RANGE",
+                            "UNIMPLEMENTED", "ALREADY_EXISTS"})
 # A local fallback is given this much more than its measured time, and this margin on top.
 _LOCAL_RESERVE_FACTOR = 1.5
 _LOCAL_RESERVE_MS = 20.0
@@ -259,14 +264,16 @@ class Predictor:
                               thresholds=self._thresholds, initial=self._initial)
             self._choice = decision.choice
             after = self._effective_choice()
-        if before != after:
-            self._event(before, after, decision.reason or "the cloud is reachable again")
+        # Breaker transitions make their own events (_cloud_lost, _cloud_back).
+        if decision.reason is not None and before != after:
+            self._event(before, after, decision.reason)
         return decision.choice
 
     def _effective_choice(self) -> Choice:
-        """Where requests go now: the policy's choice, or local while the circuit is open."""
+        """Where requests go now: the policy's choice, or local while the circuit is not
+        closed (half-open lets a single trial through)."""
         if (self._fallback_local and self._choice.mode != "local"
-                and self._breaker.state == "open"):
+                and self._breaker.state != "closed"):
             return Choice("local", None)
         return self._choice
 
@@ -330,8 +337,14 @@ class Predictor:
                    ) -> tuple[dict[str, np.ndarray], RunStatistics]:
         """The cloud part failed (`stats`: what it did) or was not tried (None): finish
         here, or raise `error`."""
-        if stats is not None and self._breaker.record_failure():
-            self._cloud_lost(reason)
+        if isinstance(error, OverloadedError):
+            # The endpoint said when to come back: until then the queue is that long.
+            self._queue.observe_rtt(float(error.retry_after_ms))
+        if stats is not None:
+            if _is_refusal(error):
+                self._breaker.release()
+            elif self._breaker.record_failure():
+                self._cloud_lost(reason)
         if not self._fallback_local:
             raise error
         outputs, local = self._run_local(names, feed, deadline, fallback=reason)
@@ -567,6 +580,12 @@ def downlink_ratio(plan: Plan) -> float:
         if up_b and down_b and up_ms and down_ms:
             return float((down_b / down_ms) / (up_b / up_ms))
     return 1.0
+
+
+def _is_refusal(error: EdgecutError) -> bool:
+    if isinstance(error, (ModelNotFoundError, PermissionDeniedError)):
+        return True
+    return isinstance(error, RemoteError) and error.code in _REFUSAL_CODES
 
 
 def _describe(error: EdgecutError) -> str:

@@ -70,14 +70,12 @@ class Prober:
         if state == "half_open" and self._breaker.allow():
             try:
                 ready = self._client.server_ready(timeout_s=_HEALTH_TIMEOUT_S)
-            except EdgecutError as exc:
-                self._breaker.record_failure()
-                self._on_open(f"health probe failed: {type(exc).__name__}")
-                return
-            if ready and self._breaker.record_success():
+            except EdgecutError:
+                ready = False
+            if not ready:
+                self._breaker.record_failure()  # still down: open again, for longer
+            elif self._breaker.record_success():
                 self._on_close("health probe: the endpoint is ready again")
-            elif not ready:
-                self._breaker.record_failure()
             return
         if state == "closed" and self._link.idle_s() >= self.interval_s:
             self.probe_link()

@@ -147,12 +147,12 @@ def test_breaker_opens_doubles_its_wait_and_closes() -> None:
     assert breaker.record_failure() and breaker.state == "open" and not breaker.allow()
     clock[0] = 1.0
     assert breaker.state == "half_open" and breaker.allow() and not breaker.allow()
-    assert breaker.record_failure()  # the trial failed: open for 2 s now
+    assert not breaker.record_failure()  # the trial failed: open again, for 2 s now
     clock[0] = 2.5
     assert breaker.state == "open"
     clock[0] = 3.0
     assert breaker.state == "half_open" and breaker.allow()
-    assert breaker.record_failure()  # 4 s would exceed the 3 s cap
+    assert not breaker.record_failure() and breaker.state == "open"  # 3 s: the cap, not 4
     clock[0] = 6.0
     assert breaker.state == "half_open"
     assert breaker.allow() and breaker.record_success() and breaker.state == "closed"
