@@ -33,6 +33,7 @@ another CA fails the handshake, as over gRPC).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import socket
@@ -244,8 +245,8 @@ class HTTPFrontend:
                               middlewares=[self._errors])
         self._routes(app.router)
         # No access log: each inference call gets the request log's JSON line already.
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                                     shutdown_timeout=_SHUTDOWN_S)
+        self._runner = _QuickAckRunner(app, access_log=None, handle_signals=False,
+                                       shutdown_timeout=_SHUTDOWN_S)
         await self._runner.setup()
         site = web.SockSite(self._runner, self._socket, ssl_context=self._ssl)
         await site.start()
@@ -446,6 +447,57 @@ class HTTPFrontend:
         if "gzip" in accepted or "deflate" in accepted:
             response.enable_compression()
         return response
+
+
+class _QuickAckRunner(web.AppRunner):
+    """An AppRunner whose connections acknowledge what they receive at once (TCP_QUICKACK).
+
+    A client that leaves Nagle's algorithm on (tritonclient.http's geventhttpclient does)
+    holds the last piece of a request body until the server acknowledges the ones before;
+    Linux delays that acknowledgement, hoping to send it with the response, which cannot
+    come before the body is in. Measured here with a 128 KiB binary input over TLS: 21-23 ms
+    a request against 2.1 ms with the acknowledgement sent at once (http.client, which sends
+    differently, took 1.7-2 ms either way). The kernel leaves quick-ack mode again by itself,
+    so it is set at each read: one setsockopt per chunk received.
+    """
+
+    @property
+    def server(self) -> Any:
+        make = super().server
+        if make is None or not hasattr(socket, "TCP_QUICKACK"):
+            return make
+        return lambda: _QuickAck(make())
+
+
+class _QuickAck(asyncio.Protocol):
+    """Forwards a connection's events to aiohttp's handler, acknowledging each read at once
+    (_QuickAckRunner; the handler has __slots__, so it is wrapped, not patched)."""
+
+    def __init__(self, handler: asyncio.Protocol) -> None:
+        self._handler = handler
+        self._socket: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._socket = transport.get_extra_info("socket")
+        self._handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        self._handler.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._handler.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._handler.resume_writing()
 
 
 class _Refused(Exception):
