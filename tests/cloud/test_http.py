@@ -7,8 +7,11 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import re
+import shlex
 import shutil
 import ssl
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -433,3 +436,27 @@ def test_json_conversion_round_trip() -> None:
         infer_request_message(b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], '
                               b'"data": [1], "parameters": {"binary_data_size": 4}}]}', None,
                               model_name="m", model_version="")
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_readme_curl_commands_run_as_written(model_repo: Path, fleet: Any) -> None:
+    """README's HTTP/REST example, with its folder, device and host put in."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (block,) = [b for b in re.findall(r"```bash\n(.*?)```", readme, flags=re.DOTALL)
+                if "--http-address" in b]
+    commands = [line for line in block.replace("\\\n", " ").splitlines()
+                if line.startswith("curl ")]
+    assert len(commands) == 2
+    endpoint = create_server(model_repo, tls_dir=fleet.directory, mutual_tls=True, workers=2,
+                             http_address="127.0.0.1:0")
+    with endpoint:
+        outputs = []
+        for command in commands:
+            command = command.split("  #")[0].replace("tls/", f"{fleet.directory}/").replace(
+                "pi-kitchen", fleet.device).replace("HOST:8000", f"127.0.0.1:{endpoint.http_port}")
+            done = subprocess.run(shlex.split(command), capture_output=True, text=True,
+                                  timeout=TIMEOUT_S, check=True)
+            outputs.append(done.stdout)
+    answer = json.loads(outputs[0])
+    assert answer["model_name"] == "dyn_mlp" and answer["outputs"][0]["shape"] == [1, 4]
+    assert outputs[1].strip() == "200"
