@@ -530,33 +530,38 @@ def _common_name(certificate: Any) -> str | None:
 
 def _ssl_context(tls_dir: Path, *, mutual: bool, reload: bool) -> ssl.SSLContext:
     """TLS for the listener from `edgecut certs` files (checked as for gRPC: TLSConfigError
-    naming the file), re-read at a handshake after they change when `reload`."""
+    naming the file). With `reload`, a handshake after the files changed (and form a
+    consistent set again) gets a context made from the new ones, CA included, as gRPC does:
+    the old CA's devices are refused from then on."""
     watcher = ReloadingServerCertificates(tls_dir, mutual=mutual)  # checks the files now
+    listening = _new_context(tls_dir, mutual=mutual)
+    if reload:
+        current = [listening]
+
+        def use_current(connection: ssl.SSLObject, server_name: str | None,
+                        context: ssl.SSLContext) -> None:
+            if watcher.changed_files() is not None:
+                try:
+                    current[0] = _new_context(tls_dir, mutual=mutual)
+                except (OSError, ssl.SSLError):
+                    logger.exception("TLS files in %s changed but cannot be loaded for HTTP; "
+                                     "the previous ones stay in force", tls_dir)
+            if current[0] is not listening:
+                connection.context = current[0]
+
+        listening.sni_callback = use_current
+    return listening
+
+
+def _new_context(tls_dir: Path, *, mutual: bool) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
-
-    def load() -> None:
-        context.load_cert_chain(tls_dir / "server.crt", tls_dir / "server.key")
-        if mutual:
-            context.load_verify_locations(tls_dir / "ca.crt")
-
-    load()
+    context.load_cert_chain(tls_dir / "server.crt", tls_dir / "server.key")
     if mutual:
+        context.load_verify_locations(tls_dir / "ca.crt")
         # Optional here, required by the handlers: see the module docstring.
         context.verify_mode = ssl.CERT_OPTIONAL
-    if reload:
-        def reload_if_changed(connection: ssl.SSLObject, server_name: str | None,
-                              current: ssl.SSLContext) -> None:
-            if watcher.changed_files() is not None:
-                try:
-                    load()
-                except (OSError, ssl.SSLError):
-                    logger.exception("TLS files in %s changed but could not be loaded",
-                                     tls_dir)
-                connection.context = context  # this handshake takes the new pair too
-
-        context.sni_callback = reload_if_changed
     return context
 
 

@@ -29,6 +29,7 @@ from edgecut.cloud.server import EndpointServer, create_server
 from edgecut.errors import ProtocolError, UserInputError
 from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+from edgecut.protocol.pki import init_ca, issue_device_certificate
 
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -460,3 +461,31 @@ def test_readme_curl_commands_run_as_written(model_repo: Path, fleet: Any) -> No
     answer = json.loads(outputs[0])
     assert answer["model_name"] == "dyn_mlp" and answer["outputs"][0]["shape"] == [1, 4]
     assert outputs[1].strip() == "200"
+
+
+def test_rotated_certificates_apply_to_https_without_a_restart(model_repo: Path,
+                                                                tmp_path: Path) -> None:
+    live, old, new = tmp_path / "live", tmp_path / "old", tmp_path / "new"
+    for folder in (old, new):
+        init_ca(folder)
+        issue_device_certificate(folder, "pi-a")
+    shutil.copytree(old, live)
+    endpoint = create_server(model_repo, tls_dir=live, mutual_tls=True, workers=2,
+                             http_address="127.0.0.1:0")
+
+    def as_device_of(folder: Path) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(folder / "ca.crt"))
+        context.load_cert_chain(str(folder / "pi-a.crt"), str(folder / "pi-a.key"))
+        return context
+
+    with endpoint:
+        port = endpoint.http_port
+        assert _call(port, "GET", "/v2/models/dyn_mlp", context=as_device_of(old))[0] == 200
+        for name in ("ca.crt", "server.key", "server.crt"):
+            shutil.copy2(new / name, live / name)
+        # Read at the next handshake: the new fleet gets in, the old one no longer does.
+        assert _call(port, "GET", "/v2/models/dyn_mlp", context=as_device_of(new))[0] == 200
+        stale = as_device_of(old)
+        stale.load_verify_locations(str(new / "ca.crt"))  # it trusts the server: refused by it
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _call(port, "GET", "/v2/models/dyn_mlp", context=stale)
