@@ -30,14 +30,16 @@ _NO_PARAMETERS: Mapping[str, Any] = MappingProxyType({})
 
 class LaneCall(NamedTuple):
     """One call of a group: the frontend's id for it, the request's `id` field (as sent), the
-    seconds its deadline left when it arrived (None: no deadline), and its message (a
-    read-only buffer) with the offset of each input's tensor in it. A tuple: made per call."""
+    seconds its deadline left when it arrived (None: no deadline), its message (a read-only
+    buffer) with the offset of each input's tensor in it, and the peer's address where the
+    call has a request id (None otherwise). A tuple: made per call."""
 
     call_id: int
     request_id: bytes
     time_left_s: float | None
     message: Any
     offsets: tuple[int, ...]
+    address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ import numpy as np
 from edgecut.errors import CloudUnavailableError, ProtocolError
 from edgecut.protocol.tensors import datatype_of, dtype_of
 
+from .dedup import Flight, StoredAnswer, kept_error, request_key
 from .infer_lane import (
     AcceptedLayout,
     LaneCall,
@@ -50,6 +51,9 @@ class InferLaneHandlers:
     _observe: Any
     _observe_infer: Any
     _abort_later: Any
+    _dedup: Any
+    _answer_again_later: Any
+    _lane_flights: dict[int, Flight]  # lane calls that lead their request id, by call id
 
     def infer_lane(self, entries: Sequence[Any], server: NativeServer) -> None:
         """ModelInfer for the plain calls the native transport groups (cloud/infer_lane.py):
@@ -63,7 +67,13 @@ class InferLaneHandlers:
                 for call in entry[5]:
                     self._lane_fail(server, entry[2], LaneCall(*call), exc, started=started)
                 continue
-            self._infer_group(group, server, started)
+            try:
+                self._infer_group(group, server, started)
+            except BaseException:
+                # A bug: NativeServer answers the calls; their repeats must not wait forever.
+                for call in group.calls:
+                    self._lane_settle(call, None)
+                raise
 
     def _infer_group(self, group: LaneGroup, server: NativeServer, started: float) -> None:
         calls = group.calls
@@ -73,6 +83,10 @@ class InferLaneHandlers:
             for call in calls:
                 self._lane_fail(server, group.peer, call, exc, started=started)
             return
+        if any(call.request_id for call in calls):
+            calls = group.calls = self._lane_claims(group, server, started)
+            if not calls:
+                return
         try:
             models = self._repository.route_many(group.model_name, group.model_version,
                                                  len(calls))
@@ -83,6 +97,42 @@ class InferLaneHandlers:
             return
         for model, first, end in group.runs(models):
             self._submit_lane(group, model, first, end, server, started)
+
+    def _lane_claims(self, group: LaneGroup, server: NativeServer, started: float
+                     ) -> list[LaneCall]:
+        """The calls of `group` to run: each call with a request id whose first is running
+        or answered already (edgecut.cloud.dedup) is left and answered with the first's
+        answer, now or once it has one; a call that leads its id is marked (_lane_flights)."""
+        try:
+            self._authorize(group.peer, group.model_name)
+        except Exception:
+            return group.calls  # refused on the way, as any call
+        run = []
+        for call in group.calls:
+            key = request_key(group.peer or call.address, group.model_name,
+                              group.model_version, _text(call.request_id), call.message)
+            if key is None:
+                run.append(call)
+                continue
+            claim = self._dedup.claim(key)
+            if claim.flight is not None:
+                self._lane_flights[call.call_id] = claim.flight
+                run.append(call)
+                continue
+            self._leave()
+            context = server.lane_context(call.call_id, group.peer, call.time_left_s,
+                                          call.address)
+            self._answer_again_later(claim, memoryview(call.message), context,
+                                     device=group.peer, started=started,
+                                     request_id=_text(call.request_id))
+        return run
+
+    def _lane_settle(self, call: LaneCall, answer: StoredAnswer | None) -> None:
+        """End the flight `call` leads, if it leads one, with `answer`."""
+        if self._lane_flights:
+            flight = self._lane_flights.pop(call.call_id, None)
+            if flight is not None:
+                self._dedup.settle(flight, answer)
 
     def _submit_lane(self, group: LaneGroup, model: LoadedModel, first: int, end: int,
                      server: NativeServer, started: float) -> None:
@@ -198,10 +248,20 @@ class InferLaneHandlers:
             batch_rows=result.batch_rows,
         ), device=group.peer, started=ticket.started,
             request_ids=[_text(c.request_id) for c in calls])
-        server.finish_infers([c.call_id for c in calls], [c.request_id for c in calls],
-                             [group.rows] * len(calls), model.name, str(model.version), columns,
-                             queue_ms=[result.queue_s * 1e3] * len(calls),
-                             compute_ms=[result.compute_s * 1e3] * len(calls))
+        flights = self._lane_flights
+        keep = [c.call_id in flights for c in calls] if flights else []
+        _, kept = server.finish_infers(
+            [c.call_id for c in calls], [c.request_id for c in calls],
+            [group.rows] * len(calls), model.name, str(model.version), columns,
+            queue_ms=[result.queue_s * 1e3] * len(calls),
+            compute_ms=[result.compute_s * 1e3] * len(calls),
+            keep=keep if any(keep) else [])
+        for call, payload in zip(calls, kept, strict=False):
+            if payload is not None:
+                self._lane_settle(call, StoredAnswer(response=payload, model=model.name,
+                                                     version=str(model.version)))
+            elif call.call_id in flights:
+                self._lane_settle(call, None)
 
     def _lane_encoded(self, ticket: LaneTicket, slot: LaneSlot, server: NativeServer) -> None:
         """Answer one lane call from its outputs as they are, as infer_later would."""
@@ -220,12 +280,16 @@ class InferLaneHandlers:
             wire_bytes_out=wire_out, queue_s=result.queue_s, compute_s=result.compute_s,
             batch_rows=result.batch_rows,
         ), device=group.peer, started=ticket.started, request_id=_text(call.request_id))
-        context = server.lane_context(call.call_id, group.peer, call.time_left_s)
-        context.finish(response.SerializeToString())
+        payload = response.SerializeToString()
+        self._lane_settle(call, StoredAnswer(response=payload, model=model.name,
+                                             version=str(model.version)))
+        context = server.lane_context(call.call_id, group.peer, call.time_left_s, call.address)
+        context.finish(payload)
 
     def _lane_fail(self, server: NativeServer, peer: str | None, call: LaneCall,
                    exc: Exception, *, started: float, model: LoadedModel | None = None) -> None:
-        context = server.lane_context(call.call_id, peer, call.time_left_s)
+        self._lane_settle(call, kept_error(exc, model))
+        context = server.lane_context(call.call_id, peer, call.time_left_s, call.address)
         self._abort_later(context, exc, device=peer, model=model, started=started,
                           request_id=_text(call.request_id))
 

@@ -14,6 +14,10 @@ prefix; per-model series carry `{model, version}`:
     edgecut_inference_batch_size                  histogram: rows per execution
     edgecut_inference_{raw,wire}_bytes_{in,out}_total   tensor payload bytes, decoded / sent
     edgecut_inference_compression_ratio           raw / wire so far, by `direction`
+    edgecut_inference_deduplicated_total          requests answered with the answer (or
+                                                  error) of an earlier one with the same
+                                                  request id, without a model run
+                                                  (edgecut.cloud.dedup)
     edgecut_rpc_total                             every RPC by `rpc` and `code`
     edgecut_device_requests_total                 RPCs by `device` (mutual TLS only)
     edgecut_rpc_refused_total                     calls refused at the open-call limit, before
@@ -184,6 +188,10 @@ class EndpointMetrics:
         self._ratio = Gauge("edgecut_inference_compression_ratio",
                             "Raw bytes / wire bytes so far (codec gain)",
                             (*_MODEL, "direction"), registry=r)
+        self._deduplicated = Counter(
+            "edgecut_inference_deduplicated",
+            "Requests answered with an earlier request's answer (same caller and request id), "
+            "without running the model", _MODEL, registry=r)
         self._rpc = Counter("edgecut_rpc", "RPCs by method and status code", ("rpc", "code"),
                             registry=r)
         self._device = Counter("edgecut_device_requests", "RPCs by calling device (mTLS)",
@@ -237,6 +245,10 @@ class EndpointMetrics:
                 series.ratio_in.set(totals[0] / totals[1])
             if totals[3]:
                 series.ratio_out.set(totals[2] / totals[3])
+
+    def record_deduplicated(self, *, model: str, version: str) -> None:
+        """One request answered from an earlier one with its id (edgecut.cloud.dedup)."""
+        self._deduplicated.labels(model, version).inc()
 
     def record_batch(self, *, model: str, version: int, rows: int, requests: int) -> None:
         """One model execution of `rows` rows (joined from `requests` requests)."""

@@ -69,8 +69,9 @@ class NativeContext(grpc.ServicerContext):
     """The part of grpc.ServicerContext the endpoint's handlers use, for one native call."""
 
     def __init__(self, server: NativeServer, frontend: Any, call_id: int, metadata: Metadata,
-                 peer: str | None, time_left_s: float | None):
+                 peer: str | None, time_left_s: float | None, address: str | None = None):
         self._server = server
+        self._address = address
         self._frontend = frontend
         self._call_id = call_id
         self._metadata = metadata
@@ -99,7 +100,8 @@ class NativeContext(grpc.ServicerContext):
         return self._peer
 
     def peer(self) -> str:
-        return "native"
+        """gRPC's name for the client's address ("ipv4:127.0.0.1:50312"), as grpcio's."""
+        return self._address or "native"
 
     def time_remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
@@ -226,13 +228,15 @@ class NativeServer:
     """A grpc.Server look-alike over the C++ transport (see the module docstring)."""
 
     def __init__(self, executor: ThreadPoolExecutor, *, max_message_bytes: int,
-                 max_open_calls: int, receive_window_bytes: int = 0):
+                 max_open_calls: int, receive_window_bytes: int = 0,
+                 channel_args: Sequence[tuple[str, int]] = ()):
         if _frontend is None:
             raise RuntimeError(unavailable_reason())
         self._executor = executor
         self._max_message_bytes = max_message_bytes
         self._max_open_calls = max_open_calls
         self._receive_window_bytes = receive_window_bytes  # 0: gRPC's BDP probing
+        self._channel_args = list(channel_args)  # more of gRPC's integer channel arguments
         self._handlers: list[grpc.GenericRpcHandler] = []
         self._resolved: dict[str, grpc.RpcMethodHandler | None] = {}
         self._deferred: dict[str, Callable[[bytes | memoryview, NativeContext], None]] = {}
@@ -270,10 +274,10 @@ class NativeServer:
         deferred handler. Before start()."""
         self._lane = (method, handler, tuple(excluded_models))
 
-    def lane_context(self, call_id: int, peer: str | None,
-                     time_left_s: float | None) -> NativeContext:
+    def lane_context(self, call_id: int, peer: str | None, time_left_s: float | None,
+                     address: str | None = None) -> NativeContext:
         """A context for one infer-lane call: to answer it alone (an error, mostly)."""
-        return NativeContext(self, self._frontend, call_id, (), peer, time_left_s)
+        return NativeContext(self, self._frontend, call_id, (), peer, time_left_s, address)
 
     def finish_infers(self, call_ids: Sequence[int], request_ids: Sequence[bytes],
                       rows: Sequence[int], model_name: str, model_version: str,
@@ -324,7 +328,8 @@ class NativeServer:
             self._frontend = _frontend.Frontend(
                 address, str(watched) if watched is not None else None, mutual, reload,
                 self._max_message_bytes, self._max_open_calls,
-                receive_window_bytes=self._receive_window_bytes)
+                receive_window_bytes=self._receive_window_bytes,
+                channel_args=self._channel_args)
         except RuntimeError:
             self._close_certificates()
             return 0
@@ -374,21 +379,21 @@ class NativeServer:
         return False
 
     def _dispatch(self, calls: Sequence[tuple[int, str, bytes | memoryview, list, str | None,
-                                              float | None]],
+                                              float | None, str]],
                   ended: Sequence[int], infers: Sequence[Any] = ()) -> None:
         for call_id in ended:
             with self._watching_lock:
                 context = self._watching.pop(call_id, None)
             if context is not None:
                 context.ended()
-        for call_id, method, payload, metadata, peer, time_left_s in calls:
+        for call_id, method, payload, metadata, peer, time_left_s, address in calls:
             deferred = self._deferred.get(method)
             if deferred is None:
                 self._executor.submit(self._serve, call_id, method, payload, tuple(metadata),
-                                      peer, time_left_s)
+                                      peer, time_left_s, address)
                 continue
             context = NativeContext(self, self._frontend, call_id, tuple(metadata), peer,
-                                    time_left_s)
+                                    time_left_s, address)
             try:
                 deferred(payload, context)
             except Exception as exc:  # a deferred handler answers its own errors
@@ -420,8 +425,9 @@ class NativeServer:
         return self._resolved[method]
 
     def _serve(self, call_id: int, method: str, payload: bytes | memoryview, metadata: Metadata,
-               peer: str | None, time_left_s: float | None) -> None:
-        context = NativeContext(self, self._frontend, call_id, metadata, peer, time_left_s)
+               peer: str | None, time_left_s: float | None, address: str) -> None:
+        context = NativeContext(self, self._frontend, call_id, metadata, peer, time_left_s,
+                                address)
         handler = self._handler(method, metadata)
         if handler is None:
             context.fail(grpc.StatusCode.UNIMPLEMENTED, f"Method not found: {method}")

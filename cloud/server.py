@@ -52,6 +52,9 @@ from edgecut.protocol.tls import ReloadingServerCertificates, server_credentials
 from .allocator import release_free_memory
 from .auth import AuthorizationFile
 from .batching import DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_SIZE, SchedulingPolicy
+from .dedup import DEFAULT_MAX_BYTES as DEFAULT_DEDUP_MAX_BYTES
+from .dedup import DEFAULT_TTL_S as DEFAULT_DEDUP_TTL_S
+from .dedup import RequestDeduplicator
 from .health import EndpointHealth
 from .logs import RequestLog
 from .metrics import EndpointMetrics, MetricsHTTPServer
@@ -98,6 +101,17 @@ _STREAMS_GRACE_S = 0.5
 # 225-264 against 255-300. 8 MiB in flight still fills a 100 ms round trip at 670 Mbit/s,
 # and costs no memory a unary call would not hold anyway: its whole request is read first.
 RECEIVE_WINDOW_BYTES = 8 << 20
+# Client keepalive pings the server accepts, on both transports. gRPC's server defaults
+# answer a client that pings more often than every 5 minutes (2 hours without calls open)
+# with GOAWAY "too_many_pings" after two such pings, and a device channel that keeps its
+# link warm with keepalive_time_ms=20000 would be cut off and reconnect over and over. Every
+# 10 s is allowed here, with or without calls in flight; gRPC's two strikes still stop a
+# client that pings faster.
+MIN_CLIENT_PING_INTERVAL_MS = 10_000
+KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
+)
 
 
 class EndpointServer:
@@ -327,6 +341,8 @@ def create_server(
     request_log_level: int | str | None = logging.DEBUG,
     frontend: str = "auto",
     http_address: str | None = None,
+    dedup_ttl_s: float = DEFAULT_DEDUP_TTL_S,
+    dedup_max_bytes: int = DEFAULT_DEDUP_MAX_BYTES,
 ) -> EndpointServer:
     """Load `repository` and bind an endpoint on `address` (port 0: any free port).
 
@@ -355,6 +371,14 @@ def create_server(
     re-read every `poll_interval_s`; freed memory is given back to the system every
     TRIM_INTERVAL_S. `request_log_level` is the level of the per-call JSON log lines (None:
     none).
+
+    A ModelInfer with a non-empty `id` sent again by the same caller (its certificate's
+    device name under mutual TLS, else its connection) for the same model and version, while
+    the first runs or within `dedup_ttl_s` after it was answered, gets the first one's answer
+    or error without running the model again (edgecut.cloud.dedup); answers kept for that
+    take at most `dedup_max_bytes` (and DEFAULT_MAX_ENTRIES entries). `dedup_ttl_s` 0 shares
+    only answers of requests still running. Clients may send keepalive pings as often as
+    every MIN_CLIENT_PING_INTERVAL_MS, also without calls in flight.
 
     `frontend` is the gRPC transport: "grpcio" is Python's grpcio; "native" runs it in C++
     (edgecut.cloud.native_server; built at install where gRPC's C++ library is found); "auto"
@@ -389,6 +413,9 @@ def create_server(
         problems.append(f"metrics_port must be in 0..65535 (0: any free port), got {metrics_port}")
     if auth_file is not None and not mutual_tls:
         problems.append("auth_file needs mutual_tls: devices are known by their certificates")
+    if dedup_ttl_s < 0 or dedup_max_bytes < 0:
+        problems.append(f"dedup_ttl_s and dedup_max_bytes must be >= 0 (0 keeps no answers "
+                        f"once sent), got {dedup_ttl_s} and {dedup_max_bytes}")
     if not poll_interval_s > 0:
         problems.append(f"poll_interval_s must be > 0, got {poll_interval_s}")
     host = ""
@@ -436,7 +463,9 @@ def create_server(
     servicer = InferenceServicer(repository, recorder=recorder,
                                  max_decoded_bytes=max_decoded_bytes, scheduler=scheduler,
                                  metrics=metrics, authorization=authorization,
-                                 request_log=RequestLog(request_log_level))
+                                 request_log=RequestLog(request_log_level),
+                                 dedup=RequestDeduplicator(ttl_s=dedup_ttl_s,
+                                                           max_bytes=dedup_max_bytes))
     http: HTTPFrontend | None = None
     if http_address is not None:
         from .http_frontend import HTTPFrontend
@@ -456,7 +485,8 @@ def create_server(
     if native:
         native_server = NativeServer(executor, max_message_bytes=max_message_bytes,
                                      max_open_calls=max_concurrent_rpcs or 4 * workers,
-                                     receive_window_bytes=RECEIVE_WINDOW_BYTES)
+                                     receive_window_bytes=RECEIVE_WINDOW_BYTES,
+                                     channel_args=KEEPALIVE_OPTIONS)
         native_server.add_deferred_handler(MODEL_INFER_METHOD, servicer.infer_later)
         native_server.add_infer_lane(MODEL_INFER_METHOD, servicer.infer_lane,
                                      excluded_models=[PROBE_MODEL])
@@ -473,6 +503,7 @@ def create_server(
                 ("grpc.so_reuseport", 0),
                 ("grpc.http2.bdp_probe", 0),
                 ("grpc.http2.lookahead_bytes", RECEIVE_WINDOW_BYTES),
+                *KEEPALIVE_OPTIONS,
             ],
             # Calls waiting for a worker hold their request message: bound them too.
             maximum_concurrent_rpcs=max_concurrent_rpcs or 4 * workers,

@@ -38,6 +38,8 @@ from edgecut.protocol.tls import peer_identity
 
 from . import management
 from .auth import AuthorizationFile
+from .dedup import Flight, RequestDeduplicator, StoredAnswer, kept_error
+from .dedup_handlers import DedupHandlers
 from .infer_lane import LaneOutcome
 from .inference import InferOutcome, asked_timeout_s, complete, prepare
 from .lane_handlers import InferLaneHandlers
@@ -74,15 +76,19 @@ def _server_version() -> str:
         return "0+unknown"
 
 
-class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
+class InferenceServicer(InferLaneHandlers, DedupHandlers, GRPCInferenceServiceServicer):
     """`inference.GRPCInferenceService` over a ModelRepository."""
 
     def __init__(self, repository: ModelRepository, *, recorder: StatisticsRecorder,
                  max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
                  scheduler: Scheduler | None = None, metrics: EndpointMetrics | None = None,
                  authorization: AuthorizationFile | None = None,
-                 request_log: RequestLog | None = None) -> None:
+                 request_log: RequestLog | None = None,
+                 dedup: RequestDeduplicator | None = None) -> None:
         self._repository = repository
+        # Requests sent again with the same id (edgecut.cloud.dedup).
+        self._dedup = dedup or RequestDeduplicator()
+        self._lane_flights: dict[int, Flight] = {}
         self._recorder = recorder
         self._max_decoded_bytes = max_decoded_bytes
         self._probe_bytes = b""
@@ -198,13 +204,15 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
         return response
 
     def ModelInfer(self, data: bytes | memoryview, context: grpc.ServicerContext
-                   ) -> pb.ModelInferResponse:
+                   ) -> pb.ModelInferResponse | bytes:
         # gRPC hands over the request's bytes (see add_to_server): the tensors are read as
         # views over them instead of being copied twice by protobuf's parser.
         started = time.perf_counter()
         device = peer_identity(context)
         model: LoadedModel | None = None
         request_id = ""
+        flight: Flight | None = None
+        again: StoredAnswer | None = None
         try:
             request = parse_infer_request(data)
             request_id = request.id
@@ -212,22 +220,41 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
                 return self._answer("ModelInfer", context, self._probe(request))
             self._enter()
             try:
-                model = self._routed(request, device)
-                prepared = prepare(request, model, max_decoded_bytes=self._max_decoded_bytes)
-                # This thread waits for its request's batch, and runs it when its turn comes.
-                result = self._scheduler.for_model(model).run(
-                    prepared.inputs, prepared.names, timeout_s=context.time_remaining(),
-                    cancelled=lambda: not context.is_active(),
-                    asked_timeout_s=asked_timeout_s(request))
-                outcome = complete(prepared, model, result)
+                key = self._dedup_key(request, device, context, data)
+                if key is not None:
+                    self._authorize(device, request.model_name)
+                    flight, again = self._await_first(key, context)
+                if again is None:
+                    model = self._routed(request, device)
+                    prepared = prepare(request, model,
+                                       max_decoded_bytes=self._max_decoded_bytes)
+                    # This thread waits for its request's batch, and runs it when its turn
+                    # comes.
+                    result = self._scheduler.for_model(model).run(
+                        prepared.inputs, prepared.names, timeout_s=context.time_remaining(),
+                        cancelled=lambda: not context.is_active(),
+                        asked_timeout_s=asked_timeout_s(request))
+                    outcome = complete(prepared, model, result)
             finally:
                 self._leave()
-        except Exception as exc:
+        except BaseException as exc:
+            if flight is not None:
+                self._dedup.settle(flight, kept_error(exc, model))
+            if not isinstance(exc, Exception):
+                raise
             self._abort("ModelInfer", context, exc, device=device, model=model,
                         started=started, request_id=request_id)
+        if again is not None:
+            return self._replay(again, context, device=device, started=started,
+                                request_id=request_id)
         self._observe_infer(model, outcome, device=device, started=started,
                             request_id=request_id)
-        return outcome.response
+        if flight is None:
+            return outcome.response
+        answer = outcome.response.SerializeToString()
+        self._dedup.settle(flight, StoredAnswer(response=answer, model=model.name,
+                                                version=str(model.version)))
+        return answer  # add_to_server's serializer passes bytes on as they are
 
     def infer_later(self, data: bytes | memoryview, context: NativeContext) -> None:
         """ModelInfer for the native frontend: answers through `context.finish`, once the
@@ -240,6 +267,7 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
         device = context.peer_name()
         model: LoadedModel | None = None
         request_id = ""
+        flight: Flight | None = None
         try:
             request = parse_infer_request(data)
             request_id = request.id
@@ -249,6 +277,16 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
                 return
             self._enter()
             try:
+                key = self._dedup_key(request, device, context, data)
+                if key is not None:
+                    self._authorize(device, request.model_name)
+                    claim = self._dedup.claim(key)
+                    if claim.flight is None:
+                        self._leave()
+                        self._answer_again_later(claim, data, context, device=device,
+                                                 started=started, request_id=request_id)
+                        return
+                    flight = claim.flight
                 model = self._routed(request, device)
                 prepared = prepare(request, model, max_decoded_bytes=self._max_decoded_bytes)
                 scheduler = self._scheduler.for_model(model)
@@ -259,7 +297,11 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
             except BaseException:
                 self._leave()
                 raise
-        except Exception as exc:
+        except BaseException as exc:
+            if flight is not None:
+                self._dedup.settle(flight, kept_error(exc, model))
+            if not isinstance(exc, Exception):
+                raise
             self._abort_later(context, exc, device=device, model=model, started=started,
                               request_id=request_id)
             return
@@ -274,8 +316,14 @@ class InferenceServicer(InferLaneHandlers, GRPCInferenceServiceServicer):
                         "the endpoint is shutting down; retry on another replica") from exc
                 self._observe_infer(model, outcome, device=device, started=started,
                                     request_id=request_id)
-                context.finish(outcome.response.SerializeToString())
+                answer = outcome.response.SerializeToString()
+                if flight is not None:
+                    self._dedup.settle(flight, StoredAnswer(response=answer, model=model.name,
+                                                            version=str(model.version)))
+                context.finish(answer)
             except Exception as exc:
+                if flight is not None:  # nothing once settled above
+                    self._dedup.settle(flight, kept_error(exc, model))
                 self._abort_later(context, exc, device=device, model=model, started=started,
                                   request_id=request_id)
             finally:
@@ -453,14 +501,20 @@ def add_to_server(servicer: InferenceServicer, server: grpc.Server) -> None:
     for method in service.methods:
         request_type = getattr(pb, method.input_type.name)
         response_type = getattr(pb, method.output_type.name)
+        infer = method.name == "ModelInfer"
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
-            request_deserializer=None if method.name == "ModelInfer" else request_type.FromString,
-            response_serializer=response_type.SerializeToString,
+            request_deserializer=None if infer else request_type.FromString,
+            # ModelInfer may answer with bytes already serialized (deduplication keeps them).
+            response_serializer=_serialize_infer if infer else response_type.SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name,
                                                                           handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _serialize_infer(response: pb.ModelInferResponse | bytes) -> bytes:
+    return response if isinstance(response, bytes) else response.SerializeToString()
 
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:

@@ -182,7 +182,7 @@ struct Payload {
 };
 
 // What Python receives for each call: (id, method, request bytes, metadata, peer common
-// name or None, seconds left before the deadline or None).
+// name or None, seconds left before the deadline or None, peer address).
 struct Received {
   uint64_t id;
   std::string method;
@@ -191,6 +191,7 @@ struct Received {
   std::vector<std::pair<std::string, std::string>> metadata;
   std::optional<std::string> peer;
   std::optional<double> time_left_s;
+  std::string address;  // gRPC's name for the peer ("ipv4:127.0.0.1:50312")
 };
 
 // A call taken by the infer lane: its message, and the plain request read from it.
@@ -278,10 +279,12 @@ class Frontend {
   // one more is answered RESOURCE_EXHAUSTED at once, as grpcio's maximum_concurrent_rpcs does.
   // `receive_window_bytes` > 0 turns gRPC's BDP probing off and lets each call's request
   // have that many bytes in flight instead (see RECEIVE_WINDOW_BYTES in server.py for why);
-  // 0 keeps gRPC's defaults.
+  // 0 keeps gRPC's defaults. `channel_args` are more of gRPC's integer channel arguments
+  // (the keepalive policy: see KEEPALIVE_OPTIONS in server.py), as grpcio's server options.
   Frontend(const std::string& address, std::optional<std::string> tls_dir, bool mutual,
            bool reload, int max_message_bytes, int max_open_calls, int accept_depth,
-           int receive_window_bytes, bool yield_to_models)
+           int receive_window_bytes, bool yield_to_models,
+           const std::vector<std::pair<std::string, int>>& channel_args)
       : max_open_calls_(static_cast<size_t>(max_open_calls)), accept_depth_(accept_depth),
         yields_(yield_to_models) {
     std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
@@ -292,6 +295,7 @@ class Frontend {
     builder.SetMaxSendMessageSize(max_message_bytes);
     // Without this a second server on the same port would bind silently and share it.
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+    for (const auto& [name, value] : channel_args) builder.AddChannelArgument(name, value);
     if (receive_window_bytes > 0) {
       builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
       builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, receive_window_bytes);
@@ -718,6 +722,7 @@ class Frontend {
       received.metadata.emplace_back(std::string(key.data(), key.size()),
                                      std::string(value.data(), value.size()));
     }
+    received.address = call->context.peer();
     auto auth = call->context.auth_context();
     if (auth) {
       auto names = auth->FindPropertyValues("x509_common_name");
@@ -771,7 +776,7 @@ class Frontend {
           py::object payload = item.message ? read_only_view(std::move(item.message))
                                             : py::object(to_bytes(&item.request));
           calls.append(py::make_tuple(item.id, py::str(item.method), payload, metadata, peer,
-                                      left));
+                                      left, py::str(item.address)));
         }
         group.clear();
         py::list infers = lane_groups(lane);
@@ -826,8 +831,9 @@ class Frontend {
   // run (lane_key), in the order of each group's first call:
   // (model name, model version, peer or None, [(input name, datatype, shape)],
   //  [output names asked for], [(call id, request id, seconds left or None, message,
-  //  (offset of each input's tensor in message))]). Names and ids are bytes; each message
-  //  is a read-only buffer.
+  //  (offset of each input's tensor in message), peer address or None)]). Names and ids
+  //  are bytes; each message is a read-only buffer. The peer address comes only with a
+  //  request id (to tell callers apart for deduplication without mutual TLS).
   py::list lane_groups(std::vector<std::unique_ptr<LaneCall>>& lane) {
     py::list out;
     if (lane.empty()) return out;
@@ -860,7 +866,9 @@ class Frontend {
         py::bytes id = view_bytes(call->request.id);
         py::object message = py::cast(call->message.release(),
                                       py::return_value_policy::take_ownership);
-        calls.append(py::make_tuple(received.id, id, left, message, offsets));
+        py::object address = call->request.id.empty() ? py::object(py::none())
+                                                      : py::object(py::str(received.address));
+        calls.append(py::make_tuple(received.id, id, left, message, offsets, address));
       }
       py::object peer = first.received.peer ? py::object(py::str(*first.received.peer))
                                             : py::none();
@@ -916,11 +924,12 @@ PYBIND11_MODULE(_frontend, module) {
       });
   py::class_<Frontend>(module, "Frontend")
       .def(py::init<const std::string&, std::optional<std::string>, bool, bool, int, int, int,
-                    int, bool>(),
+                    int, bool, const std::vector<std::pair<std::string, int>>&>(),
            py::arg("address"), py::arg("tls_dir") = py::none(), py::arg("mutual") = false,
            py::arg("reload") = true, py::arg("max_message_bytes") = 64 << 20,
            py::arg("max_open_calls") = 1024, py::arg("accept_depth") = 64,
-           py::arg("receive_window_bytes") = 0, py::arg("yield_to_models") = true)
+           py::arg("receive_window_bytes") = 0, py::arg("yield_to_models") = true,
+           py::arg("channel_args") = std::vector<std::pair<std::string, int>>{})
       .def_property_readonly("port", &Frontend::port)
       .def("start", &Frontend::start, py::arg("dispatch"))
       .def("finish", &Frontend::finish, py::arg("call_id"), py::arg("code"), py::arg("details"),

@@ -347,8 +347,9 @@ def test_the_frontend_hands_over_tensors_in_place_and_aligned() -> None:
     for name, _version, _peer, inputs, _outputs, calls in received:
         x = sent[name.decode()]
         assert inputs == [(b"x", b"FP32", x.shape)]
-        for _call_id, request_id, _left, message, (offset,) in calls:
+        for _call_id, request_id, _left, message, (offset,), address in calls:
             assert request_id == f"r{len(name)}".encode()
+            assert address.startswith("ipv4:127.0.0.1:")  # given with a request id
             tensor = np.frombuffer(message, np.float32, count=x.size, offset=offset)
             np.testing.assert_array_equal(tensor, x.ravel())
             assert tensor.ctypes.data % 64 == 0
