@@ -126,7 +126,7 @@ class Predictor:
         self._inputs = tuple(_info(s) for s in self.plan.model.inputs)
         self._outputs = tuple(_info(s) for s in self.plan.model.outputs)
         self._specs = {s.name: s for s in self.plan.model.inputs}
-        self._output_dtypes = {s.name: s.dtype for s in self.plan.model.outputs}
+        self._output_specs = {s.name: s for s in self.plan.model.outputs}
         self._adaptive = config.mode == "adaptive"
         self._fallback_local = config.fallback == "local" and config.mode != "local"
         self._costs = plan_costs(self.plan)
@@ -428,8 +428,18 @@ class Predictor:
             result = self._client.infer(model, inputs, outputs=wanted, codec=codecs,
                                         response_codec=self._response_codecs(wanted),
                                         timeout_s=budget_s, request_id=request_id)
+            problems = [p for n in wanted if n in self._output_specs
+                        for p in _check_tensor(self._output_specs[n], result.outputs[n], "output")]
+            if problems:
+                raise ProtocolError(f"ModelInfer {model!r} on {self._client_name()} answered "
+                                    f"outputs unlike the model's: {'; '.join(problems)}")
         except _CLOUD_FAILURES as exc:
             raise _CloudPartFailed(exc, stats) from exc
+        except (ValueError, TypeError, KeyError, OverflowError, MemoryError) as exc:
+            # Whatever a malformed answer makes decoding raise is a corrupt answer.
+            raise _CloudPartFailed(ProtocolError(
+                f"ModelInfer {model!r} on {self._client_name()}: the answer cannot be decoded "
+                f"({type(exc).__name__}: {exc})"), stats) from exc
         server_ms = None
         queue, compute = result.server_queue_ms, result.server_compute_ms
         # What a server reports is believed only within what the device itself timed.
@@ -475,7 +485,8 @@ class Predictor:
             return None
         if codec != "fp16":
             return dict.fromkeys(names, codec)
-        return {n: "fp16" if self._output_dtypes[n] == "float32" else "zstd" for n in names}
+        return {n: "fp16" if self._output_specs[n].dtype == "float32" else "zstd"
+                for n in names}
 
     def _client_name(self) -> str:
         return self._client.endpoint if self._client is not None else "(no endpoint)"
@@ -603,17 +614,17 @@ def _describe(error: EdgecutError) -> str:
     return f"{kind}: {error}"
 
 
-def _check_tensor(spec: TensorSpec, value: object) -> list[str]:
+def _check_tensor(spec: TensorSpec, value: object, role: str = "input") -> list[str]:
     if not isinstance(value, np.ndarray):
-        return [f"input {spec.name!r} must be a numpy array, got {type(value).__name__}"]
+        return [f"{role} {spec.name!r} must be a numpy array, got {type(value).__name__}"]
     problems = []
     if value.dtype != np.dtype(spec.dtype):
-        problems.append(f"input {spec.name!r} must be {spec.dtype}, got {value.dtype}; "
-                        f"convert it with .astype(np.{spec.dtype})")
+        problems.append(f"{role} {spec.name!r} must be {spec.dtype}, got {value.dtype}"
+                        + (f"; convert it with .astype(np.{spec.dtype})" if role == "input" else ""))
     if value.ndim != len(spec.shape) or any(
             isinstance(d, int) and d >= 0 and d != n for d, n in zip(spec.shape, value.shape,
                                                                      strict=False)):
-        problems.append(f"input {spec.name!r} must have shape {list(spec.shape)}, "
+        problems.append(f"{role} {spec.name!r} must have shape {list(spec.shape)}, "
                         f"got {list(value.shape)}")
     return problems
 
