@@ -26,6 +26,7 @@ import math
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -164,11 +165,15 @@ class Predictor:
             self._warm_up()
         self._prober = None
         if self._client is not None and (self._fallback_local or self._adaptive):
+            # The prober holds the Predictor weakly: one that is dropped unclosed is still
+            # collected, and its prober stopped.
+            me = weakref.ref(self)
             self._prober = Prober(
                 self._client, self._breaker, self._link, interval_s=config.probe_interval_s,
                 max_share=config.probe_max_share,
                 tick_s=min(config.probe_interval_s, config.breaker_reset_s) / 4,
-                on_open=self._cloud_lost, on_close=self._cloud_back)
+                on_open=lambda reason: (p := me()) and p._cloud_lost(reason),
+                on_close=lambda reason: (p := me()) and p._cloud_back(reason))
 
     # -- the onnxruntime.InferenceSession surface -----------------------------------------
 
@@ -237,6 +242,11 @@ class Predictor:
         if self._client is not None:
             self._client.close()
         self._sessions = {}
+
+    def __del__(self) -> None:
+        prober = getattr(self, "_prober", None)
+        if prober is not None:
+            prober.stop()
 
     def __enter__(self) -> Predictor:
         return self

@@ -15,7 +15,9 @@ Two jobs, on one daemon thread, every `tick_s`:
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from collections.abc import Callable
 
 from edgecut.errors import EdgecutError
@@ -30,6 +32,15 @@ _MIN_PROBE_BYTES = 16 * 1024
 _MAX_PROBE_BYTES = 1 << 20
 _FIRST_PROBE_BYTES = 64 * 1024
 _HEALTH_TIMEOUT_S = 1.0
+# Probers still running when the interpreter exits are stopped first: a daemon thread inside
+# a gRPC call while Python finalises can crash the process.
+_RUNNING: weakref.WeakSet[Prober] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for prober in list(_RUNNING):
+        prober.stop()
 
 
 class Prober:
@@ -50,10 +61,12 @@ class Prober:
         self.probes = 0
         self.probe_bytes = 0
         self._thread = threading.Thread(target=self._loop, name="edgecut-prober", daemon=True)
+        _RUNNING.add(self)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        _RUNNING.discard(self)
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=self.tick_s + _HEALTH_TIMEOUT_S + 1.0)
 

@@ -317,3 +317,16 @@ def test_a_queueing_cloud_pushes_work_back_to_the_device(tmp_path: Path, fleet: 
     assert events[0].from_choice == "split:2" and events[0].to_choice == "local"
     assert events[0].reason.startswith("cloud queue 3")
     assert retried.mode == "split" and events[1].to_choice == "split:2"
+
+
+def test_a_predictor_dropped_unclosed_stops_its_prober(plan_dir: Path, fleet: Path,
+                                                        free_port) -> None:
+    import gc
+
+    predictor = Predictor(_config(plan_dir, f"127.0.0.1:{free_port()}", fleet))
+    thread = predictor._prober._thread  # the one thing this test must see from inside
+    assert thread.is_alive()
+    del predictor
+    gc.collect()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
