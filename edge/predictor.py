@@ -168,12 +168,22 @@ class Predictor:
             # The prober holds the Predictor weakly: one that is dropped unclosed is still
             # collected, and its prober stopped.
             me = weakref.ref(self)
+
+            def lost(reason: str) -> None:
+                predictor = me()
+                if predictor is not None:
+                    predictor._cloud_lost(reason)
+
+            def back(reason: str) -> None:
+                predictor = me()
+                if predictor is not None:
+                    predictor._cloud_back(reason)
+
             self._prober = Prober(
                 self._client, self._breaker, self._link, interval_s=config.probe_interval_s,
                 max_share=config.probe_max_share,
                 tick_s=min(config.probe_interval_s, config.breaker_reset_s) / 4,
-                on_open=lambda reason: (p := me()) and p._cloud_lost(reason),
-                on_close=lambda reason: (p := me()) and p._cloud_back(reason))
+                on_open=lost, on_close=back)
 
     # -- the onnxruntime.InferenceSession surface -----------------------------------------
 
@@ -310,9 +320,11 @@ class Predictor:
                  deadline: float, request_id: str) -> tuple[dict[str, np.ndarray], RunStatistics]:
         if choice.mode == "local":
             return self._run_local(names, feed, deadline, fallback=None)
-        cut = self.plan.cut(choice.cut) if choice.mode == "split" else None
+        cut = self.plan.cut(choice.cut) if choice.mode == "split" and choice.cut is not None \
+            else None
         if cut is not None and cut.tail is None:
             return self._run_split(cut, names, feed, deadline - time.perf_counter(), request_id)
+        error: EdgecutError
         if not self._breaker.allow():
             error = CloudUnavailableError(
                 f"{self._client_name()}: not tried, the circuit is open after "
@@ -328,7 +340,7 @@ class Predictor:
             return self._fall_back(error, "no time left for the cloud", names, feed, deadline,
                                    None)
         try:
-            if choice.mode == "offload":
+            if cut is None:
                 outputs, stats = self._run_cloud(
                     self.plan.model.name, dict(feed), names, budget_s,
                     RunStatistics(mode="offload", cut=None), request_id)
