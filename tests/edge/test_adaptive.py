@@ -330,3 +330,34 @@ def test_a_predictor_dropped_unclosed_stops_its_prober(plan_dir: Path, fleet: Pa
     gc.collect()
     thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_a_head_that_fails_to_run_sends_requests_whole_to_the_cloud(
+        plan_copy: Path, endpoint: str, fleet: Path, feed: dict,
+        reference: list[np.ndarray]) -> None:
+    """A head that loads but cannot run (as one that cannot allocate its activations):
+    the request goes whole to the cloud's full model, and so do the next ones."""
+    from onnx import TensorProto, helper
+
+    head_path = plan_copy / "cuts" / "3" / "head.onnx"
+    head = onnx.load(str(head_path))
+    outputs = [o.name for o in head.graph.output]
+    shape = helper.make_tensor("shape", TensorProto.INT64, [3], [7, -1, 5])  # 3072 / 35: no
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["stuck"])]
+    nodes += [helper.make_node("Identity", ["stuck"], [name]) for name in outputs]
+    graph = helper.make_graph(
+        # Symbolic dims, so that the load-time shape inference cannot see it coming.
+        nodes, "failing_head", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                              ["n", "c", "h", "w"])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+        initializer=[shape])
+    onnx.save(helper.make_model(graph, opset_imports=head.opset_import), str(head_path))
+    with Predictor(_config(plan_copy, endpoint, fleet)) as predictor:
+        _assert_model_outputs(predictor.run(None, feed), reference)
+        first = predictor.last_run()
+        _assert_model_outputs(predictor.run(None, feed), reference)
+        second = predictor.last_run()
+        events = predictor.events()
+    assert first.mode == "offload" and first.fallback.startswith("the head failed")
+    assert second.mode == "offload" and second.fallback is None
+    assert events[-1].to_choice == "offload" and "the head failed" in events[-1].reason
