@@ -506,15 +506,14 @@ def scenario_from_dict(data: Mapping[str, Any], *, label: str = "scenario",
     c.unknown(data, ["simulation", "model", "cloud", "devices", "strategies"], "")
     sim = c.table(data, "simulation", "", required=True)
     c.unknown(sim, ["duration_s", "warmup_s", "seed", "sla_ms"], "simulation.")
-    duration = c.number(sim, "duration_s", "simulation.", default=1.0, positive=True,
-                        required=True)
+    duration = c.number(sim, "duration_s", "simulation.", positive=True, required=True)
     warmup = c.number(sim, "warmup_s", "simulation.", default=0.0, minimum=0)
     if warmup is not None and duration is not None and warmup >= duration:
         c.add("simulation.warmup_s", f"must be less than simulation.duration_s ({duration:g}), "
                                      f"got {warmup:g}")
     seed = c.integer(sim, "seed", "simulation.", default=1, minimum=0)
     sla = c.number(sim, "sla_ms", "simulation.", default=300.0, positive=True)
-    simulation = SimulationSpec(duration_s=duration, warmup_s=warmup, seed=seed, sla_ms=sla)
+    simulation = SimulationSpec(duration_s=duration or 1.0, warmup_s=warmup, seed=seed, sla_ms=sla)
     model = _model(c, data, base)
     cloud = _cloud(c, data, base)
     raw_devices = data.get("devices")
