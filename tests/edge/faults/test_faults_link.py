@@ -1,0 +1,113 @@
+"""The link shaped from 100 to 1 Mbit/s and back: the adaptive cut follows the plan's envelope.
+
+Shaped for real: a veth between this namespace and one the endpoint process runs in, each
+direction a `tbf` (root only), or, where namespaces are not to be had, an in-process token
+bucket proxy. An adaptive device and a fixed-cut (split:1) device run side by side through the
+same link; every answer is checked against the full model. The adaptive one must leave
+split:1 for the envelope's local segment on the slow link (the plan's breakpoint is ~2.2
+Mbit/s) and come back when the link is fast again; the latencies of both are reported, not
+asserted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from benchmarks.harness import HarnessUnavailable
+from benchmarks.harness.endpoint import EndpointProcess
+from benchmarks.harness.faultload import DeviceLoop, Outcome, run_loops, summarise
+from benchmarks.harness.shaper import NamespaceLink, ThrottleProxy
+
+from .conftest import DEVICES, TIMEOUT_S
+
+FAST_MBPS, SLOW_MBPS = 100.0, 1.0
+
+
+@contextlib.contextmanager
+def shaped_endpoint(kind: str, endpoint_factory: Callable) -> Iterator[tuple[str, object]]:
+    """(address the devices use, the shaper with set_rate) for `kind` "netns" or "proxy"."""
+    if kind == "netns":
+        if os.geteuid() != 0:
+            pytest.skip("a shaped namespace link needs root (ip netns, tc)")
+        try:
+            link = NamespaceLink(up_mbps=FAST_MBPS, down_mbps=FAST_MBPS)
+            link.__enter__()
+        except HarnessUnavailable as exc:
+            pytest.skip(f"no shaped namespace link here: {exc}")
+        try:
+            endpoint = endpoint_factory(host=link.cloud_address, netns=link.namespace)
+            endpoint.start()
+            yield endpoint.address, link
+            endpoint.stop()  # before the namespace goes
+        finally:
+            link.close()
+    else:
+        endpoint: EndpointProcess = endpoint_factory()
+        endpoint.start()
+        with ThrottleProxy(endpoint.address, up_mbps=FAST_MBPS, down_mbps=FAST_MBPS) as proxy:
+            yield proxy.address, proxy
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def _phase(outcomes: list[Outcome], start: float, end: float) -> str:
+    row = summarise("", [o for o in outcomes if start <= o.started_s < end])
+    return f"{row.requests} runs, p50 {row.p50_ms:.1f} ms, p99 {row.p99_ms:.1f} ms"
+
+
+@pytest.mark.parametrize("kind", ["netns", "proxy"])
+def test_the_cut_follows_the_link_down_and_back(kind: str, endpoint_factory: Callable,
+                                                predictor_factory: Callable, feeds: list) -> None:
+    with shaped_endpoint(kind, endpoint_factory) as (address, shaper):
+        adaptive = predictor_factory(address, device=DEVICES[2], probe_interval_s=0.5)
+        fixed = predictor_factory(address, device=DEVICES[3], mode="split", cut=1,
+                                  fallback="none")
+        deadline = time.monotonic() + 40.0
+        loops = [DeviceLoop(p, *feeds[i + 2], timeout_s=TIMEOUT_S, requests=10**6,
+                            deadline=deadline, pause_s=0.02, name=name)
+                 for i, (p, name) in enumerate(((adaptive, "adaptive"), (fixed, "fixed")))]
+        marks: dict[str, float] = {}
+
+        def shape() -> None:
+            marks["fast"] = time.monotonic()
+            assert _wait(lambda: len(loops[0].outcomes) >= 20
+                         and adaptive.statistics().choice == "split:1", 15.0), adaptive.events()
+            shaper.set_rate(up_mbps=SLOW_MBPS, down_mbps=SLOW_MBPS)
+            marks["slow"] = time.monotonic()
+            _wait(lambda: adaptive.statistics().choice == "local", 12.0)
+            time.sleep(1.0)
+            shaper.set_rate(up_mbps=FAST_MBPS, down_mbps=FAST_MBPS)
+            marks["fast_again"] = time.monotonic()
+            _wait(lambda: adaptive.statistics().choice == "split:1", 15.0)
+            time.sleep(0.5)
+            marks["end"] = time.monotonic()
+            for loop in loops:
+                loop.stop()
+
+        run_loops(loops, budget_s=45.0, during=shape)
+        events = adaptive.events()
+    rows = {loop.device: summarise(loop.device, loop.outcomes) for loop in loops}
+    for name, row in rows.items():
+        assert row.lost == 0, (name, row.lost_examples)
+    assert rows["adaptive"].typed == 0, rows["adaptive"].typed_examples
+    wall = time.time() - time.monotonic()  # events carry time.time(), marks monotonic
+    down = [e for e in events if e.time - wall >= marks["slow"] and e.to_choice == "local"]
+    assert down and down[0].from_choice == "split:1" and "uplink" in down[0].reason, events
+    up = [e for e in events if e.time - wall >= marks["fast_again"] and e.to_choice == "split:1"]
+    assert up and up[0].from_choice == "local", events
+    for loop in loops:
+        print(f"{kind} {loop.device}: fast {_phase(loop.outcomes, marks['fast'], marks['slow'])}; "
+              f"slow {_phase(loop.outcomes, marks['slow'], marks['fast_again'])}; fast again "
+              f"{_phase(loop.outcomes, marks['fast_again'], marks['end'])}")
