@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-SERVER_CPU, CLIENT_CPU = "0", "1"
+SERVER_CPU, CLIENT_CPU = os.environ.get("HVG_SERVER_CPUS", "0"), os.environ.get("HVG_CLIENT_CPUS", "1")
 PROTOCOLS = ("grpc", "http-binary", "http-json")
 LISTENING = re.compile(r"listening on (\S+) .*HTTP/REST on https://(\S+?)[;\s]")
 
@@ -73,7 +73,8 @@ class Server:
     def __init__(self, repo: Path, tls: Path, frontend: str, log: Path) -> None:
         cmd = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "edgecut.cli", "serve",
                "--repository", str(repo), "--tls", str(tls), "--address", "127.0.0.1:0",
-               "--http-address", "127.0.0.1:0", "--frontend", frontend]
+               "--http-address", "127.0.0.1:0", "--frontend", frontend,
+               *os.environ.get("HVG_SERVER_ARGS", "").split()]
         self._log = open(log, "ab")  # noqa: SIM115
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True,
                                       cwd=REPO)
@@ -105,6 +106,19 @@ class Server:
 
 def run_client(spec: dict[str, Any]) -> dict[str, Any]:
     """In the client process: `threads` clients calling infer for `seconds`."""
+    if os.environ.get("HVG_CLIENT_NODELAY"):
+        import socket
+
+        from geventhttpclient import connectionpool
+
+        create = connectionpool.ConnectionPool._create_tcp_socket
+
+        def nodelay(self: Any, *args: Any) -> Any:
+            sock = create(self, *args)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+
+        connectionpool.ConnectionPool._create_tcp_socket = nodelay  # type: ignore[method-assign]
     protocol, model, tls = spec["protocol"], spec["model"], Path(spec["tls"])
     x = np.random.default_rng(0).standard_normal(spec["shape"], dtype=np.float32)
     stop_at: list[float] = []
@@ -177,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--frontends", nargs="+", default=["grpcio", "native"])
+    parser.add_argument("--models", nargs="+", default=["tiny", "small_cnn"])
+    parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -201,8 +217,11 @@ def main(argv: list[str] | None = None) -> int:
             server = Server(work / "repo", tls, frontend, work / "server.log")
             try:
                 # HTTP does not depend on the gRPC transport: measured once, with grpcio.
-                protocols = PROTOCOLS if frontend == args.frontends[0] else ("grpc",)
+                protocols = (args.protocols if frontend == args.frontends[0]
+                             else [p for p in args.protocols if p == "grpc"])
                 for model, shape in shapes.items():
+                    if model not in args.models:
+                        continue
                     for threads in args.threads:
                         for protocol in protocols:
                             spec = {"protocol": protocol, "model": model, "shape": list(shape),
