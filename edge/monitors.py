@@ -30,12 +30,40 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DeviceMonitor", "DeviceReadings", "LinkEstimator", "read_device"]
+__all__ = ["DeviceMonitor", "DeviceReadings", "LinkEstimator", "RecentSamples", "read_device"]
 
 # Transfers smaller than this say more about the round trip than about bandwidth.
 MIN_BANDWIDTH_SAMPLE_BYTES = 16 * 1024
 # Below this share of a call's network time, the transfer is too short to time.
 _MIN_TRANSFER_SHARE = 0.1
+
+
+class RecentSamples:
+    """The median of the last `window` samples, none older than `max_age_s`; thread-safe.
+
+    >>> queue = RecentSamples(window=3, max_age_s=2.0)
+    >>> for t, ms in enumerate((5.0, 300.0, 7.0)):
+    ...     queue.add(ms, now=float(t))
+    >>> queue.median(now=2.0), queue.median(now=9.0)
+    (7.0, None)
+    """
+
+    def __init__(self, *, window: int, max_age_s: float) -> None:
+        self.max_age_s = float(max_age_s)
+        self._samples: deque[tuple[float, float]] = deque(maxlen=window)  # (time, value)
+        self._lock = threading.Lock()
+
+    def add(self, value: float, *, now: float | None = None) -> None:
+        with self._lock:
+            self._samples.append((_now(now), float(value)))
+
+    def median(self, *, now: float | None = None) -> float | None:
+        """None before the first sample, and once every sample is older than `max_age_s`."""
+        t = _now(now)
+        with self._lock:
+            while self._samples and t - self._samples[0][0] > self.max_age_s:
+                self._samples.popleft()
+            return statistics.median(v for _, v in self._samples) if self._samples else None
 
 
 class LinkEstimator:
@@ -46,17 +74,15 @@ class LinkEstimator:
         if not downlink_ratio > 0:
             raise ValueError(f"downlink_ratio must be > 0, got {downlink_ratio}")
         self.downlink_ratio = float(downlink_ratio)
-        self.max_age_s = float(max_age_s)
-        self._uplink: deque[tuple[float, float]] = deque(maxlen=window)  # (time, Mbit/s)
-        self._rtt: deque[tuple[float, float]] = deque(maxlen=window)  # (time, ms)
+        self._uplink = RecentSamples(window=window, max_age_s=max_age_s)  # Mbit/s
+        self._rtt = RecentSamples(window=window, max_age_s=max_age_s)  # ms
         self._last_call = -float("inf")
         self._lock = threading.Lock()
 
     def observe_rtt(self, ms: float, *, now: float | None = None) -> None:
         """A call that moved (almost) no bytes took `ms`."""
         if ms >= 0:
-            with self._lock:
-                self._rtt.append((_now(now), float(ms)))
+            self._rtt.add(ms, now=now)
 
     def observe_call(self, *, up_bytes: int, down_bytes: int, rpc_ms: float,
                      server_ms: float | None, now: float | None = None) -> None:
@@ -65,7 +91,7 @@ class LinkEstimator:
         network_ms = rpc_ms - (server_ms or 0.0)
         with self._lock:
             self._last_call = t
-            rtt = self._median(self._rtt, t)
+        rtt = self._rtt.median(now=t)
         if network_ms <= 0:
             return
         bits = up_bytes * 8 + down_bytes * 8 / self.downlink_ratio  # in uplink-equivalent bits
@@ -78,31 +104,23 @@ class LinkEstimator:
         if transfer_ms < _MIN_TRANSFER_SHARE * network_ms:
             # The transfer hid inside the round trip's noise: a lower bound at best.
             transfer_ms = _MIN_TRANSFER_SHARE * network_ms
-        with self._lock:
-            self._uplink.append((t, bits / (transfer_ms * 1e3)))
+        self._uplink.add(bits / (transfer_ms * 1e3), now=t)
 
     def uplink_mbps(self, *, now: float | None = None) -> float | None:
         """The median of the recent uplink samples; None before the first or when stale."""
-        with self._lock:
-            return self._median(self._uplink, _now(now))
+        return self._uplink.median(now=now)
 
     def downlink_mbps(self, *, now: float | None = None) -> float | None:
         up = self.uplink_mbps(now=now)
         return None if up is None else up * self.downlink_ratio
 
     def rtt_ms(self, *, now: float | None = None) -> float | None:
-        with self._lock:
-            return self._median(self._rtt, _now(now))
+        return self._rtt.median(now=now)
 
     def idle_s(self, *, now: float | None = None) -> float:
         """Seconds since the last cloud call (inf before the first)."""
         with self._lock:
             return _now(now) - self._last_call
-
-    def _median(self, samples: deque[tuple[float, float]], now: float) -> float | None:
-        while samples and now - samples[0][0] > self.max_age_s:
-            samples.popleft()
-        return statistics.median(v for _, v in samples) if samples else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

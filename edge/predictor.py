@@ -48,9 +48,10 @@ from edgecut.errors import (
 from edgecut.protocol.codecs import choose_codec
 
 from .breaker import CircuitBreaker
+from .cascade import Cascade
 from .client import CloudClient
 from .config import Config
-from .monitors import DeviceMonitor, LinkEstimator
+from .monitors import DeviceMonitor, LinkEstimator, RecentSamples
 from .plan import Plan, PlanCut, TensorSpec, load_plan
 from .policy import Choice, CutCosts, Inputs, Thresholds, decide
 from .prober import Prober
@@ -83,6 +84,8 @@ _MIN_CLOUD_BUDGET_MS = 5.0
 # A head that failed to run keeps the device offloading this long.
 _HEAD_FAILURE_HOLD_S = 10.0
 _EVENTS_KEPT = 1000
+# A queue the endpoint reported is believed this long; then the cloud is tried again.
+_QUEUE_MEMORY_S = 2.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,13 +132,15 @@ class Predictor:
         self._specs = {s.name: s for s in self.plan.model.inputs}
         self._output_specs = {s.name: s for s in self.plan.model.outputs}
         self._adaptive = config.mode == "adaptive"
-        self._fallback_local = config.fallback == "local" and config.mode != "local"
+        # In cascade mode a failed escalation is answered by the small model (edge/cascade.py).
+        self._fallback_local = config.fallback == "local" and config.mode not in ("local",
+                                                                                 "cascade")
         self._costs = plan_costs(self.plan)
         # Split mode runs its cut as it is, even one with nothing on one side; adaptive mode
         # runs those as the full model, here ("local") or in the cloud ("offload").
         self._initial = (Choice("local", None) if config.mode == "local"
                          else Choice("offload", None) if config.mode == "offload"
-                         else Choice("split", self.cut.id) if config.mode == "split"
+                         else Choice("split", self.cut.id) if config.mode in ("split", "cascade")
                          else self._costs[self.cut.id].choice)
         self._choice = self._initial
         self._thresholds = Thresholds(hysteresis=config.hysteresis,
@@ -145,11 +150,12 @@ class Predictor:
 
         self._sessions: dict[str | None, DeviceSession] = {}  # None: the full model
         self._load_sessions()
+        self._cascade = Cascade.for_config(config, self.plan) if config.mode == "cascade" else None
         self._client = None if config.mode == "local" else CloudClient(
             config.endpoints, tls_dir=config.tls_dir, device=config.device,
             timeout_s=config.timeout_s)
         self._link = LinkEstimator(downlink_ratio=self._thresholds.downlink_ratio)
-        self._queue = LinkEstimator(max_age_s=max(2.0, config.breaker_reset_s))
+        self._queue_ms = RecentSamples(window=5, max_age_s=_QUEUE_MEMORY_S)
         self._monitor = monitor if monitor is not None else DeviceMonitor()
         self._breaker = CircuitBreaker(failures=config.breaker_failures,
                                        reset_s=config.breaker_reset_s)
@@ -160,11 +166,13 @@ class Predictor:
         self._lock = threading.Lock()
         self._closed = False
         self._stats = PredictorStatistics(
-            mode=config.mode, cut=self.cut.id if config.mode in ("split", "adaptive") else None)
+            mode=config.mode,
+            cut=self.cut.id if config.mode in ("split", "adaptive", "cascade") else None)
         if self._fallback_local or self._adaptive:
             self._warm_up()
         self._prober = None
-        if self._client is not None and (self._fallback_local or self._adaptive):
+        if self._client is not None and (self._fallback_local or self._adaptive
+                                         or self._cascade is not None):
             # The prober holds the Predictor weakly: one that is dropped unclosed is still
             # collected, and its prober stopped.
             me = weakref.ref(self)
@@ -213,8 +221,12 @@ class Predictor:
         names = self._check(output_names, input_feed)
         request_id = uuid.uuid4().hex
         try:
-            choice = self._next_choice()
-            outputs, stats = self._execute(choice, names, input_feed, deadline, request_id)
+            if self._cascade is not None:
+                outputs, stats = self._run_cascade(self._cascade, names, input_feed, deadline,
+                                                   request_id)
+            else:
+                choice = self._next_choice()
+                outputs, stats = self._execute(choice, names, input_feed, deadline, request_id)
         except EdgecutError:
             with self._lock:
                 self._stats = dataclasses.replace(self._stats, failures=self._stats.failures + 1)
@@ -237,7 +249,7 @@ class Predictor:
             stats, choice = self._stats, self._effective_choice()
         return dataclasses.replace(
             stats, uplink_mbps=self._link.uplink_mbps(), downlink_mbps=self._link.downlink_mbps(),
-            rtt_ms=self._link.rtt_ms(), cloud_queue_ms=self._queue.rtt_ms(),
+            rtt_ms=self._link.rtt_ms(), cloud_queue_ms=self._queue_ms.median(),
             choice=str(choice), breaker=self._breaker.state)
 
     def events(self) -> list[SwitchEvent]:
@@ -277,7 +289,7 @@ class Predictor:
         if time.monotonic() < self._head_failed_until:
             pressure = "the head failed to run" + (f", {pressure}" if pressure else "")
         inputs = Inputs(uplink_mbps=self._link.uplink_mbps(), rtt_ms=self._link.rtt_ms(),
-                        cloud_queue_ms=self._queue.rtt_ms(), pressure=pressure)
+                        cloud_queue_ms=self._queue_ms.median(), pressure=pressure)
         with self._lock:
             before = self._effective_choice()
             decision = decide(inputs, self._choice, envelope=self._envelope, costs=self._costs,
@@ -353,6 +365,18 @@ class Predictor:
             self._cloud_back("a request reached the endpoint")
         return outputs, stats
 
+    def _run_cascade(self, cascade: Cascade, names: list[str], feed: Mapping[str, np.ndarray],
+                     deadline: float, request_id: str
+                     ) -> tuple[dict[str, np.ndarray], RunStatistics]:
+        """The small model here; the plan's cut (as in split mode) when it is not sure."""
+        readings = self._monitor.readings() if cascade.settings.battery_percent is not None \
+            else None
+        return cascade.run(
+            names, feed, deadline, readings=readings,
+            escalate=lambda: self._execute(self._initial, names, feed, deadline, request_id),
+            fallback_small=self.config.fallback == "local", failures=_CLOUD_FAILURES,
+            describe=_describe)
+
     def _fall_back(self, error: EdgecutError, reason: str, names: list[str],
                    feed: Mapping[str, np.ndarray], deadline: float,
                    stats: RunStatistics | None
@@ -361,7 +385,7 @@ class Predictor:
         here, or raise `error`."""
         if isinstance(error, OverloadedError):
             # The endpoint said when to come back: until then the queue is that long.
-            self._queue.observe_rtt(float(error.retry_after_ms))
+            self._queue_ms.add(float(error.retry_after_ms))
         if stats is not None:
             if _is_refusal(error):
                 self._breaker.release()
@@ -467,7 +491,7 @@ class Predictor:
         # What a server reports is believed only within what the device itself timed.
         if queue is not None and compute is not None and 0 <= queue + compute <= result.rpc_ms:
             server_ms = queue + compute
-            self._queue.observe_rtt(queue)
+            self._queue_ms.add(queue)
         self._link.observe_call(up_bytes=result.wire_bytes_up, down_bytes=result.wire_bytes_down,
                                 rpc_ms=result.rpc_ms, server_ms=server_ms)
         return result.outputs, dataclasses.replace(
@@ -494,16 +518,20 @@ class Predictor:
         codec = self.config.codec
         if codec == "auto":
             return choose_codec(array, uplink_mbps=self._link.uplink_mbps())
-        if codec == "fp16" and not _fits_fp16(array):
-            # fp16 only where it is defined; anything else still goes compressed, losslessly.
+        if (codec == "fp16" and not _fits_fp16(array)) or (
+                codec == "int8" and not _fits_int8(array)):
+            # fp16 and int8 only where they are defined; anything else still goes
+            # compressed, losslessly.
             return "shuffle_zstd" if array.dtype.kind == "f" else "zstd"
         return codec
 
     def _response_codecs(self, names: list[str]) -> dict[str, str] | None:
         """The codec asked for each output: the configured one, fp16 only on float32."""
         codec = self.config.codec
-        if codec in ("auto", "raw"):
+        if codec in ("auto", "raw", "int8"):
             # The device cannot size outputs before they exist; raw is never the wrong call.
+            # int8 is for the crossing tensors, within the plan's accuracy budget: answers
+            # come back exact.
             return None
         if codec != "fp16":
             return dict.fromkeys(names, codec)
@@ -519,7 +547,7 @@ class Predictor:
         """Load what this mode may run, before the first request."""
         mode = self.config.mode
         heads: list[str] = []
-        if mode == "split" and self.cut.head is not None:
+        if mode in ("split", "cascade") and self.cut.head is not None:
             heads = [self.cut.head]
         elif mode == "adaptive":
             ids = {self.cut.id, *(r.cut for r in self.plan.envelope)}
@@ -658,6 +686,10 @@ def _fits_fp16(array: np.ndarray) -> bool:
         return True
     # NaN compares False here, and goes lossless: fp16 would keep it, but saying so costs a pass.
     return bool(array.max() <= _FP16_MAX and array.min() >= -_FP16_MAX)
+
+
+def _fits_int8(array: np.ndarray) -> bool:
+    return array.dtype == np.float32 and bool(np.isfinite(array).all())
 
 
 def _info(spec: TensorSpec) -> TensorInfo:
