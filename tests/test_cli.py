@@ -141,6 +141,7 @@ def test_unknown_argument_is_one_line(model_path: Path) -> None:
     ("--address", "127.0.0.1:99999", "a port in 0..65535"),
     ("--workers", "0", "whole number >= 1"),
     ("--metrics-port", "70000", "a port in 0..65535"),
+    ("--http-address", "8000", "HOST:PORT"),
     ("--grace-secs", "-1", "seconds > 0"),
 ])
 def test_serve_flags_are_checked_before_any_model_loads(tmp_path: Path, flag: str, value: str,
