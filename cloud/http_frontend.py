@@ -16,7 +16,8 @@ reads like gRPC's (auth_context, abort, trailing metadata): readiness, authorisa
 scheduling and batching, the drain at stop, statistics, metrics and the request log are the
 gRPC endpoint's, not a copy of them. Inference goes through `infer_later`, as the native gRPC
 transport's does: the event loop hands the decoded request to the model's scheduler and awaits
-its answer, so no thread waits for a batch. The bodies are converted in cloud/http_json.py.
+its answer, so no thread waits for a batch. The bodies are converted in cloud/http_json.py;
+the socket and TLS under it are cloud/http_listener.py.
 
 Errors are a JSON body {"error": "..."} with the status that says whose problem it is
 (_HTTP_STATUS): 400 a bad request, 404 no such model, 413 over a size limit, 403 a device the
@@ -33,11 +34,8 @@ another CA fails the handshake, as over gRPC).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import socket
-import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -49,7 +47,6 @@ from aiohttp import web
 
 from edgecut.errors import ProtocolError, UserInputError
 from edgecut.protocol import grpc_service_pb2 as pb
-from edgecut.protocol.tls import ReloadingServerCertificates
 
 from .http_json import (
     HEADER_LENGTH,
@@ -59,6 +56,7 @@ from .http_json import (
     parse_json_object,
     repository_parameters,
 )
+from .http_listener import common_name, listen, server_ssl_context
 from .native_server import CallAborted
 from .repository import ModelRepository
 from .servicer import RETRY_AFTER_KEY, InferenceServicer
@@ -176,9 +174,9 @@ class HTTPFrontend:
         self._servicer = servicer
         self._repository = repository
         self._mutual = mutual
-        self._ssl = _ssl_context(Path(tls_dir), mutual=mutual, reload=reload_certificates) \
+        self._ssl = server_ssl_context(Path(tls_dir), mutual=mutual, reload=reload_certificates) \
             if tls_dir is not None else None
-        self._socket = _listen(*address)
+        self._socket = listen(*address)
         self._host = address[0]
         self._port = int(self._socket.getsockname()[1])
         self._max_body_bytes = max_body_bytes
@@ -300,7 +298,7 @@ class HTTPFrontend:
         device = None
         transport = request.transport
         if self._ssl is not None and transport is not None:
-            device = _common_name(transport.get_extra_info("peercert"))
+            device = common_name(transport.get_extra_info("peercert"))
             if self._mutual and device is None and not health:
                 raise _Refused(_error(401, "this endpoint needs a client certificate signed by "
                                            "the fleet's CA (mutual TLS); present one, e.g. "
@@ -464,123 +462,3 @@ def _settle(future: asyncio.Future[bytes | None], data: bytes | None) -> None:
 
 def _model(request: web.Request) -> tuple[str, str]:
     return request.match_info.get("model", ""), request.match_info.get("version", "")
-
-
-def _common_name(certificate: Any) -> str | None:
-    """The subject's common name of a peer certificate as ssl gives it (None without one)."""
-    if not certificate:
-        return None
-    for rdn in certificate.get("subject", ()):
-        for key, value in rdn:
-            if key == "commonName":
-                return str(value)
-    return None
-
-
-def _ssl_context(tls_dir: Path, *, mutual: bool, reload: bool) -> ssl.SSLContext:
-    """TLS for the listener from `edgecut certs` files (checked as for gRPC: TLSConfigError
-    naming the file). With `reload`, a handshake after the files changed (and form a
-    consistent set again) gets a context made from the new ones, CA included, as gRPC does:
-    the old CA's devices are refused from then on."""
-    watcher = ReloadingServerCertificates(tls_dir, mutual=mutual)  # checks the files now
-    listening = _new_context(tls_dir, mutual=mutual)
-    if reload:
-        current = [listening]
-
-        def use_current(connection: ssl.SSLObject, server_name: str | None,
-                        context: ssl.SSLContext) -> None:
-            if watcher.changed_files() is not None:
-                try:
-                    current[0] = _new_context(tls_dir, mutual=mutual)
-                except (OSError, ssl.SSLError):
-                    logger.exception("TLS files in %s changed but cannot be loaded for HTTP; "
-                                     "the previous ones stay in force", tls_dir)
-            if current[0] is not listening:
-                connection.context = current[0]
-
-        listening.sni_callback = use_current
-    return listening
-
-
-def _new_context(tls_dir: Path, *, mutual: bool) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(["http/1.1"])
-    context.load_cert_chain(tls_dir / "server.crt", tls_dir / "server.key")
-    if mutual:
-        context.load_verify_locations(tls_dir / "ca.crt")
-        # Optional here, required by the handlers: see the module docstring.
-        context.verify_mode = ssl.CERT_OPTIONAL
-    return context
-
-
-class _AckingSocket(socket.socket):
-    """A connection that acknowledges what it reads at once (TCP_QUICKACK after each read).
-
-    A client that leaves Nagle's algorithm on (tritonclient.http's geventhttpclient does)
-    holds the last piece of a request body until the server acknowledges the ones before;
-    Linux delays that acknowledgement, hoping to send it with the response, which cannot come
-    before the body is in. Measured here with a 128 KiB binary input over TLS: 21-23 ms a
-    request, against 2.0 ms with each read acknowledged (http.client, which sends differently,
-    took 1.7-2 ms either way). The kernel drops quick-ack mode again by itself, so it is set
-    at every read, here below TLS, where every arriving segment is seen: one setsockopt call
-    per read. (Set where aiohttp hands over decrypted data, it missed the reads of partial
-    TLS records, and requests still stalled.)
-    """
-
-    __slots__ = ()
-
-    def recv(self, bufsize: int, flags: int = 0) -> bytes:
-        data = super().recv(bufsize, flags)
-        self._acknowledge()
-        return data
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        count = super().recv_into(buffer, nbytes, flags)
-        self._acknowledge()
-        return count
-
-    def _acknowledge(self) -> None:
-        with contextlib.suppress(OSError):
-            self.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-
-
-class _ListeningSocket(socket.socket):
-    """A listening socket whose accepted connections are _AckingSockets (where Linux has
-    TCP_QUICKACK; plain sockets elsewhere). asyncio accepts through this method."""
-
-    __slots__ = ()
-
-    def accept(self) -> tuple[socket.socket, Any]:
-        fd, address = self._accept()  # type: ignore[attr-defined]
-        kind = _AckingSocket if _QUICKACK is not None else socket.socket
-        connection = kind(self.family, self.type, self.proto, fileno=fd)
-        if socket.getdefaulttimeout() is None and self.gettimeout():
-            connection.setblocking(True)
-        return connection, address
-
-
-_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port (an IPv6 host may come in brackets)."""
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        family, kind, proto, _, where = socket.getaddrinfo(
-            bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        sock = _ListeningSocket(family, kind, proto)
-    except OSError as exc:
-        raise UserInputError(f"cannot listen for HTTP on {host}:{port}: {exc}; choose another "
-                             f"address") from exc
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(where)
-        sock.listen(1024)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise UserInputError(f"cannot listen for HTTP on {host}:{port}: the port is in use or "
-                             f"the host is not an address of this machine ({exc.strerror}); "
-                             f"choose another address") from exc
-    return sock
