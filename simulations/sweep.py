@@ -121,7 +121,6 @@ def _run_dask(executor: str, data: Mapping[str, Any], label: str, base: str,
         raise UserInputError(f"--executor {executor!r}: a Dask cluster is dask://HOST:PORT")
     try:
         from distributed import Client
-        from distributed import as_completed as dask_completed
     except ImportError as exc:
         raise UserInputError("--executor dask://HOST:PORT needs distributed: "
                              "pip install 'edgecut[dask]'") from exc
@@ -133,10 +132,9 @@ def _run_dask(executor: str, data: Mapping[str, Any], label: str, base: str,
                              f"{exc}") from exc
     try:
         futures = [client.submit(run_point, data, label, base, p, pure=False) for p in points]
-        index = {f.key: i for i, f in enumerate(futures)}
-        results: list[dict[str, Any] | None] = [None] * total
-        for done, future in enumerate(dask_completed(futures), start=1):
-            results[index[future.key]] = future.result()
+        results: list[dict[str, Any] | None] = []
+        for done, future in enumerate(futures, start=1):  # all run at once; read in grid order
+            results.append(future.result())
             say("grid points", done, total)
         return results
     finally:
