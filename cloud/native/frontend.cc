@@ -430,7 +430,7 @@ class Frontend {
       py::gil_scoped_release release;
       answered = answer_infers(call_ids, request_ids, rows, model_name, model_version,
                                columns, timed ? &queue_ms : nullptr,
-                               timed ? &compute_ms : nullptr, &answers);
+                               timed ? &compute_ms : nullptr, keep, &answers);
     }
     if (keep.empty()) return py::int_(answered);
     py::list kept;
@@ -451,14 +451,14 @@ class Frontend {
   }
 
   // finish_infers' work without the GIL: each call's response written and sent. `answers`
-  // keeps a reference to each response sent.
+  // keeps a reference to the responses that `keep` marks.
   size_t answer_infers(const std::vector<uint64_t>& call_ids,
                        const std::vector<std::string>& request_ids,
                        const std::vector<int64_t>& rows, const std::string& model_name,
                        const std::string& model_version,
                        const std::vector<std::unique_ptr<OutputColumn>>& columns,
                        const std::vector<double>* queue_ms,
-                       const std::vector<double>* compute_ms,
+                       const std::vector<double>* compute_ms, const std::vector<bool>& keep,
                        std::vector<grpc::ByteBuffer>* answers) {
     size_t answered = 0;
     std::vector<infer_wire::Output> parts(columns.size());
@@ -490,7 +490,11 @@ class Frontend {
     for (size_t i = 0; i < call_ids.size(); ++i) {
       Call* call = find(call_ids[i]);
       if (call == nullptr || call->final_status) continue;
-      call->outbox.push_back((*answers)[i]);  // a ByteBuffer copy shares its slices
+      if (!keep.empty() && keep[i]) {
+        call->outbox.push_back((*answers)[i]);  // a ByteBuffer copy shares its slices
+      } else {
+        call->outbox.push_back(std::move((*answers)[i]));
+      }
       call->final_status = grpc::Status::OK;
       pump(call);
       ++answered;
