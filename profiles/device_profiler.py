@@ -1,14 +1,27 @@
 """Profile this machine: cores, memory, per-class speed through onnxruntime, battery and power.
 
 Each operator class is timed on a tiny ONNX graph built with onnx.helper (four Convs, four
-MatMuls, an elementwise chain, four MaxPools, four LayerNorms, four Softmaxes, and a chain of
-Transposes for memory bandwidth) run through onnxruntime on the CPU with its default threads.
-A class's GFLOP/s is the graph's FLOPs, counted by `edgecut.profiles.opclass` (the same count
-the predictions use, so the calibration is consistent), over the median run time. Conv and
-gemm graphs run with onnxruntime's full graph optimisations, as a real model would; the
-others with none, so that the optimiser cannot fuse or cancel the very nodes being timed.
+MatMuls, an elementwise chain, four MaxPools, four LayerNorms, four Softmaxes) run through
+onnxruntime on the CPU with its default session options, as a Predictor runs (default
+threads: recorded as `threads`). A class's GFLOP/s is the graph's FLOPs, counted by
+`edgecut.profiles.opclass` (the same count the predictions use, so the calibration is
+consistent), over the median run time, the graph's launch costs taken off. Conv and gemm
+graphs run with onnxruntime's full graph optimisations, as a real model would; the others
+with none, so that the optimiser cannot fuse or cancel the very nodes being timed.
 `default_gflops` (unknown op types) is the elementwise figure: most unknown ops are
 elementwise-like and memory-bound, and it is the cautious choice.
+
+Memory bandwidth is the elementwise chain's bytes moved over its time: the streaming rate
+that memory-bound nodes (activations, normalisations, copies) see at activation sizes.
+(A chain of Transposes, timed before, read 3.4 GB/s where elementwise nodes of real models
+stream at about 40: strided copies are not what bounds most nodes, and every node of a
+PP-OCR classifier came out 4-5x too slow.)
+
+Launch costs: a graph of one Relu on 16 numbers and a chain of 33 such Relus, timed the same
+way: `run_overhead_ms` is one run less its node (the session call itself). Then
+`edgecut.profiles.calibration` times a mobile-style reference network at two sizes and fits
+`node_overhead_ms` (each kernel's launch, thread-pool fork and join included) and the
+effective memory bandwidth to both runs: what real models pay around their kernels.
 
 Power: where the OS exposes Intel RAPL (`/sys/class/powercap/intel-rapl:0/energy_uj`,
 readable), idle and compute draw are the package energy over a sleep and over a conv loop.
@@ -17,8 +30,8 @@ catalogue laptop's, documented there. The battery capacity comes from `battery_w
 `/sys/class/power_supply/BAT*/energy_full` (or charge_full x voltage_min_design) when
 psutil reports a battery.
 
-A full profile takes about 15 s (about 2 s per class); `quick=True` shrinks the graphs and
-the time per class for tests (about 2 s in all).
+A full profile takes about 15 s (12 s of interleaved rounds); `quick=True` shrinks the graphs
+and the rounds for tests (about 2 s in all).
 
 Example:
     >>> profile = profile_device(name="this-box", quick=True)   # doctest: +SKIP
@@ -45,7 +58,8 @@ from onnx import TensorProto, helper, numpy_helper, shape_inference
 from edgecut.profiles.opclass import classify_node, graph_shapes
 from edgecut.profiles.schema import DeviceProfile, PowerModel
 
-__all__ = ["ProgressCallback", "measure_class_throughput", "profile_device"]
+__all__ = ["MachineSpeed", "ProgressCallback", "default_threads", "measure_class_throughput",
+           "measure_machine", "profile_device"]
 
 ProgressCallback = Callable[[str, int, int], None]
 """progress(step description, steps done, steps in all)"""
@@ -122,10 +136,16 @@ def _bench_models(size: _Size) -> dict[str, onnx.ModelProto]:
     models["softmax"] = _model(
         [helper.make_node("Softmax", [chain[i]], [chain[i + 1]], axis=-1) for i in range(4)],
         [("x", (r, f))], chain[4])
-    models["data"] = _model(
-        [helper.make_node("Transpose", [chain[i]], [chain[i + 1]], perm=[0, 2, 3, 1]) for i in range(4)],
-        [("x", (1, c * 2, s * 2, s * 2))], chain[4])
     return models
+
+
+def _overhead_models(nodes: int) -> onnx.ModelProto:
+    chain = ["x"] + [f"r{i}" for i in range(nodes)]
+    return _model([helper.make_node("Relu", [chain[i]], [chain[i + 1]]) for i in range(nodes)],
+                  [("x", (1, 16))], chain[-1])
+
+
+LAUNCH_CHAIN = 33
 
 
 def _graph_cost(model: onnx.ModelProto) -> tuple[int, int]:
@@ -151,37 +171,90 @@ def _feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return feeds
 
 
-def _time_runs(session: ort.InferenceSession, feeds: dict[str, np.ndarray], seconds: float) -> float:
-    """Median seconds per run over about `seconds` of runs, after two warm-up runs."""
-    for _ in range(2):
-        session.run(None, feeds)
-    times = []
+def _interleaved_ms(runs: list[tuple[ort.InferenceSession, dict[str, np.ndarray]]], seconds: float,
+                    min_rounds: int = 5) -> list[float]:
+    """Median ms per run of each session, all timed round by round in one window.
+
+    Two warm-up runs each, then rounds that run every session once, in an order rotated each
+    round, for about `seconds` (at least `min_rounds` rounds): on a shared machine a burst
+    of load hits every graph alike instead of one class, so the figures keep their ratios.
+    """
+    for session, feeds in runs:
+        for _ in range(2):
+            session.run(None, feeds)
+    times: list[list[float]] = [[] for _ in runs]
     deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(times) < 3:
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    rounds = 0
+    while time.perf_counter() < deadline or rounds < min_rounds:
+        for k in range(len(runs)):
+            i = (k + rounds) % len(runs)
+            session, feeds = runs[i]
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times[i].append((time.perf_counter() - start) * 1e3)
+        rounds += 1
+    return [statistics.median(t) for t in times]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MachineSpeed:
+    """What `measure_machine` found: the figures of a DeviceProfile it fills."""
+
+    gflops_by_class: dict[str, float]
+    memory_gbps: float
+    run_overhead_ms: float
+    node_overhead_ms: float
+    small_node_overhead_ms: float
+
+
+def measure_machine(*, quick: bool = False, progress: ProgressCallback | None = None) -> MachineSpeed:
+    """Time every benchmark graph of the module docstring here, interleaved in one window,
+    and fit the launch cost and bandwidth to the reference network."""
+    from edgecut.profiles.calibration import REFERENCE_SIDES, fit_to_reference, reference_network
+
+    size = _QUICK if quick else _FULL
+    classes = _bench_models(size)
+    tiny = {"x": np.ones((1, 16), np.float32)}
+    reference = [reference_network(side) for side in ((32, 64) if quick else REFERENCE_SIDES)]
+    if progress:
+        progress("building the benchmark graphs", 0, 1)
+    runs = [(_session(m, optimise=c in ("conv", "gemm")), _feeds(m)) for c, m in classes.items()]
+    runs += [(_session(_overhead_models(n), optimise=False), tiny) for n in (1, LAUNCH_CHAIN)]
+    runs += [(_session(m, optimise=True), _feeds(m)) for m in reference]
+    if progress:
+        progress("timing the benchmark graphs, interleaved", 0, 1)
+    ms = _interleaved_ms(runs, 1.5 if quick else 12.0)
+    one, many = ms[len(classes)], ms[len(classes) + 1]
+    small_ms = max(0.0, (many - one) / (LAUNCH_CHAIN - 1))
+    run_ms = max(0.0, one - small_ms)
+    gflops: dict[str, float] = {}
+    memory_gbps = 0.0
+    for (op_class, model), t in zip(classes.items(), ms, strict=False):
+        seconds = max(t - len(model.graph.node) * small_ms, t / 2) / 1e3
+        flops, moved = _graph_cost(model)
+        gflops[op_class] = flops / seconds / 1e9
+        if op_class == "elementwise":
+            memory_gbps = moved / seconds / 1e9
+    stream = DeviceProfile(name="fit", cores=1, memory_mib=1, gflops_by_class=gflops,
+                           default_gflops=gflops["elementwise"], memory_gbps=memory_gbps,
+                           power=PowerModel(idle_w=0, compute_w=0, transmit_w=0, receive_w=0),
+                           run_overhead_ms=run_ms, small_node_overhead_ms=small_ms)
+    node_ms, fitted_gbps = fit_to_reference(stream, reference, ms[len(classes) + 2:])
+    return MachineSpeed(gflops_by_class=gflops, memory_gbps=fitted_gbps, run_overhead_ms=run_ms,
+                        node_overhead_ms=node_ms, small_node_overhead_ms=small_ms)
 
 
 def measure_class_throughput(*, quick: bool = False,
                              progress: ProgressCallback | None = None) -> tuple[dict[str, float], float]:
-    """({class: GFLOP/s}, memory GB/s) of this machine through onnxruntime's CPU provider."""
-    size = _QUICK if quick else _FULL
-    models = _bench_models(size)
-    gflops: dict[str, float] = {}
-    memory_gbps = 0.0
-    for i, (op_class, model) in enumerate(models.items()):
-        if progress:
-            progress(f"timing {op_class}", i, len(models))
-        session = _session(model, optimise=op_class in ("conv", "gemm"))
-        seconds = _time_runs(session, _feeds(model), size.seconds)
-        flops, moved = _graph_cost(model)
-        if op_class == "data":
-            memory_gbps = moved / seconds / 1e9
-        else:
-            gflops[op_class] = flops / seconds / 1e9
-    return gflops, memory_gbps
+    """({class: GFLOP/s}, effective memory GB/s) of this machine (`measure_machine`)."""
+    speed = measure_machine(quick=quick, progress=progress)
+    return speed.gflops_by_class, speed.memory_gbps
+
+
+def default_threads() -> int:
+    """The intra-op threads onnxruntime uses with default session options: one per physical
+    core (what a Predictor with `intra_op_threads = 0` gets)."""
+    return int(psutil.cpu_count(logical=False) or psutil.cpu_count() or 1)
 
 
 def _read_int(path: Path) -> int | None:
@@ -265,7 +338,8 @@ def profile_device(*, name: str, progress: ProgressCallback | None = None, quick
     def class_progress(text: str, done: int, _total: int) -> None:
         step(text, 1 + done)
 
-    gflops, memory_gbps = measure_class_throughput(quick=quick, progress=class_progress)
+    speed = measure_machine(quick=quick, progress=class_progress)
+    gflops, memory_gbps = speed.gflops_by_class, speed.memory_gbps
     step("measuring power", 8)
     measured = _rapl_power(quick) if idle_w is None or compute_w is None else None
     power_notes = "RAPL package power" if measured else "catalogue laptop defaults [approximate]"
@@ -289,6 +363,10 @@ def profile_device(*, name: str, progress: ProgressCallback | None = None, quick
         memory_gbps=memory_gbps,
         power=power,
         battery_wh=battery_wh if battery_wh is not None else _battery_wh(),
+        threads=default_threads(),
+        run_overhead_ms=speed.run_overhead_ms,
+        node_overhead_ms=speed.node_overhead_ms,
+        small_node_overhead_ms=speed.small_node_overhead_ms,
         source=(f"measured by edgecut profile_device{' (quick)' if quick else ''} on "
                 f"{platform.node() or 'this machine'} ({platform.machine()}), onnxruntime "
                 f"{ort.__version__} CPU, {when}; power: {power_notes}"),

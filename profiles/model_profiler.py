@@ -58,6 +58,7 @@ from edgecut.profiles.schema import DeviceProfile
 
 __all__ = [
     "ModelProfile",
+    "ProfilingSession",
     "attach_model_profile",
     "model_sha256",
     "node_names",
@@ -364,6 +365,63 @@ def profile_model(model_path: str | os.PathLike[str], *, input_shapes: InputShap
     )
 
 
+class ProfilingSession:
+    """A model in onnxruntime's profiler, run one call at a time by its caller (so that other
+    work can be interleaved with it), each run's per-node ms read back at the end.
+
+    Session options are a Predictor's (default threads, `optimization` level "all"), plus
+    profiling. Node keys are `node_names`; fused and unmatched time is attributed as in
+    `profile_model`, run by run.
+
+    Example:
+        >>> session = ProfilingSession(model, feeds)          # doctest: +SKIP
+        >>> for _ in range(5): session.run()                  # doctest: +SKIP
+        >>> tables, totals = session.finish()                 # doctest: +SKIP
+    """
+
+    def __init__(self, model: onnx.ModelProto, feeds: Mapping[str, np.ndarray],
+                 optimization: str = "all") -> None:
+        self._named = _named_copy(model)
+        self._shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+        self._tmp = tempfile.TemporaryDirectory(prefix="edgecut-profile-")
+        options = ort.SessionOptions()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(self._tmp.name) / "ort")
+        options.graph_optimization_level = _LEVELS[optimization]
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(self._named.SerializeToString(), options,
+                                             providers=["CPUExecutionProvider"])
+        inputs = {i.name for i in self._session.get_inputs()}
+        self._feeds = {k: v for k, v in feeds.items() if k in inputs}
+
+    def run(self) -> float:
+        """One run; returns its wall time in ms (profiling included)."""
+        import time
+
+        start = time.perf_counter()
+        self._session.run(None, self._feeds)
+        return (time.perf_counter() - start) * 1e3
+
+    def finish(self, skip: int = 0) -> tuple[list[dict[str, float]], list[float]]:
+        """(per-node ms of each run after the first `skip`, each run's `model_run` ms); ends
+        profiling and removes the trace."""
+        try:
+            trace = json.loads(Path(self._session.end_profiling()).read_text())
+        finally:
+            self._tmp.cleanup()
+        runs = sorted((e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"),
+                      key=lambda e: e["ts"])[skip:]
+        events = [e for e in trace
+                  if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")]
+        work = _work(self._named, self._shapes)
+        tables = []
+        for e in runs:
+            window = [(e["ts"], e["ts"] + e["dur"])]
+            inside = [x for x in events if window[0][0] <= x.get("ts", 0) <= window[0][1]]
+            tables.append(_attribute(inside, self._named.graph, window, work)[0])
+        return tables, [e["dur"] / 1e3 for e in runs]
+
+
 def attach_model_profile(device: DeviceProfile, profile: ModelProfile) -> DeviceProfile:
     """`device` with `profile`'s per-node table (what `edgecut profile --model` saves)."""
     return replace(device, per_node_ms=dict(profile.node_ms), per_node_model_sha256=profile.model_sha256)
@@ -387,5 +445,6 @@ def predict_for_device(model: onnx.ModelProto | str | os.PathLike[str], input_sh
         measured = device.per_node_ms
     costs = estimate_costs(loaded, input_shapes)
     return {name: measured[name] if name in measured
-            else estimate_node_ms(cost.op_class, cost.flops, cost.bytes_moved, device)  # type: ignore[attr-defined]
+            else estimate_node_ms(cost.op_class, cost.flops, cost.bytes_moved, device,  # type: ignore[attr-defined]
+                                  cost.kernels, cost.small_kernels)  # type: ignore[attr-defined]
             for name, cost in costs.items()}

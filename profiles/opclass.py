@@ -46,6 +46,7 @@ from onnx import helper
 from edgecut.profiles.schema import DeviceProfile
 
 __all__ = [
+    "SMALL_KERNEL_BYTES",
     "NodeCost",
     "classify_node",
     "estimate_node_ms",
@@ -87,12 +88,22 @@ _DATA = {"Transpose", "Concat", "Split", "Slice", "Gather", "GatherElements", "G
 _CONTROL = {"If", "Loop", "Scan"}
 
 
+SMALL_KERNEL_BYTES = 32 * 1024
+"""A kernel moving less than this runs on the calling thread: onnxruntime does not split it
+over its thread pool, so it costs a device's `small_node_overhead_ms`, not `node_overhead_ms`."""
+
+
 class NodeCost(NamedTuple):
-    """What one node costs: its operator class, FLOPs and bytes read plus written."""
+    """What one node costs: its operator class, FLOPs, bytes read plus written, and the
+    kernels onnxruntime launches for it: `kernels` moving at least `SMALL_KERNEL_BYTES`,
+    `small_kernels` moving less (a node is one kernel, a Constant none, If/Loop/Scan one plus
+    their body's kernels per iteration)."""
 
     op_class: str
     flops: int
     bytes_moved: int
+    kernels: int = 1
+    small_kernels: int = 0
 
 
 def op_class_of(op_type: str) -> str:
@@ -191,7 +202,8 @@ def _subgraph_cost(graph: onnx.GraphProto, shapes: Mapping[str, Shape],
     costs = [classify_node(n, shapes, itemsizes=itemsizes, constants=constants) for n in graph.node]
     if not any(any(o in shapes for o in n.output) for n in graph.node) and graph.node:
         return None
-    return NodeCost("other", sum(c.flops for c in costs), sum(c.bytes_moved for c in costs))
+    return NodeCost("other", sum(c.flops for c in costs), sum(c.bytes_moved for c in costs),
+                    sum(c.kernels for c in costs), sum(c.small_kernels for c in costs))
 
 
 def _control_cost(node: onnx.NodeProto, shapes: Mapping[str, Shape], itemsizes: Mapping[str, int],
@@ -202,7 +214,8 @@ def _control_cost(node: onnx.NodeProto, shapes: Mapping[str, Shape], itemsizes: 
         return None
     if node.op_type == "If":
         worst = max(costs.values(), key=lambda c: (c.flops, c.bytes_moved))  # type: ignore[union-attr]
-        return NodeCost("other", worst.flops, worst.bytes_moved)  # type: ignore[union-attr]
+        return NodeCost("other", worst.flops, worst.bytes_moved, worst.kernels,  # type: ignore[union-attr]
+                        1 + worst.small_kernels)  # type: ignore[union-attr]
     body = costs.get("body")
     if body is None:
         return None
@@ -220,7 +233,8 @@ def _control_cost(node: onnx.NodeProto, shapes: Mapping[str, Shape], itemsizes: 
         dims = _dims(shapes.get(first))
         if dims:
             trips = dims[int(axes[0]) % len(dims)]  # type: ignore[index]
-    return NodeCost("other", body.flops * trips, body.bytes_moved * trips)
+    return NodeCost("other", body.flops * trips, body.bytes_moved * trips, body.kernels * trips,
+                    1 + body.small_kernels * trips)
 
 
 def classify_node(node: onnx.NodeProto, shapes: Mapping[str, Shape], *,
@@ -248,8 +262,9 @@ def classify_node(node: onnx.NodeProto, shapes: Mapping[str, Shape], *,
     if op in _CONTROL:
         cost = _control_cost(node, shapes, itemsizes, constants)
         return cost if cost is not None else NodeCost("other", out_elems, moved)
+    small = moved < SMALL_KERNEL_BYTES
     if op in _VIEW:
-        return NodeCost("data", 0, 0)
+        return NodeCost("data", 0, 0, 0, 0 if op == "Constant" else 1)
     if op_class == "conv":
         flops = _conv_flops(node, shapes, transpose=op in _CONV_TRANSPOSE)
     elif op_class == "gemm":
@@ -270,14 +285,17 @@ def classify_node(node: onnx.NodeProto, shapes: Mapping[str, Shape], *,
         flops = 0
     else:
         flops = out_elems
-    return NodeCost(op_class, int(flops), int(moved))
+    return NodeCost(op_class, int(flops), int(moved), 0 if small else 1, 1 if small else 0)
 
 
-def estimate_node_ms(op_class: str, flops: float, bytes_moved: float, device: DeviceProfile) -> float:
-    """Roofline time of one node on `device`, in milliseconds.
+def estimate_node_ms(op_class: str, flops: float, bytes_moved: float, device: DeviceProfile,
+                     kernels: int = 0, small_kernels: int = 0) -> float:
+    """Roofline time of one node on `device`, in milliseconds, plus its launch cost.
 
     max(flops / class GFLOP/s, bytes / memory GB/s): a node is either compute- or memory-bound.
-    "data" nodes are timed by their bytes alone (their FLOPs are 0).
+    "data" nodes are timed by their bytes alone (their FLOPs are 0). Each of its `kernels`
+    adds the device's `node_overhead_ms`, each of its `small_kernels` the device's
+    `small_node_overhead_ms` (`NodeCost`; both 0 where not measured).
 
     Example:
         >>> from edgecut.profiles import load_device
@@ -287,7 +305,8 @@ def estimate_node_ms(op_class: str, flops: float, bytes_moved: float, device: De
     """
     compute_s = flops / (device.gflops_for(op_class) * 1e9) if flops else 0.0
     memory_s = bytes_moved / (device.memory_gbps * 1e9) if bytes_moved else 0.0
-    return max(compute_s, memory_s) * 1e3
+    return (max(compute_s, memory_s) * 1e3 + kernels * device.node_overhead_ms
+            + small_kernels * device.small_node_overhead_ms)
 
 
 def graph_shapes(model: onnx.ModelProto) -> tuple[dict[str, tuple[object, ...]], dict[str, int]]:

@@ -191,6 +191,10 @@ DEVICE_FIELDS = (
     FieldSpec("default_gflops", "number", ">0"),
     FieldSpec("memory_gbps", "number", ">0"),
     FieldSpec("battery_wh", "number", ">0", required=False),
+    FieldSpec("threads", "int", ">=1", required=False),
+    FieldSpec("run_overhead_ms", "number", ">=0", required=False),
+    FieldSpec("node_overhead_ms", "number", ">=0", required=False),
+    FieldSpec("small_node_overhead_ms", "number", ">=0", required=False),
     FieldSpec("per_node_model_sha256", "str", required=False),
     FieldSpec("source", "str", required=False),
 )
@@ -221,6 +225,13 @@ class DeviceProfile:
     Data movement ("data" ops, and the memory-bound side of every op) uses `memory_gbps`.
     `per_node_ms` optionally holds a measured per-node table for one model (keyed by node
     name), valid only for the model whose sha256 is `per_node_model_sha256`.
+    `threads` is the number of onnxruntime intra-op threads the figures were measured with
+    (None: not recorded; `profile_device` records onnxruntime's default, a Predictor's);
+    predictions are for that many threads. `run_overhead_ms` is the fixed cost of one
+    session run (paid once per head), `node_overhead_ms` the fixed cost of launching one
+    kernel (paid per node, per body node of If/Loop/Scan), `small_node_overhead_ms` that of
+    a kernel too small for the thread pool (`opclass.SMALL_KERNEL_BYTES`); 0 where not
+    measured.
     Treat the dict fields as read-only.
 
     Example:
@@ -240,6 +251,10 @@ class DeviceProfile:
     per_node_model_sha256: str | None = None
     battery_wh: float | None = None
     source: str = ""
+    threads: int | None = None
+    run_overhead_ms: float = 0.0
+    node_overhead_ms: float = 0.0
+    small_node_overhead_ms: float = 0.0
 
     def __post_init__(self) -> None:
         values = {f: getattr(self, f) for f in self.__slots__}
@@ -406,6 +421,9 @@ class CloudProfile:
             default_gflops=reference.default_gflops * k,
             memory_gbps=reference.memory_gbps * k,
             per_node_ms={n: ms / k for n, ms in reference.per_node_ms.items()},
+            run_overhead_ms=reference.run_overhead_ms / k,
+            node_overhead_ms=reference.node_overhead_ms / k,
+            small_node_overhead_ms=reference.small_node_overhead_ms / k,
             source=f"{reference.name} x {k:g}",
         )
 
