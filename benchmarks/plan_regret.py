@@ -15,14 +15,20 @@ The machine is split in two (DESIGN.md, "Testing on one machine, for real"):
 
 For each model, device speed and link:
 
-1. PREDICT every candidate cut's latency and device energy with edgecut's own pieces only:
-   `profile_model` run inside the limited device process (per-node times at that speed) and in
-   a process on the cloud's core, `profile_device` (power model), `costgraph_from_model`,
-   `estimate_cut` on the cut's prefix, `best_cut` and `lower_envelope` for the search. The link
-   enters as its configured rate and round trip plus the measured cost of one empty gRPC call
-   through the proxy (`ServerLive`, a network probe, not a split run): `cloud_queue_ms`.
-   No measured split latency is ever fed back into a prediction ("model-only" figures; there
-   is no planner correction step to report yet).
+1. PREDICT with the planner itself (`plan_model`), scoring what it writes: the device profile
+   is `profile_device`'s (power model, launch costs) with the per-node table `profile_model`
+   measured inside the limited device process (its run overhead scaled by the CPU fraction),
+   the cloud a profile whose per-node table was measured in a process on the cloud's core,
+   the link its configured rate and round trip, and `cloud_queue_ms` the measured cost of one
+   empty gRPC call through the proxy (`ServerLive`, a network probe, not a split run). The
+   planner's measured correction (`edgecut.partitioner.correction`: anchor heads and tails
+   timed on this machine) is measured once per model, in the main process, and given to every
+   `plan_model` call of that model. The predicted latency and energy of each cut are the
+   planner's corrected candidates costed with the link as measured (codec raw: the runs send
+   raw tensors), the chosen cut is `choose` over all of the planner's candidates (down-sets
+   included: a down-set the planner chooses is added to the plan and measured too). No
+   measured split latency is fed back into a prediction. The exact search's and the scan's
+   answers on the model-only cost graph are reported next to it (`search`).
 2. MEASURE it: a plan with those cuts is written (`write_plan`, every head/tail verified),
    deployed, served; the device worker runs `Predictor` split runs of each cut (cut 0 =
    cloud-only: the input goes up; the last cut = edge-only: nothing goes up), warm-up then
@@ -136,6 +142,40 @@ def _envelope_cuts(graph: Any, cuts: list[Any], params: Any) -> list[int]:
     return [s.cut for s in env]
 
 
+def _correction(bench: Any, device: Any, cloud: Any) -> tuple[Any, dict[str, Any]]:
+    """The planner's measured correction of this model, timed once in this process."""
+    from edgecut.partitioner.correction import Correction
+    from edgecut.partitioner.planner import plan_model
+    from edgecut.profiles import NetworkProfile
+
+    link = NetworkProfile(name="any", uplink_mbps=10.0, downlink_mbps=10.0, rtt_ms=20.0)
+    planned = plan_model(bench.path, device=device, network=link, cloud=cloud,
+                         input_shapes=bench.shapes, measure=True, measure_budget_s=20.0)
+    m = planned.measurement or {}
+    correction = Correction(device_points=tuple(tuple(p) for p in m.get("device_points", [])),
+                            cloud_points=tuple(tuple(p) for p in m.get("cloud_points", [])))
+    return correction, {k: m.get(k) for k in ("rounds", "device_points", "cloud_points",
+                                                  "seconds", "complete")}
+
+
+def _planned(bench: Any, device: Any, cloud: Any, correction: Any, mbps: float, rtt: float,
+             call_ms: float) -> Any:
+    from edgecut.partitioner.planner import plan_model
+    from edgecut.profiles import NetworkProfile
+
+    link = NetworkProfile(name=f"{mbps:g}M/{rtt:g}ms", uplink_mbps=mbps, downlink_mbps=mbps,
+                          rtt_ms=rtt)
+    return plan_model(bench.path, device=device, network=link,
+                      cloud=dataclasses.replace(cloud, queue_ms=max(0.0, call_ms)),
+                      input_shapes=bench.shapes, measure=False, correction=correction)
+
+
+def _planner_choice(planned: Any, params: Any, objective: str) -> Any:
+    from edgecut.partitioner.planner import choose
+
+    return choose(planned.candidates, params, objective)
+
+
 def _search(graph: Any, cuts: list[Any], params: Any) -> dict[str, Any]:
     """What edgecut's search picks: the exact DAG min-cut, and the scan over prefixes."""
     from edgecut.partitioner.search import best_cut
@@ -192,16 +232,22 @@ def _measure_link(worker: Worker, plan_dir: Path, tls: Path, proxy_port: int, or
 
 def _row(model: str, speed: float, mbps: float, rtt: float, cuts: list[int], pred: dict[int, Any],
          runs: dict[int, list[dict[str, float]]], device: Any, search: dict[str, Any],
-         call_ms: float) -> dict[str, Any]:
+         call_ms: float, planner: dict[str, int | None] | None = None,
+         edge_cut: int | None = None) -> dict[str, Any]:
     lat = {c: median([r["total_ms"] for r in runs[c]]) for c in cuts}
     energy = {c: median([_energy_j(r, device, mbps) for r in runs[c]]) for c in cuts}
     pred_lat = {c: pred[c].latency_ms for c in cuts}
     pred_energy = {c: pred[c].energy_j for c in cuts}
-    chosen = min(cuts, key=lambda c: (pred_lat[c], pred_energy[c]))
-    chosen_e = min(cuts, key=lambda c: (pred_energy[c], pred_lat[c]))
+    # the planner's choice where it was measured, else the best predicted of the measured cuts
+    chosen = (planner or {}).get("latency")
+    if chosen is None:
+        chosen = min(cuts, key=lambda c: (pred_lat[c], pred_energy[c]))
+    chosen_e = (planner or {}).get("energy")
+    if chosen_e is None:
+        chosen_e = min(cuts, key=lambda c: (pred_energy[c], pred_lat[c]))
     best = min(cuts, key=lambda c: lat[c])
     best_e = min(cuts, key=lambda c: energy[c])
-    edge, cloud = cuts[-1], cuts[0]
+    edge, cloud = (cuts[-1] if edge_cut is None else edge_cut), cuts[0]
     rho = spearman([pred_lat[c] for c in cuts], [lat[c] for c in cuts])
     rho_e = spearman([pred_energy[c] for c in cuts], [energy[c] for c in cuts])
     errors = [abs(pred_lat[c] - lat[c]) / lat[c] for c in cuts]
@@ -239,7 +285,9 @@ def run_model(name: str, *, args: argparse.Namespace, speeds: list[float],
               device: Any, work: Path, tls: Path,
               on_row: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     from edgecut.deploy import deploy_plan
-    from edgecut.partitioner import list_cuts, load_model, write_plan
+    from edgecut.partitioner import cut_from_device_set, list_cuts, load_model, write_plan
+    from edgecut.profiles import CloudProfile
+    from edgecut.profiles.model_profiler import model_sha256
 
     folder = work / name
     folder.mkdir()
@@ -250,28 +298,48 @@ def run_model(name: str, *, args: argparse.Namespace, speeds: list[float],
     model = load_model(bench.path)
     cuts = list_cuts(model, bench.shapes)
     shapes = {k: list(v) for k, v in bench.shapes.items()}
+    sha = model_sha256(bench.path)
     _log(f"{name}: {len(cuts)} candidate cuts; profiling the cloud (core 1)")
     with Worker(lambda a: link.cloud_exec() + pinned(a, 1)) as cloud_w:
         cloud_ms = _profile(cloud_w, bench.path, shapes)
-    graphs = {}
+    cloud = CloudProfile(name="bench-cloud", device=dataclasses.replace(
+        device, name="bench-cloud", per_node_ms=cloud_ms, per_node_model_sha256=sha))
+    graphs, devices = {}, {}
     for speed in speeds:
         cpu.set_fraction(speed)
         _log(f"{name}: profiling the device at {speed:.0%} of a core")
-        graphs[speed] = _graph(bench, model, device, _profile(device_w, bench.path, shapes), cloud_ms)
-    # Cuts to measure: all, or a documented subset chosen from predictions only.
+        table = _profile(device_w, bench.path, shapes)
+        graphs[speed] = _graph(bench, model, device, table, cloud_ms)
+        devices[speed] = dataclasses.replace(
+            device, per_node_ms=table, per_node_model_sha256=sha,
+            run_overhead_ms=device.run_overhead_ms / speed)
+    _log(f"{name}: measuring the planner's correction on this machine")
+    correction, correction_record = _correction(bench, devices[1.0] if 1.0 in devices
+                                                else devices[speeds[0]], cloud)
+    # Cuts to measure: all, or a documented subset chosen from predictions only, plus every
+    # down-set the planner would choose (with the probe's cost guessed at 1 ms).
     must: set[int] = set()
+    downsets: dict[frozenset[int], int] = {}
     for speed in speeds:
         for mbps, rtt in links:
-            params = _params(device, mbps, rtt, 0.0)
-            pred = _predict(graphs[speed], cuts, params)
-            must.add(min(pred, key=lambda c: pred[c].latency_ms))
-            must.add(min(pred, key=lambda c: pred[c].energy_j))
+            params = _params(device, mbps, rtt, 1.0)
+            planned = _planned(bench, devices[speed], cloud, correction, mbps, rtt, 1.0)
+            for objective in ("latency", "energy"):
+                c = _planner_choice(planned, params, objective)
+                if c.kind == "prefix":
+                    must.add(c.id)
+                else:
+                    indices = frozenset(planned.cuts[c.id].device_node_indices)
+                    downsets.setdefault(indices, len(cuts) + len(downsets))
         must |= set(_envelope_cuts(graphs[speed], cuts, _params(device, 10.0, 20.0, 0.0)))
     ids = _subset(cuts, must, args.max_cuts)
-    measured_cuts = [c for c in cuts if c.id in ids]
-    _log(f"{name}: writing and verifying a plan with {len(ids)} cuts")
+    extra = [cut_from_device_set(model, sorted(indices), bench.shapes, cut_id=cut_id)
+             for indices, cut_id in downsets.items()]
+    measured_ids = ids + [c.id for c in extra]
+    _log(f"{name}: writing and verifying a plan with {len(ids)} cuts and {len(extra)} down-sets")
     plan_dir, repo = folder / "plan", folder / "repo"
-    write_plan(bench.path, plan_dir, cut_ids=ids, input_shapes=bench.shapes, name=name)
+    write_plan(bench.path, plan_dir, cut_ids=ids, input_shapes=bench.shapes, name=name,
+               extra_cuts=extra)
     deploy_plan(plan_dir, repo)
     rows = []
     with Endpoint(lambda a: link.cloud_exec() + pinned(a, 1), repository=repo,
@@ -286,16 +354,32 @@ def run_model(name: str, *, args: argparse.Namespace, speeds: list[float],
                                           tls_dir=str(tls), rounds=15)["rtt_ms"]
                     call_ms = median(probe) - rtt
                     params = _params(device, mbps, rtt, call_ms)
-                    pred = _predict(graphs[speed], measured_cuts, params)
+                    planned = _planned(bench, devices[speed], cloud, correction, mbps, rtt, call_ms)
+                    extra_sets = {c.id: frozenset(c.device_node_indices) for c in extra}
+                    candidate = {}
+                    for cut_id in measured_ids:
+                        if cut_id in extra_sets:
+                            candidate[cut_id] = next(
+                                (c for c in planned.candidates if c.kind == "downset"
+                                 and frozenset(planned.cuts[c.id].device_node_indices)
+                                 == extra_sets[cut_id]), None)
+                        else:
+                            candidate[cut_id] = planned.candidate(cut_id)
+                    pred = {i: c.cost(params) for i, c in candidate.items() if c is not None}
+                    chosen = {}
+                    for objective in ("latency", "energy"):
+                        c = _planner_choice(planned, params, objective)
+                        found = [i for i, k in candidate.items() if k is not None and k.id == c.id]
+                        chosen[objective] = found[0] if found else None
                     search = _search(graphs[speed], cuts, params)
-                    every = _predict(graphs[speed], cuts, params)
-                    search["best_of_all_cuts"] = min(every, key=lambda c: every[c].latency_ms)
-                    search["best_of_all_cuts_measured"] = search["best_of_all_cuts"] in ids
-                    order = sorted(ids, key=lambda c: pred[c].latency_ms)
+                    search["planner_chosen_measured"] = chosen["latency"] is not None
+                    order = sorted(pred, key=lambda c: pred[c].latency_ms)
                     started = time.monotonic()
                     runs = _measure_link(device_w, plan_dir, tls, proxy.port, order,
                                          args.budget_s)
-                row = _row(name, speed, mbps, rtt, ids, pred, runs, device, search, call_ms)
+                row = _row(name, speed, mbps, rtt, sorted(pred), pred, runs, device, search,
+                           call_ms, chosen, edge_cut=len(cuts) - 1)
+                row["correction"] = correction_record
                 _log(f"{name} @{speed:.0%} {mbps:g} Mbit/s {rtt:g} ms: regret {row['regret']:.3f}, "
                      f"rho {row['spearman'] if row['spearman'] is None else round(row['spearman'], 3)}, "
                      f"chose {row['predicted_best']} best {row['measured_best']} "
@@ -320,7 +404,8 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "speedup_vs_edge_median": median(values("speedup_vs_edge")),
         "speedup_vs_cloud_median": median(values("speedup_vs_cloud")),
         "goals": {"regret_median": 1.03, "regret_worst": 1.10, "spearman_median": 0.9},
-        "figures": "model-only (no measured split latency feeds a prediction)",
+        "figures": ("the planner's corrected predictions (plan_model with its measured "
+                    "correction); no measured split latency feeds a prediction"),
     }
 
 

@@ -56,6 +56,7 @@ import numpy as np
 import onnx
 
 from edgecut.errors import NoFeasibleCutError, UserInputError
+from edgecut.partitioner.correction import Correction
 from edgecut.partitioner.cost import (
     OBJECTIVES,
     Constraints,
@@ -84,6 +85,7 @@ __all__ = [
     "SHUFFLE_ZSTD_RATIO",
     "Candidate",
     "Planned",
+    "add_run_overheads",
     "candidates_from_graph",
     "choose",
     "cost_parameters",
@@ -138,7 +140,8 @@ class Candidate:
     """One costed cut. Totals are what the cost model sums; `cost` is at the plan's network.
 
     `device_ratio`/`cloud_ratio` are the measured corrections applied to the model's
-    `model_device_ms`/`model_cloud_ms` (1.0 when not measured).
+    `model_device_ms`/`model_cloud_ms` (1.0 when not measured); `measured` says the plan's
+    measurement set them (timed for its anchor cuts, interpolated for the others).
     """
 
     id: int
@@ -219,6 +222,21 @@ def candidates_from_graph(
         out.append(candidate)
         next_id += 1
     return out
+
+
+def add_run_overheads(candidates: Sequence[Candidate], device_run_ms: float,
+                      cloud_run_ms: float) -> list[Candidate]:
+    """Candidates with one session run's fixed cost added: `device_run_ms` to every cut that
+    runs a head, `cloud_run_ms` to every cut that runs a tail (a profile's `run_overhead_ms`).
+
+    The search costs nodes only; the charge is the same for every cut with a head (or a
+    tail), so it changes only how those compare with cloud-only (or device-only), which
+    `choose` sees among the candidates.
+    """
+    return [dataclasses.replace(
+        c, model_device_ms=c.model_device_ms + (device_run_ms if c.device_nodes else 0.0),
+        model_cloud_ms=c.model_cloud_ms + (cloud_run_ms if c.uses_cloud else 0.0))
+        for c in candidates]
 
 
 def choose(candidates: Sequence[Candidate], params: CostParameters, objective: str,
@@ -365,7 +383,8 @@ def node_times(model: onnx.ModelProto, model_path: str | os.PathLike[str],
                 table[name] = float(measured[name])
             else:
                 cost = costs[name]
-                table[name] = estimate_node_ms(cost.op_class, cost.flops, cost.bytes_moved, device)  # type: ignore[attr-defined]
+                table[name] = estimate_node_ms(cost.op_class, cost.flops, cost.bytes_moved,  # type: ignore[attr-defined]
+                                               device, cost.kernels, cost.small_kernels)  # type: ignore[attr-defined]
         tables.append(table)
     return tables
 
@@ -386,14 +405,17 @@ def plan_model(
     progress: Progress | None = None,
     clock: Callable[[], float] | None = None,
     input_values: Mapping[str, np.ndarray] | None = None,
+    correction: Correction | None = None,
 ) -> Planned:
     """Cost every candidate cut of the model and choose one (see the module docstring).
 
     `cloud_reference` is the device a `speedup` cloud is relative to (default: `device`).
     `input_values` are sample inputs (`--input`): their shapes fix symbolic dims, and every
     run of the model (open shapes, measuring, verifying the written cuts) uses them.
-    With `measure`, the heads and tails of the envelope cuts and the chosen one are timed on
-    this machine and their predictions corrected (`edgecut.partitioner.correction`).
+    With `measure`, anchor heads and tails (chosen from predictions, the same whatever the
+    network) are timed on this machine and every candidate's prediction corrected
+    (`edgecut.partitioner.correction`); a `correction` measured before is applied instead
+    of measuring again (the simulator and benchmarks plan many networks for one model).
     """
     import time
 
@@ -412,8 +434,10 @@ def plan_model(
     graph = costgraph_from_model(model, shapes, device_ms, cloud_ms, pinned_inputs=pinned_inputs,
                                  tensors=tensors)
     params = cost_parameters(device, network, cloud)
-    candidates = candidates_from_graph(graph, params, [(c.id, c.position) for c in cuts],
-                                       objective=objective, constraints=constraints)
+    candidates = add_run_overheads(
+        candidates_from_graph(graph, params, [(c.id, c.position) for c in cuts],
+                              objective=objective, constraints=constraints),
+        device.run_overhead_ms, cloud_device.run_overhead_ms)
     model_chosen = choose(candidates, params, objective, constraints)
     model_envelope = plan_envelope(candidates, device, network, cloud, constraints)
 
@@ -426,16 +450,27 @@ def plan_model(
     planning_s = now() - start
 
     chosen, envelope, measurement = model_chosen, model_envelope, None
-    if measure:
-        from edgecut.partitioner.correction import correct_candidates
+    if measure or correction is not None:
+        from edgecut.partitioner.correction import apply_correction, measure_correction
 
-        candidates, measurement = correct_candidates(
-            model, path, shapes, info, graph, candidates, by_id,
-            lambda cs: {s.cut for s in plan_envelope(cs, device, network, cloud, constraints)}
-            | {choose(cs, params, objective, constraints).id},
-            budget_s=measure_budget_s, progress=progress, clock=now)
+        record: dict[str, Any] = {}
+        if correction is None:
+            from edgecut.partitioner.shapes import sample_inputs
+
+            feeds = sample_inputs(model, shapes, values=input_values)
+            correction, record = measure_correction(
+                model, info, graph, candidates, by_id, feeds, budget_s=measure_budget_s,
+                progress=progress, clock=now)
+        else:
+            record = {"method": "a correction given to plan_model (measured before)"}
+        model_candidates = candidates
+        candidates = apply_correction(candidates, correction)
         chosen = choose(candidates, params, objective, constraints)
         envelope = plan_envelope(candidates, device, network, cloud, constraints)
+        measurement = {**record, "device_points": [list(p) for p in correction.device_points],
+                       "cloud_points": [list(p) for p in correction.cloud_points],
+                       "effect": _effect(model_candidates, candidates, model_chosen, chosen,
+                                         params, objective)}
 
     profiles = {
         "device": {"name": device.name, "sha256": profile_digest(device),
@@ -451,6 +486,26 @@ def plan_model(
         profiles=profiles, measurement=measurement, planning_s=planning_s,
         plot_inputs={"device": device, "network": network, "cloud": cloud},
         input_values=dict(input_values or {}))
+
+
+def _effect(before: Sequence[Candidate], after: Sequence[Candidate], model_chosen: Candidate,
+            chosen: Candidate, params: CostParameters, objective: str) -> dict[str, Any]:
+    """How much the correction moved the plan: the choice, and the predictions it scaled."""
+    def key(c: Candidate) -> float:
+        return objective_key(c.cost(params), objective)
+
+    device_only = max(after, key=lambda c: (c.device_nodes, -c.id))
+    ratios = [c.device_ratio for c in after if c.device_nodes] or [1.0]
+    clouds = [c.cloud_ratio for c in after if c.uses_cloud] or [1.0]
+    return {
+        "chosen_before": model_chosen.id, "chosen_after": chosen.id,
+        "objective_before": key(next(c for c in before if c.id == model_chosen.id)),
+        "objective_after": key(chosen),
+        "device_only_ms_before": device_only.model_device_ms,
+        "device_only_ms_after": device_only.model_device_ms * device_only.device_ratio,
+        "device_ratio_range": [min(ratios), max(ratios)],
+        "cloud_ratio_range": [min(clouds), max(clouds)],
+    }
 
 
 def _file_sha(path: Path) -> str:
@@ -492,6 +547,8 @@ def write_planned(planned: Planned, out_dir: str | os.PathLike[str], *,
                       "switch_to_raw_mbps": RAW_ABOVE_MBPS},
             "candidates": len(planned.candidates),
             "measured": planned.measurement is not None,
+            # predictions are for the onnxruntime threads the device profile was measured with
+            "device_threads": planned.plot_inputs["device"].threads,
         },
         "profiles": dict(planned.profiles),
         "measurement": planned.measurement,

@@ -81,3 +81,27 @@ def test_profile_model_output(model, tmp_path):
     doc = json.loads(out.read_text())
     assert doc["this_machine"]["node_ms"] and doc["this_machine"]["peak_memory_mib"] >= 0
     assert set(doc["predicted"]["node_ms"]) == set(doc["this_machine"]["node_ms"])
+
+
+def test_the_same_plan_command_twice(model, tmp_path):
+    """--no-measure: byte-identical. Measured: the same anchors, and every ratio within the
+    correction's limits (no timing is asserted: the machine is shared and noisy)."""
+    common = ["plan", str(model), "--device", "raspberry-pi-4", "--network", "lte"]
+    for name in ("a", "b"):
+        assert main([*common, "--no-measure", "--out", str(tmp_path / name)]) == 0
+    assert (tmp_path / "a" / "plan.json").read_bytes() == (tmp_path / "b" / "plan.json").read_bytes()
+    plans = []
+    for name in ("m1", "m2"):
+        assert main([*common, "--measure-budget-s", "2", "--out", str(tmp_path / name)]) == 0
+        plans.append(json.loads((tmp_path / name / "plan.json").read_text()))
+    anchors = [[a["cut"] for a in p["measurement"]["anchors"]] for p in plans]
+    assert anchors[0] == anchors[1]
+    unmeasured = json.loads((tmp_path / "a" / "plan.json").read_text())
+    last = max(c["id"] for c in unmeasured["cuts"])
+    for plan in plans:
+        assert plan["measurement"]["device_points"][-1] == [1.0, 1.0]
+        for cut in plan["cuts"]:
+            ratio = cut["predicted"]["device_ratio"]
+            assert 0.5 <= ratio <= 2.0
+            if cut["id"] == last:  # the device-only cut keeps the profile's prediction
+                assert cut["predicted"]["corrected"]["device_ms"] == cut["predicted"]["model"]["device_ms"]

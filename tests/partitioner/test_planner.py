@@ -16,6 +16,7 @@ from onnx import TensorProto, helper
 
 from edgecut.edge.plan import load_plan
 from edgecut.partitioner import analyse_graph, cut_from_device_set, split_model, verify_split
+from edgecut.partitioner.correction import MAX_RATIO, Correction, anchor_cuts
 from edgecut.partitioner.cost import objective_key
 from edgecut.partitioner.planner import cost_parameters, plan_model, write_planned
 from edgecut.partitioner.shapes import sample_inputs
@@ -146,13 +147,67 @@ def test_measured_correction_records_both_predictions(fpn_path, tmp_path):
                          cloud=load_cloud(), measure=True, measure_budget_s=10,
                          progress=lambda *a: seen.append(a))
     assert seen and planned.measurement is not None
-    assert planned.measurement["cuts"]
+    record = planned.measurement
+    assert record["anchors"] and record["rounds"] >= 1 and record["empty_run_ms"] > 0
+    assert record["device_points"][-1][0] == 1.0  # the whole model is always an anchor
+    for anchor in record["anchors"]:
+        for part in ("head", "tail"):
+            if part in anchor:
+                assert 1 / MAX_RATIO <= anchor[part]["ratio"] <= MAX_RATIO
+                shrunk = anchor[part]["ratio_measured"] ** anchor[part]["trust"]
+                assert 0 <= anchor[part]["trust"] <= 1
+                assert anchor[part]["limited"] == (anchor[part]["ratio"] != shrunk)
+    assert set(record["effect"]) >= {"chosen_before", "chosen_after", "device_only_ms_after"}
     plan = write_planned(planned, tmp_path / "plan")
     measured = [c for c in plan["cuts"] if c["predicted"]["corrected"] is not None]
-    assert measured
+    assert len(measured) == len(plan["cuts"])  # every cut is corrected, not only the timed ones
     for c in measured:
-        assert c["predicted"]["device_ratio"] > 0 and c["predicted"]["cloud_ratio"] > 0
+        assert 1 / MAX_RATIO <= c["predicted"]["device_ratio"] <= MAX_RATIO
+        assert 1 / MAX_RATIO <= c["predicted"]["cloud_ratio"] <= MAX_RATIO
     assert plan["planner"]["measured"] is True
+    assert plan["measurement"]["anchors"] == record["anchors"]
+
+
+def test_a_cuts_corrected_device_time_never_depends_on_the_network(fpn_path):
+    correction = Correction(device_points=((0.3, 1.8), (0.6, 1.2), (1.0, 0.9)),
+                            cloud_points=((0.5, 1.5), (1.0, 1.1)))
+    by_network = {}
+    for link in ("up=1,down=2,rtt=80", "up=10,down=20,rtt=20", "up=900,down=900,rtt=1"):
+        planned = plan_model(fpn_path, device=_slow(0.01), network=load_network(link),
+                             cloud=load_cloud(), correction=correction)
+        by_network[link] = {c.device_set: (c.model_device_ms * c.device_ratio,
+                                           c.model_cloud_ms * c.cloud_ratio)
+                            for c in planned.candidates}
+    first, *others = by_network.values()
+    for other in others:
+        for device_set in set(first) & set(other):
+            assert first[device_set] == other[device_set]
+
+
+def test_anchors_are_chosen_from_predictions_alone(fpn_path):
+    anchors = []
+    for link in ("up=1,down=2,rtt=80", "up=900,down=900,rtt=1"):
+        planned = plan_model(fpn_path, device=_slow(0.01), network=load_network(link),
+                             cloud=load_cloud(), measure=False)
+        anchors.append([c.device_set for c in anchor_cuts(planned.candidates)])
+    assert anchors[0] == anchors[1] and len(anchors[0]) >= 3
+    assert len(anchors[0][-1]) == max(c.device_nodes for c in planned.candidates)  # whole model
+
+
+def test_correction_interpolates_between_anchors():
+    c = Correction(device_points=((0.25, 2.0), (0.5, 1.0), (1.0, 0.5)), cloud_points=())
+    assert c.device_ratio(0.0) == 2.0 and c.device_ratio(0.375) == 1.5
+    assert c.device_ratio(0.75) == 0.75 and c.device_ratio(2.0) == 0.5
+    assert c.cloud_ratio(0.3) == 1.0
+
+
+def test_the_same_plan_twice_with_a_given_correction_is_byte_identical(fpn_path, tmp_path):
+    correction = Correction(device_points=((0.5, 1.3), (1.0, 0.8)), cloud_points=((1.0, 1.2),))
+    args = dict(device=_slow(0.01), network=load_network("lte"), cloud=load_cloud(),
+                correction=correction)
+    write_planned(plan_model(fpn_path, **args), tmp_path / "a")
+    write_planned(plan_model(fpn_path, **args), tmp_path / "b")
+    assert (tmp_path / "a" / "plan.json").read_bytes() == (tmp_path / "b" / "plan.json").read_bytes()
 
 
 def _chain_model(n: int) -> onnx.ModelProto:
