@@ -21,10 +21,12 @@ from typing import Literal
 from edgecut.errors import BadProfileError
 from edgecut.protocol.codecs import CODECS
 
-__all__ = ["CODEC_CHOICES", "FALLBACKS", "MODES", "Config", "Fallback", "Mode"]
+__all__ = ["CASCADE_MEASURES", "CODEC_CHOICES", "FALLBACKS", "MODES", "Config", "Fallback", "Mode"]
 
-Mode = Literal["split", "offload", "local", "adaptive"]
-MODES: tuple[str, ...] = ("split", "offload", "local", "adaptive")
+Mode = Literal["split", "offload", "local", "adaptive", "cascade"]
+MODES: tuple[str, ...] = ("split", "offload", "local", "adaptive", "cascade")
+# How sure the cascade's small model is (edge/cascade.py).
+CASCADE_MEASURES: tuple[str, ...] = ("max_prob", "margin", "entropy")
 Fallback = Literal["local", "none"]
 FALLBACKS: tuple[str, ...] = ("local", "none")
 # "auto" picks a lossless codec per tensor from the measured uplink (codecs.choose_codec).
@@ -40,7 +42,9 @@ class Config:
     - `mode`: "split" runs the cut's head here and its tail on `endpoint`; "offload" sends
       the inputs to the full model on `endpoint`; "local" runs the full model here;
       "adaptive" chooses among those per request: the plan's envelope cut for the measured
-      uplink, full offload under device pressure, local when the cloud is down or loaded.
+      uplink, full offload under device pressure, local when the cloud is down or loaded;
+      "cascade" runs a small model here and sends the request along the cut (as "split")
+      only when that answer is not confident enough (edge/cascade.py).
     - `endpoint`: "host:port" of the cloud endpoint, or a list of them (gRPC round_robin over
       the replicas). Needed by every mode but "local"; it need not be up when the Predictor
       is created.
@@ -53,7 +57,19 @@ class Config:
     - `timeout_s`: the deadline of one `run`, head, transfer, tail and any fallback together.
     - `intra_op_threads`: onnxruntime threads for the device part; 0 lets it choose.
 
-    When the cloud fails (`fallback`; default "local" in adaptive mode, "none" otherwise):
+    Cascade mode (each None: from `cascade.json` beside the plan, `edgecut cascade calibrate`):
+    - `small_model`: the device's model (.onnx), with the plan model's inputs and outputs.
+    - `cascade_threshold`: confidence in [0, 1] below which a request escalates;
+      `cascade_measure`: "max_prob", "margin" or "entropy"; `cascade_output`: the output
+      whose scores are judged (default: the first).
+    - `cascade_battery_percent`: at or below this charge (on battery) requests escalate
+      without running the small model. `latency_budget_ms`: an unsure answer still stands
+      when the strong model's measured time would overrun this budget.
+    - With fallback "local" (the default) a failed escalation answers with the small model's
+      answer; `last_run().answered_by` says which model answered.
+
+    When the cloud fails (`fallback`; default "local" in adaptive and cascade modes, "none"
+    otherwise):
     - "local": a request whose cloud part cannot finish by its deadline (unreachable,
       refused, overloaded, too slow, a corrupt answer) is finished here with the plan's full
       model; the cloud call is given the deadline less the time that takes.
@@ -96,6 +112,12 @@ class Config:
     max_cloud_queue_ms: float | None = 50.0
     probe_interval_s: float = 5.0
     probe_max_share: float = 0.05
+    small_model: Path | None = None
+    cascade_threshold: float | None = None
+    cascade_measure: str | None = None
+    cascade_output: str | None = None
+    cascade_battery_percent: float | None = None
+    latency_budget_ms: float | None = None
 
     def __post_init__(self) -> None:
         # Paths may arrive as strings (from a CLI or a TOML file); hold them as Paths.
@@ -103,8 +125,11 @@ class Config:
             object.__setattr__(self, "plan", Path(self.plan))
         if isinstance(self.tls_dir, str):
             object.__setattr__(self, "tls_dir", Path(self.tls_dir))
+        if isinstance(self.small_model, str):
+            object.__setattr__(self, "small_model", Path(self.small_model))
         if self.fallback is None:
-            object.__setattr__(self, "fallback", "local" if self.mode == "adaptive" else "none")
+            object.__setattr__(self, "fallback",
+                               "local" if self.mode in ("adaptive", "cascade") else "none")
         problems = []
         if not isinstance(self.plan, Path):
             problems.append(f"plan must be a path to a plan folder, got {self.plan!r}")
@@ -152,8 +177,29 @@ class Config:
             if value is not None and (not _number(value) or not 0 <= value <= 100):
                 problems.append(f"{name} must be a percentage in [0, 100] or None, "
                                 f"got {value!r}")
+        problems += self._check_cascade()
         if problems:
             raise BadProfileError("Config: " + "; ".join(problems))
+
+    def _check_cascade(self) -> list[str]:
+        problems = []
+        if self.small_model is not None and not isinstance(self.small_model, Path):
+            problems.append(f"small_model must be a path to an .onnx file, got {self.small_model!r}")
+        threshold = self.cascade_threshold
+        if threshold is not None and (not _number(threshold) or not 0 <= threshold <= 1):
+            problems.append(f"cascade_threshold must be a number in [0, 1] or None, "
+                            f"got {threshold!r}")
+        if self.cascade_measure is not None and self.cascade_measure not in CASCADE_MEASURES:
+            problems.append(f"cascade_measure must be one of {', '.join(CASCADE_MEASURES)}, "
+                            f"got {self.cascade_measure!r}")
+        battery = self.cascade_battery_percent
+        if battery is not None and (not _number(battery) or not 0 <= battery <= 100):
+            problems.append(f"cascade_battery_percent must be a percentage in [0, 100] or "
+                            f"None, got {battery!r}")
+        if self.latency_budget_ms is not None and not _positive(self.latency_budget_ms):
+            problems.append(f"latency_budget_ms must be > 0 or None, got "
+                            f"{self.latency_budget_ms!r}")
+        return problems
 
     def _check_endpoint(self) -> list[str]:
         """Problems with `endpoint`; a list of addresses is held as a tuple."""

@@ -35,6 +35,11 @@ class RunStatistics:
     did not). `total_ms` also holds input checks and the merging of outputs, so it is a
     little more than the sum of the stages. `raw_*` bytes are tensor sizes, `wire_*` their
     encoded sizes; both are 0 when no cloud call answered.
+
+    In cascade mode `answered_by` is "small" (the device's small model) or "big" (the plan's
+    model, wherever it ran; None outside cascade mode), `small_ms` the small model's time,
+    `confidence` its score (None when it did not run) and `escalation` why the request went
+    to the big model (None when it did not).
     """
 
     mode: str
@@ -53,6 +58,10 @@ class RunStatistics:
     fallback: str | None = None
     request_id: str = ""
     server_queue_ms: float | None = None
+    answered_by: str | None = None
+    small_ms: float = 0.0
+    confidence: float | None = None
+    escalation: str | None = None
 
     def __post_init__(self) -> None:
         times = (self.head_ms, self.encode_ms, self.rpc_ms, self.decode_ms, self.total_ms)
@@ -70,7 +79,8 @@ class PredictorStatistics:
     ("split:<cut>", "offload" or "local"), `runs_by_mode` where the successful runs ran,
     `fallbacks` how many of them abandoned the plan's choice, `switches` how many times the
     choice moved (Predictor.events() lists them), `failures` the runs that raised. `breaker`
-    is the cloud circuit's state: "closed", "open" or "half_open".
+    is the cloud circuit's state: "closed", "open" or "half_open". `answered_by` counts the
+    cascade's answers by model ("small", "big").
 
     `uplink_mbps` / `downlink_mbps` / `rtt_ms` are the device's live link estimates (None
     before the first measurement), `cloud_queue_ms` the recent queueing the endpoint
@@ -102,11 +112,15 @@ class PredictorStatistics:
     choice: str | None = None
     breaker: str = "closed"
     last: RunStatistics | None = None
+    answered_by: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     def add(self, run: RunStatistics) -> PredictorStatistics:
         """These totals with one more successful run."""
         by_mode = dict(self.runs_by_mode)
         by_mode[run.mode] = by_mode.get(run.mode, 0) + 1
+        answers = dict(self.answered_by)
+        if run.answered_by is not None:
+            answers[run.answered_by] = answers.get(run.answered_by, 0) + 1
         return PredictorStatistics(
             mode=self.mode, cut=self.cut, runs=self.runs + 1, failures=self.failures,
             cloud_calls=self.cloud_calls + run.cloud_calls,
@@ -120,4 +134,5 @@ class PredictorStatistics:
             uplink_mbps=self.uplink_mbps, downlink_mbps=self.downlink_mbps, rtt_ms=self.rtt_ms,
             cloud_queue_ms=self.cloud_queue_ms, runs_by_mode=MappingProxyType(by_mode),
             fallbacks=self.fallbacks + (run.fallback is not None), switches=self.switches,
-            choice=self.choice, breaker=self.breaker, last=run)
+            choice=self.choice, breaker=self.breaker, last=run,
+            answered_by=MappingProxyType(answers))

@@ -229,10 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=Path, metavar="DIR", help="keep the demo's files in DIR")
     p.set_defaults(func=_cmd_demo)
 
-    from edgecut import cli_models, cli_simulate
+    from edgecut import cli_cascade, cli_models, cli_simulate
 
     cli_models.register(sub)
     cli_simulate.register(sub)
+    cli_cascade.register(sub)
     return parser
 
 

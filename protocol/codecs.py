@@ -12,6 +12,9 @@ client sends a codec only to a server that announced it.
                   second bytes ...), then zstd: exponents and high mantissa bytes of floats
                   compress far better side by side
     fp16          FP32 tensors only, sent as IEEE half floats; lossy, decode restores FP32
+    int8          FP32 tensors only, as 8-bit integers with a scale and zero point per channel
+                  (tensor parameters, edgecut.protocol.int8), then zstd; lossy, decode
+                  restores FP32; chosen only within a plan's accuracy budget
 
     >>> enc = encode_tensor(np.zeros((2, 3), np.float32), "shuffle_zstd")
     >>> enc.datatype, enc.shape, enc.parameters
@@ -36,12 +39,14 @@ import zstandard
 
 from edgecut.errors import BadInputError, PayloadTooLargeError, ProtocolError
 
+from . import int8 as _int8
 from .grpc_service_pb2 import InferParameter
 from .tensors import datatype_of, dtype_of, expected_nbytes
 
 __all__ = [
     "CODECS",
     "CODEC_PARAMETER",
+    "LOSSY_CODECS",
     "SERVER_EXTENSIONS",
     "EncodedTensor",
     "choose_codec",
@@ -51,7 +56,8 @@ __all__ = [
     "set_parameter",
 ]
 
-CODECS: tuple[str, ...] = ("raw", "zstd", "shuffle_zstd", "fp16")
+CODECS: tuple[str, ...] = ("raw", "zstd", "shuffle_zstd", "fp16", "int8")
+LOSSY_CODECS: tuple[str, ...] = ("fp16", "int8")
 CODEC_PARAMETER = "edgecut_codec"
 SERVER_EXTENSIONS: tuple[str, ...] = tuple(f"edgecut_codec_{c}" for c in CODECS if c != "raw")
 
@@ -92,7 +98,8 @@ def encode_tensor(array: np.ndarray, codec: str = "raw", *, level: int = 1) -> E
 
     Any layout and byte order is accepted; the wire is always C order, little-endian.
     Raises BadInputError for an unknown codec, a dtype the protocol cannot carry, or fp16
-    on anything but float32 (or float32 values beyond float16's +-65504).
+    or int8 on anything but float32 (or float32 values beyond float16's +-65504, or NaN and
+    inf for int8).
     """
     array = np.asarray(array)
     if codec not in CODECS:
@@ -121,6 +128,18 @@ def encode_tensor(array: np.ndarray, codec: str = "raw", *, level: int = 1) -> E
         return EncodedTensor(data=half.tobytes(), datatype=datatype, shape=shape,
                              parameters=parameters, raw_nbytes=raw_nbytes)
 
+    if codec == "int8":
+        if datatype != "FP32":
+            raise BadInputError(
+                f"codec 'int8' only applies to FP32 tensors, got {datatype}; "
+                f"use 'zstd' or 'shuffle_zstd' for other dtypes"
+            )
+        values, int8_parameters = _int8.quantize(array)
+        parameters.update(int8_parameters)
+        return EncodedTensor(data=_compress(values.reshape(-1).view(np.uint8), level),
+                             datatype=datatype, shape=shape, parameters=parameters,
+                             raw_nbytes=raw_nbytes)
+
     if array.dtype != wire_dtype:
         # Big-endian (or native-but-differently-spelled) input: one converting copy.
         array = array.astype(wire_dtype, order="C")
@@ -132,13 +151,17 @@ def encode_tensor(array: np.ndarray, codec: str = "raw", *, level: int = 1) -> E
     flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
     if codec == "shuffle_zstd" and wire_dtype.itemsize > 1:
         flat = np.ascontiguousarray(flat.reshape(-1, wire_dtype.itemsize).T)
+    return EncodedTensor(data=_compress(flat, level), datatype=datatype, shape=shape,
+                         parameters=parameters, raw_nbytes=raw_nbytes)
+
+
+def _compress(flat: np.ndarray, level: int) -> bytes:
     # The decoder refuses frames without a content size (bomb guard), so never rely on the
     # default; the 4-byte checksum (xxhash, far faster than zstd-1) turns a corrupted frame
     # into an error instead of a silently wrong tensor.
     compressor = zstandard.ZstdCompressor(level=level, write_content_size=True,
                                           write_checksum=True)
-    return EncodedTensor(data=compressor.compress(flat), datatype=datatype, shape=shape,
-                         parameters=parameters, raw_nbytes=raw_nbytes)
+    return compressor.compress(flat)
 
 
 def decode_tensor(
@@ -180,6 +203,15 @@ def decode_tensor(
             )
         _check_size(len(data), count * 2, datatype, dims, "fp16")
         array = np.frombuffer(data, dtype="<f2", count=count).astype(dtype)
+    elif codec == "int8":
+        if datatype != "FP32":
+            raise ProtocolError(
+                f"codec 'int8' declared on a {datatype} tensor; it only applies to FP32"
+            )
+        values = np.frombuffer(_decompress(data, count, datatype, dims), dtype=np.int8)
+        plain = {key: parameter_value(v) if isinstance(v, InferParameter) else v
+                 for key, v in parameters.items() if key in _int8.PARAMETERS}
+        array = _int8.dequantize(values, plain, tuple(dims))
     else:
         plain = _decompress(data, nbytes, datatype, dims)
         flat = np.frombuffer(plain, dtype=np.uint8)

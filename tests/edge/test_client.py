@@ -53,7 +53,8 @@ def test_health_and_metadata(client: CloudClient, plan_dir: Path) -> None:
     assert client.server_codecs() == frozenset(CODECS)
 
 
-@pytest.mark.parametrize("codec", CODECS)
+# int8 over the wire, within its tolerance: tests/protocol/test_int8_over_the_wire.py.
+@pytest.mark.parametrize("codec", [c for c in CODECS if c != "int8"])
 def test_infer_round_trip(client: CloudClient, plan_dir: Path, feed: dict, codec: str) -> None:
     model = load_plan(plan_dir).model.name
     full = client.infer(model, feed, outputs=["p3", "p1"])
