@@ -17,7 +17,7 @@ local fallback needs), not the retry policy's `perAttemptRecvTimeout`, which gRP
 still gates as experimental (a crash was reported with it: grpc/grpc#38908).
 
     >>> target_for(["10.0.0.1:8001", "10.0.0.2:8001"])
-    ('ipv4:10.0.0.1:8001,10.0.0.2:8001', None)
+    ('ipv4:10.0.0.1:8001,10.0.0.2:8001', '10.0.0.1')
     >>> target_for(["localhost:8001", "localhost:8002"])
     ('ipv4:127.0.0.1:8001,127.0.0.1:8002', 'localhost')
     >>> target_for(["cloud.example:8001"])
@@ -90,8 +90,9 @@ def target_for(endpoints: Sequence[str]) -> tuple[str, str | None]:
 
     One address goes to gRPC's own resolver (DNS: every record, round robin). Several are
     one target of literal addresses ("ipv4:a:p,b:q"), the only form of an address list
-    grpc's Python API takes; host names among them are resolved here, once, and the
-    certificate is checked against the first host name (replicas share a name).
+    grpc's Python API takes; host names among them are resolved here, once. TLS checks the
+    server certificate against the first host name given, else the first address (such a
+    target has no name of its own to check): replicas share one certificate name.
     """
     if not endpoints:
         raise BadInputError("no endpoint given; expected 'host:port' or a list of them")
@@ -113,7 +114,8 @@ def target_for(endpoints: Sequence[str]) -> tuple[str, str | None]:
     if len(families) > 1:
         raise BadInputError(f"endpoints {list(endpoints)} mix IPv4 and IPv6 addresses; gRPC "
                             f"balances over one family: give all of one kind")
-    return f"{families.pop()}:{','.join(addresses)}", (names[0] if names else None)
+    first_host = endpoints[0].rpartition(":")[0].strip("[]")
+    return f"{families.pop()}:{','.join(addresses)}", (names[0] if names else first_host)
 
 
 def _resolve(host: str, port: str) -> str:

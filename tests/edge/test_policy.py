@@ -172,7 +172,7 @@ def test_a_lost_trial_does_not_block_the_breaker() -> None:
 def test_replica_lists_become_one_balanced_target() -> None:
     assert target_for(["127.0.0.1:1", "localhost:2"]) == ("ipv4:127.0.0.1:1,127.0.0.1:2",
                                                           "localhost")
-    assert target_for(["[::1]:1", "[::1]:2"]) == ("ipv6:[::1]:1,[::1]:2", None)
+    assert target_for(["[::1]:1", "[::1]:2"]) == ("ipv6:[::1]:1,[::1]:2", "::1")
     with pytest.raises(BadInputError, match="mix IPv4 and IPv6"):
         target_for(["127.0.0.1:1", "[::1]:2"])
     assert '"round_robin"' in service_config() and '"UNAVAILABLE"' in service_config()
