@@ -21,6 +21,7 @@ from edgecut.errors import BadModelError
 from edgecut.protocol.model_config_pb2 import ModelConfig
 
 from .canary import VersionTraffic
+from .cpu_budget import intra_op_threads_for, read_cpu_budget
 from .loaded_model import LoadedModel, TrackedSession, check_against_config, tensor_spec
 from .model_config import ModelSettings
 from .providers import providers_for, session_options
@@ -37,8 +38,7 @@ def load_version(name: str, version: int, path: Path, *, settings: ModelSettings
     """Load `path` as version `version` of model `name`; BadModelError says why it cannot."""
     if not path.is_file():
         raise BadModelError(f"{path} not found")
-    if settings.intra_op_threads is not None:  # the config's own, as Triton's backend reads it
-        intra_op_threads = settings.intra_op_threads
+    intra_op_threads = _chosen_threads(name, version, settings, intra_op_threads)
     options = session_options(intra_op_threads=intra_op_threads)
     weights: tuple[SharedWeight, ...] = ()
     if pool is not None:
@@ -68,6 +68,26 @@ def load_version(name: str, version: int, path: Path, *, settings: ModelSettings
         inputs=inputs, outputs=outputs, settings=settings, traffic=traffic,
         keep_alive=(options, *weights),
     )
+
+
+def _chosen_threads(name: str, version: int, settings: ModelSettings,
+                    server_threads: int) -> int:
+    """onnxruntime's intra-op threads for one version, logged with why: config.pbtxt's
+    intra_op_thread_count, else the server's setting, else the CPUs this process may use
+    shared by the model's instances (edgecut.cloud.cpu_budget)."""
+    if settings.intra_op_threads is not None:  # the config's own, as Triton's backend reads it
+        threads, why = settings.intra_op_threads, "config.pbtxt intra_op_thread_count"
+    elif server_threads > 0:
+        threads, why = server_threads, "the server's thread setting"
+    else:
+        budget = read_cpu_budget()
+        threads = intra_op_threads_for(budget, instances=settings.instance_count)
+        why = (f"{budget.describe()}, shared by {settings.instance_count} instance"
+               f"{'' if settings.instance_count == 1 else 's'}")
+    if threads:
+        logger.info("model %r version %d: %d onnxruntime intra-op thread%s per run (%s)",
+                    name, version, threads, "" if threads == 1 else "s", why)
+    return threads
 
 
 def plan_family(name: str) -> str:

@@ -143,9 +143,9 @@ class _Model:
 class ModelRepository:
     """The models under `root`, loaded into onnxruntime sessions (see the module docstring).
 
-    `intra_op_threads` is onnxruntime's intra-op thread count per session; 0 lets
-    onnxruntime choose (one per physical core), which is right for a dedicated server; set
-    it lower when many models or worker threads share the cores. `share_weights` keeps one
+    `intra_op_threads` is onnxruntime's intra-op thread count per session; 0 sizes it to
+    the CPUs this process may use (its affinity and cgroup CPU quota, edgecut.cloud.cpu_budget)
+    shared by each model's instances; set it lower when many models share the cores. `share_weights` keeps one
     copy of the initializers that the models of one plan hold: a model `NAME` and its tails
     `NAME.cutK`, as `edgecut deploy` names them (edgecut.cloud.shared_weights). A model with no
     such sibling keeps its weights to itself, so onnxruntime may pre-pack them: measured on a

@@ -57,6 +57,7 @@ from .batching import (
     policy_from_settings,
     split_outputs,
 )
+from .cpu_budget import intra_op_threads_for, read_cpu_budget
 from .inference import run_model
 from .loaded_model import LoadedModel, TrackedSession
 from .providers import create_session
@@ -183,9 +184,13 @@ class ModelScheduler:
         self._batch_s = _INITIAL_BATCH_S
         sessions = [model.session]
         if separate_sessions:
+            # As many threads as the model's own session got (edgecut.cloud.loader).
+            threads = model.settings.intra_op_threads
+            if threads is None:
+                threads = intra_op_threads or intra_op_threads_for(
+                    read_cpu_budget(), instances=self._policy.instance_count)
             # Tracked like the model's own session, so their runs reach ModelStatistics.
-            sessions += [self._tracked(create_session(model.path,
-                                                      intra_op_threads=intra_op_threads))
+            sessions += [self._tracked(create_session(model.path, intra_op_threads=threads))
                          for _ in range(self._policy.instance_count - 1)]
         # One entry per instance: taking one is taking the instance, its session with it.
         self._free_sessions = [sessions[i % len(sessions)]

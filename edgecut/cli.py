@@ -186,8 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gRPC worker threads; a call waiting for its batch holds one (default 64); "
                         "at most 4 x workers calls are open at once, RESOURCE_EXHAUSTED beyond")
     p.add_argument("--threads", type=at_least(0), default=0, metavar="N",
-                   help="onnxruntime intra-op threads per session (default 0: onnxruntime decides; "
-                        "a model's config.pbtxt parameters intra_op_thread_count overrides it)")
+                   help="onnxruntime intra-op threads per session (default 0: the CPUs this "
+                        "process may use, by affinity and cgroup quota, shared by a model's "
+                        "instances; a model's config.pbtxt parameters intra_op_thread_count "
+                        "overrides it)")
     p.add_argument("--grace-secs", type=positive_seconds, default=5.0, metavar="S",
                    help="on SIGTERM or SIGINT, how long the requests in flight may take to finish "
                         "(default 5)")
