@@ -7,7 +7,8 @@
     FakeEndpoint(tls_dir, KIND)         answers every ModelInfer with a malformed response
                                         (MALFORMED lists the kinds)
     CuttingProxy(target, cut_after=N)   forwards to a real endpoint and cuts each connection
-                                        after N bytes from the server (mid-message)
+                                        after N bytes from the server (mid-message): a reset,
+                                        a close, or a stall (no more bytes, held open)
 
 Each is a context manager listening on 127.0.0.1 (port 0: any free port, `.address` says
 which); closing it closes every connection it holds. The fake endpoint speaks the same (mutual)
@@ -33,7 +34,7 @@ from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.codecs import CODEC_PARAMETER, SERVER_EXTENSIONS
 from edgecut.protocol.tls import server_credentials
 
-__all__ = ["MALFORMED", "CuttingProxy", "FakeEndpoint", "GarbageServer", "SilentServer"]
+__all__ = ["CUT_ACTIONS", "MALFORMED", "CuttingProxy", "FakeEndpoint", "GarbageServer", "SilentServer"]
 
 _SERVICE = "inference.GRPCInferenceService"
 
@@ -155,23 +156,32 @@ class GarbageServer(_TcpServer):
                 continue
 
 
+CUT_ACTIONS = ("reset", "close", "stall")
+
+
 class CuttingProxy(_TcpServer):
     """Forwards each connection to `target`; after `cut_after` bytes have come back from the
-    server on one connection it sends those bytes and closes both sides (a reset when
-    `reset`, else a FIN). `cut_after=None` forwards everything (for calibration: `bytes_down`
-    is the total the clients received, `cuts` how many connections were cut).
+    server on one connection it sends those bytes and then, by `action`:
 
-    A sequence for `cut_after` is used in turn, one value per connection.
+        "reset"   resets both sides (RST): the device sees the connection die at once
+        "close"   closes both sides (FIN)
+        "stall"   forwards nothing more either way and holds the connection open: the answer
+                  stops mid-message and the device only has its deadline to go by
+
+    `cut_after=None` forwards everything (for calibration: `bytes_down` is the total the
+    clients received, `cuts` how many connections were cut). A sequence for `cut_after` is
+    used in turn, one value per connection.
     """
 
     def __init__(self, target: str, *, cut_after: int | Sequence[int] | None,
-                 reset: bool = True, port: int = 0) -> None:
+                 action: str = "reset", port: int = 0) -> None:
+        if action not in CUT_ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(CUT_ACTIONS)}, got {action!r}")
         super().__init__(port)
         host, _, target_port = target.rpartition(":")
         self.target = (host, int(target_port))
-        self._limits = None if cut_after is None else (
-            [cut_after] if isinstance(cut_after, int) else list(cut_after))
-        self.reset = reset
+        self.set_cut_after(cut_after)
+        self.action = action
         self.bytes_down = 0
         self.cuts = 0
 
@@ -197,37 +207,48 @@ class CuttingProxy(_TcpServer):
         self._track(upstream)
         for s in (conn, upstream):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        done = threading.Event()
+        cut = threading.Event()
 
         def up() -> None:
             with contextlib.suppress(OSError):
-                while data := conn.recv(65536):
+                while (data := conn.recv(65536)) and not cut.is_set():
                     upstream.sendall(data)
-            done.set()
 
-        threading.Thread(target=up, daemon=True).start()
+        forward = threading.Thread(target=up, daemon=True)
+        forward.start()
         sent = 0
         try:
-            while not done.is_set():
+            while True:
                 data = upstream.recv(65536)
                 if not data:
                     break
+                # Counted before they are sent: a client that has its answer sees the count.
                 if limit is not None and sent + len(data) >= limit:
-                    conn.sendall(data[:limit - sent])
                     with self._lock:
                         self.bytes_down += limit - sent
                         self.cuts += 1
+                    cut.set()
+                    conn.sendall(data[:limit - sent])
                     break
-                conn.sendall(data)
-                sent += len(data)
                 with self._lock:
                     self.bytes_down += len(data)
+                conn.sendall(data)
+                sent += len(data)
         except OSError:
             pass
+        if self.action == "stall" and cut.is_set():
+            self._stop.wait()
         for s in (conn, upstream):
-            if self.reset:
+            if self.action == "reset":
                 with contextlib.suppress(OSError):
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # close() alone would not end the connection while the other thread is blocked in
+            # recv() on it (the kernel holds the socket until that call returns): shut the
+            # reading side first, which wakes it; the close then resets or FINs at once.
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RD)
+        forward.join(timeout=2)
+        for s in (conn, upstream):
             with contextlib.suppress(OSError):
                 s.close()
 

@@ -11,14 +11,15 @@
 `NamespaceLink` is one network namespace joined to the caller's by a veth pair: the caller
 (the device, in this process) keeps its own namespace, so a Predictor under test runs here and
 its events can be read; the endpoint runs inside the namespace (`ip netns exec`). The egress
-of the caller's end is the uplink, the namespace end's egress the downlink, each a `tbf` with a
-small burst (a few packets at 1 Mbit/s), so that a request after an idle pause does not cross
-at line rate. `netem` is not available on these machines; no delay is added.
+of the caller's end is the uplink, the namespace end's egress the downlink, each a `tbf` whose
+bucket holds 1 ms of traffic (two frames at least), so that a request after an idle pause does
+not cross at the veth's own speed. `netem` is not available on these machines; no delay is added.
 
 `ThrottleProxy` is the fallback where there is no root or no `ip netns`: a loopback TCP proxy
 with one token bucket per direction, shared by every connection through it, changeable at run
-time. It shapes what Python threads can (chunks of at most 16 KiB), enough to move a 10 KiB
-tensor from under a millisecond to tens of them.
+time, its bucket as deep as the tbf's. It shapes what Python threads can (sleeps of a
+fraction of a millisecond), enough to move a 10 KiB tensor from under a millisecond to tens of
+them.
 
 Addresses: slot N gives 10.201.N.1 (caller) and 10.201.N.2 (namespace); the server's
 certificate must name the namespace's address (`init_ca(..., hosts=[cloud_address(N)])`).
@@ -37,7 +38,8 @@ from types import TracebackType
 
 from benchmarks.harness import HarnessUnavailable
 
-__all__ = ["NamespaceLink", "ThrottleProxy", "TokenBucket", "cloud_address", "default_slot"]
+__all__ = ["NamespaceLink", "ThrottleProxy", "TokenBucket", "burst_bytes", "cloud_address",
+           "default_slot"]
 
 
 def default_slot() -> int:
@@ -54,10 +56,16 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, check=False)
 
 
+def burst_bytes(mbps: float) -> float:
+    """The token bucket's depth at `mbps`: 1 ms of traffic."""
+    return mbps * 1e6 / 8 * 1e-3
+
+
 def _tbf(mbps: float) -> list[str]:
-    rate_bytes = mbps * 1e6 / 8
-    # At least two full frames; otherwise ~4 ms of traffic (50 KB at 100 Mbit/s).
-    burst = int(max(3028, rate_bytes / 250))
+    # At least two full frames, otherwise 1 ms of traffic (12.5 KB at 100 Mbit/s): a larger
+    # bucket lets a whole 20 KB request or probe cross at the veth's own speed after a pause,
+    # and the device would measure a 100 Mbit/s link at a Gbit/s.
+    burst = int(max(3028, burst_bytes(mbps)))
     return ["tbf", "rate", f"{int(mbps * 1e6)}bit", "burst", str(burst), "latency", "100ms"]
 
 
@@ -148,19 +156,20 @@ class TokenBucket:
     Thread-safe; the rate can change at any time (waiters see it at their next check).
     """
 
-    def __init__(self, rate_mbps: float, *, burst_bytes: int = 3028) -> None:
+    def __init__(self, rate_mbps: float) -> None:
         self._lock = threading.Lock()
-        self.burst_bytes = burst_bytes
         self.set_rate(rate_mbps)
-        self._tokens = float(burst_bytes)
+        self._tokens = float(self.burst_bytes)
         self._stamp = time.monotonic()
 
     def set_rate(self, rate_mbps: float) -> None:
+        """The rate, and the depth with it (as the tbf of NamespaceLink: 1 ms, >= 3028 B)."""
         if not rate_mbps > 0:
             raise ValueError(f"rate_mbps must be > 0, got {rate_mbps}")
         with self._lock:
             self._rate = rate_mbps * 1e6 / 8  # bytes per second
             self.rate_mbps = rate_mbps
+            self.burst_bytes = int(max(3028, burst_bytes(rate_mbps)))
 
     def take(self, nbytes: int, stop: threading.Event) -> None:
         """Wait until `nbytes` may pass (returns early when `stop` is set)."""
@@ -244,8 +253,13 @@ class ThrottleProxy:
                 if not data:
                     dst.shutdown(socket.SHUT_WR)
                     return
-                bucket.take(len(data), self._stop)
-                dst.sendall(data)
+                # In pieces no larger than the bucket: a chunk must not cross in one burst.
+                view = memoryview(data)
+                while view:
+                    piece = view[:bucket.burst_bytes]
+                    bucket.take(len(piece), self._stop)
+                    dst.sendall(piece)
+                    view = view[len(piece):]
         except OSError:
             with contextlib.suppress(OSError):
                 dst.close()

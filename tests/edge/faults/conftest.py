@@ -1,7 +1,7 @@
 """The fault tests' world: a planned model with an envelope, a fleet of 8 devices, real endpoints.
 
-The plan is the zoo's `fpn` planned for a slow device (a Raspberry Pi 4 at 0.3 % of its speed)
-on a 10 Mbit/s link, so its envelope has a breakpoint between 1 and 100 Mbit/s:
+The plan (benchmarks/harness/faultplan.py) is the zoo's `fpn` planned for a slow device on a
+10 Mbit/s link, so its envelope has a breakpoint between 1 and 100 Mbit/s:
 
     local (cut 22, all on the device)   below ~2.2 Mbit/s
     split:1 (conv_3 crosses, 8 KiB)     ~2.2 to 500 Mbit/s      <- the plan's choice
@@ -14,14 +14,11 @@ full model (benchmarks/harness/faultload.py).
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
@@ -30,41 +27,15 @@ if str(REPO) not in sys.path:
 
 from benchmarks.harness.endpoint import EndpointProcess  # noqa: E402
 from benchmarks.harness.faultload import Reference, random_feed  # noqa: E402
+from benchmarks.harness.faultplan import envelope_plan  # noqa: E402
 from benchmarks.harness.shaper import cloud_address, default_slot  # noqa: E402
 from edgecut.deploy import deploy_plan  # noqa: E402
 from edgecut.edge import Config, Predictor  # noqa: E402
 from edgecut.edge.monitors import DeviceMonitor, DeviceReadings  # noqa: E402
-from edgecut.partitioner.planner import plan_model, write_planned  # noqa: E402
-from edgecut.profiles import load_cloud, load_device, load_network  # noqa: E402
 from edgecut.protocol.pki import init_ca, issue_device_certificate  # noqa: E402
-from edgecut.zoo import ZOO  # noqa: E402
 
 DEVICES = tuple(f"device-{i}" for i in range(8))
 TIMEOUT_S = 2.0
-
-needs_root = pytest.mark.skipif(os.geteuid() != 0,
-                                reason="needs root (ip netns, ip link, tc)")
-
-
-def slow_device(factor: float = 0.003):  # type: ignore[no-untyped-def]
-    """The catalogue's Raspberry Pi 4 at `factor` of its speed."""
-    pi = load_device("raspberry-pi-4")
-    return dataclasses.replace(
-        pi, name="slow-pi", default_gflops=pi.default_gflops * factor,
-        gflops_by_class={k: v * factor for k, v in pi.gflops_by_class.items()},
-        memory_gbps=pi.memory_gbps * factor)
-
-
-def envelope_plan(directory: Path) -> Path:
-    """Plan fpn for slow_device() on 10 Mbit/s into `directory` (the module docstring)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    model = directory / "fpn.onnx"
-    onnx.save(ZOO["fpn"](), str(model))
-    planned = plan_model(model, device=slow_device(), network=load_network("up=10,down=20,rtt=1"),
-                         cloud=load_cloud(), measure=False)
-    write_planned(planned, directory / "plan")
-    return directory / "plan"
-
 
 @pytest.fixture(scope="session")
 def fault_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -22,6 +22,7 @@ from benchmarks.harness import HarnessUnavailable
 from benchmarks.harness.endpoint import EndpointProcess
 from benchmarks.harness.faultload import DeviceLoop, Outcome, run_loops, summarise
 from benchmarks.harness.shaper import NamespaceLink, ThrottleProxy
+from edgecut.edge import load_plan
 
 from .conftest import DEVICES, TIMEOUT_S
 
@@ -65,6 +66,17 @@ def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:
 def _phase(outcomes: list[Outcome], start: float, end: float) -> str:
     row = summarise("", [o for o in outcomes if start <= o.started_s < end])
     return f"{row.requests} runs, p50 {row.p50_ms:.1f} ms, p99 {row.p99_ms:.1f} ms"
+
+
+def test_the_plans_envelope_breaks_between_the_two_rates(fault_plan) -> None:
+    """The premise of the test below: split:1 at 100 Mbit/s, the device alone at 1."""
+    plan = load_plan(fault_plan)
+    assert plan.cut_for_bandwidth(FAST_MBPS) == 1
+    local = plan.cut_for_bandwidth(SLOW_MBPS)
+    assert plan.cut(local).tail is None  # nothing in the cloud: adaptive runs it as "local"
+    # Room for the default hysteresis (25 %) on both sides of the breakpoint.
+    assert plan.cut_for_bandwidth(SLOW_MBPS * 1.25 * 1.25) == local
+    assert plan.cut_for_bandwidth(FAST_MBPS / 1.25) == 1
 
 
 @pytest.mark.parametrize("kind", ["netns", "proxy"])

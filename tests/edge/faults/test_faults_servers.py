@@ -3,7 +3,8 @@
 Each fault is a real server on loopback (benchmarks/harness/badservers.py): a TCP listener
 that never speaks, one that answers random bytes, a gRPC server over the fleet's mutual TLS
 that holds every ModelInfer or answers it with a malformed response, and a proxy in front of
-a real endpoint process that cuts each connection partway through the server's bytes.
+a real endpoint process that cuts each connection partway through the server's bytes (a
+reset, a close, or a stall: no more bytes, the connection held open).
 
 With fallback "local" every request is answered by the device with the full model's outputs;
 with "none" it raises a typed error; split mode (no adaptation) raises typed errors too. In
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.harness.badservers import (
+    CUT_ACTIONS,
     MALFORMED,
     CuttingProxy,
     FakeEndpoint,
@@ -32,16 +34,7 @@ from benchmarks.harness.faultload import DeviceLoop, Row, run_loops, summarise
 from .conftest import DEVICES
 
 TIMEOUT_S = 1.0
-# A well-formed answer of the wrong shape reaches the caller today: the device does not check
-# the cloud's outputs against the plan's output specs (reported to edge/'s owner). strict: the
-# mark must go once it is fixed.
-_UNCHECKED_SHAPE = pytest.mark.xfail(
-    strict=True, reason="edge/ returns cloud outputs without checking their shape and dtype "
-                        "against the plan: a corrupt answer of the wrong shape is returned")
-FAULTS = ["silent_tcp", "garbage_tcp", "hang",
-          *(pytest.param(k, marks=_UNCHECKED_SHAPE) if k == "wrong_shape" else k
-            for k in MALFORMED),
-          "cut_mid_message"]
+FAULTS = ["silent_tcp", "garbage_tcp", "hang", *MALFORMED, *(f"cut_{a}" for a in CUT_ACTIONS)]
 # (mode, fallback, requests): split mode waits out each deadline on a silent server, so fewer.
 SETTINGS = [("adaptive", "local", 12), ("adaptive", "none", 12), ("split", "none", 4)]
 
@@ -72,9 +65,10 @@ def faulty_server(request: pytest.FixtureRequest, fault_fleet: Path,
             server = stack.enter_context(SilentServer())
         elif fault == "garbage_tcp":
             server = stack.enter_context(GarbageServer(nbytes=8192))
-        elif fault == "cut_mid_message":
+        elif fault.startswith("cut_"):
             cuts = _calibrated_cuts(shared_endpoint.address, predictor_factory, feeds[0][0])
-            server = stack.enter_context(CuttingProxy(shared_endpoint.address, cut_after=cuts))
+            server = stack.enter_context(CuttingProxy(shared_endpoint.address, cut_after=cuts,
+                                                      action=fault.removeprefix("cut_")))
         else:
             server = stack.enter_context(FakeEndpoint(fault_fleet, fault))
         yield server.address
