@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,6 +29,11 @@ MODES: tuple[str, ...] = ("split", "offload", "local", "adaptive", "cascade")
 CASCADE_MEASURES: tuple[str, ...] = ("max_prob", "margin", "entropy")
 Fallback = Literal["local", "none"]
 FALLBACKS: tuple[str, ...] = ("local", "none")
+# The adaptive thresholds' built-in values, where neither Config nor the plan gives one.
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "hysteresis": 0.25, "min_free_memory_mib": 256.0, "max_cpu_percent": 100.0,
+    "min_battery_percent": 15.0, "max_cloud_queue_ms": 50.0,
+}
 # "auto" picks a lossless codec per tensor from the measured uplink (codecs.choose_codec).
 CODEC_CHOICES: tuple[str, ...] = ("auto", *CODECS)
 
@@ -79,14 +84,17 @@ class Config:
       tried for `breaker_reset_s` (doubling while it stays down, up to 4x), then a health
       probe (ServerReady) decides whether it closes again.
 
-    Adaptive switching (thresholds; None disables that check):
-    - `hysteresis`: how far (relative) the uplink estimate must pass an envelope breakpoint
-      before the cut moves, so that a noisy link does not make it flap.
-    - `min_free_memory_mib`, `max_cpu_percent`, `min_battery_percent`: device pressure;
-      while any holds, requests go whole to the cloud's full model. `pressure_recovery`:
-      relative margin the readings must clear before pressure ends.
-    - `max_cloud_queue_ms`: when the endpoint reports queueing longer than this, work comes
-      back to the device (the local model, if it is predicted faster than waiting).
+    Adaptive switching: the thresholds below left None are the plan's (its device profile's
+    `[device.runtime]` table), else the built-in `DEFAULT_THRESHOLDS`; `thresholds(plan)`
+    resolves them. A check is off at 0 (memory, battery), 100 (CPU) or inf (queue).
+    - `hysteresis` (0.25): how far (relative) the uplink estimate must pass an envelope
+      breakpoint before the cut moves, so that a noisy link does not make it flap.
+    - `min_free_memory_mib` (256), `max_cpu_percent` (100: off), `min_battery_percent` (15,
+      while unplugged): device pressure; while any holds, requests go whole to the cloud's
+      full model. `pressure_recovery`: relative margin the readings must clear before
+      pressure ends.
+    - `max_cloud_queue_ms` (50): when the endpoint reports queueing longer than this, work
+      comes back to the device (the local model, if it is predicted faster than waiting).
     - `probe_interval_s`: idle time after which the link is probed (round trip, and a small
       uplink transfer); `probe_max_share`: the largest share of the estimated uplink that
       probes may use.
@@ -104,12 +112,12 @@ class Config:
     fallback: Fallback | None = None
     breaker_failures: int = 3
     breaker_reset_s: float = 1.0
-    hysteresis: float = 0.25
-    min_free_memory_mib: float | None = 256.0
+    hysteresis: float | None = None
+    min_free_memory_mib: float | None = None
     max_cpu_percent: float | None = None
-    min_battery_percent: float | None = 15.0
+    min_battery_percent: float | None = None
     pressure_recovery: float = 0.1
-    max_cloud_queue_ms: float | None = 50.0
+    max_cloud_queue_ms: float | None = None
     probe_interval_s: float = 5.0
     probe_max_share: float = 0.05
     small_model: Path | None = None
@@ -166,12 +174,15 @@ class Config:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
         for name in ("hysteresis", "pressure_recovery", "probe_max_share"):
             value = getattr(self, name)
+            if value is None and name == "hysteresis":
+                continue
             if not _number(value) or not 0 <= value < 1:
                 problems.append(f"{name} must be a number in [0, 1), got {value!r}")
         for name in ("min_free_memory_mib", "max_cloud_queue_ms"):
             value = getattr(self, name)
-            if value is not None and (not _number(value) or value < 0):
-                problems.append(f"{name} must be a number >= 0 or None, got {value!r}")
+            if value is not None and (not _number(value) or not value >= 0):
+                problems.append(f"{name} must be a number >= 0 (inf: off) or None, "
+                                f"got {value!r}")
         for name in ("max_cpu_percent", "min_battery_percent"):
             value = getattr(self, name)
             if value is not None and (not _number(value) or not 0 <= value <= 100):
@@ -218,6 +229,21 @@ class Config:
         if bad:
             return [f"endpoint must be 'host:port' (or a list of them), got {bad[0]!r}"]
         return []
+
+    def thresholds(self, from_plan: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Each adaptive threshold: this Config's, else the plan's, else the built-in one.
+
+        >>> Config(plan=Path("p"), mode="local", hysteresis=0.1).thresholds(
+        ...     {"hysteresis": 0.3, "max_cloud_queue_ms": 80.0})["max_cloud_queue_ms"]
+        80.0
+        """
+        plan = from_plan or {}
+        resolved = {}
+        for name, default in DEFAULT_THRESHOLDS.items():
+            mine = getattr(self, name)
+            value = mine if mine is not None else plan.get(name, default)
+            resolved[name] = float(value)
+        return resolved
 
     @property
     def endpoints(self) -> tuple[str, ...]:

@@ -120,6 +120,8 @@ class Plan:
     cuts: tuple[PlanCut, ...]
     chosen: int
     envelope: tuple[EnvelopeRange, ...] = ()
+    # The device runtime's thresholds from the device profile ([device.runtime]), by name.
+    runtime: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ids = [c.id for c in self.cuts]
@@ -259,12 +261,24 @@ class _Reader:
         cuts = [self.cut(c, f"cuts[{i}]") for i, c in enumerate(raw_cuts)]
         chosen = self.get(doc, "chosen", "", "an integer")
         envelope = self.envelope(doc.get("envelope"))
+        runtime = self.runtime(doc.get("runtime"))
         self.raise_if_any()
         if model is None or chosen is None or None in cuts:
             raise BadPlanError(f"{self.file}: malformed")  # unreachable: a problem was recorded
         return Plan(directory=directory, model=model, input_shapes=input_shapes,
                     cuts=tuple(c for c in cuts if c is not None), chosen=chosen,
-                    envelope=envelope)
+                    envelope=envelope, runtime=runtime)
+
+    def runtime(self, table: Any) -> dict[str, float]:
+        """The optional runtime thresholds: names to numbers (the Predictor knows the names)."""
+        if table is None:
+            return {}
+        if not isinstance(table, dict) or not all(
+                isinstance(k, str) and _is_kind(v, "a number") for k, v in table.items()):
+            self.problem("runtime", f"must be an object of threshold names to numbers, got "
+                                    f"{json.dumps(table)[:80]}")
+            return {}
+        return {k: float(v) for k, v in table.items()}
 
     def envelope(self, items: Any) -> tuple[EnvelopeRange, ...]:
         """The optional envelope: contiguous ranges from 0 to null (infinity)."""

@@ -143,8 +143,9 @@ class Predictor:
                          else Choice("split", self.cut.id) if config.mode in ("split", "cascade")
                          else self._costs[self.cut.id].choice)
         self._choice = self._initial
-        self._thresholds = Thresholds(hysteresis=config.hysteresis,
-                                      max_cloud_queue_ms=config.max_cloud_queue_ms,
+        self.thresholds = config.thresholds(self.plan.runtime)
+        self._thresholds = Thresholds(hysteresis=self.thresholds["hysteresis"],
+                                      max_cloud_queue_ms=self.thresholds["max_cloud_queue_ms"],
                                       downlink_ratio=downlink_ratio(self.plan))
         self._envelope = [(r.cut, r.min_mbps, r.max_mbps) for r in self.plan.envelope]
 
@@ -282,9 +283,9 @@ class Predictor:
         if not self._adaptive:
             return self._initial
         pressure = self._monitor.pressure(
-            min_free_memory_mib=self.config.min_free_memory_mib,
-            max_cpu_percent=self.config.max_cpu_percent,
-            min_battery_percent=self.config.min_battery_percent,
+            min_free_memory_mib=self.thresholds["min_free_memory_mib"],
+            max_cpu_percent=self.thresholds["max_cpu_percent"],
+            min_battery_percent=self.thresholds["min_battery_percent"],
             recovery=self.config.pressure_recovery)
         if time.monotonic() < self._head_failed_until:
             pressure = "the head failed to run" + (f", {pressure}" if pressure else "")

@@ -552,6 +552,8 @@ def write_planned(planned: Planned, out_dir: str | os.PathLike[str], *,
         },
         "profiles": dict(planned.profiles),
         "measurement": planned.measurement,
+        # the device's runtime thresholds ([device.runtime]), read by the Predictor
+        "runtime": dict(planned.plot_inputs["device"].runtime),
     }
     return write_plan(planned.model_path, out_dir, cut_ids=prefix_ids,
                       input_shapes=planned.input_shapes, chosen=planned.chosen.id, name=name,

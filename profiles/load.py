@@ -81,7 +81,7 @@ __all__ = [
 DEFAULT_CLOUD = "gpu-server"
 
 _KINDS = {"device": "devices", "network": "networks"}
-_DEVICE_TABLES = ("gflops_by_class", "per_node_ms", "power")
+_DEVICE_TABLES = ("gflops_by_class", "per_node_ms", "power", "runtime")
 _INLINE_KEYS = {"up": "uplink_mbps", "down": "downlink_mbps", "rtt": "rtt_ms", "jitter": "jitter_ms",
                 "loss": "loss"}
 
@@ -410,6 +410,9 @@ def save_device(profile: DeviceProfile, path: str | os.PathLike[str]) -> Path:
     lines += [f"{_toml_key(k)} = {_toml_value(float(v))}" for k, v in profile.gflops_by_class.items()]
     lines += ["", "[device.power]"]
     lines += [f"{s.key} = {_toml_value(float(getattr(profile.power, s.key)))}" for s in POWER_FIELDS]
+    if profile.runtime:
+        lines += ["", "[device.runtime]"]
+        lines += [f"{k} = {_toml_value(float(v))}" for k, v in profile.runtime.items()]
     if profile.per_node_ms:
         lines += ["", "[device.per_node_ms]"]
         lines += [f"{_toml_key(k)} = {_toml_value(float(v))}" for k, v in profile.per_node_ms.items()]

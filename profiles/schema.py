@@ -57,6 +57,7 @@ _RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     ">=0": (lambda v: v >= 0, ">= 0"),
     ">=1": (lambda v: v >= 1, ">= 1"),
     "[0,1)": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "[0,100]": (lambda v: 0 <= v <= 100, "in [0, 100]"),
 }
 
 
@@ -200,9 +201,29 @@ DEVICE_FIELDS = (
 )
 
 
+# [device.runtime]: the device runtime's thresholds for this device (edge/config.py); a plan
+# carries them to the Predictor, whose Config may still override each.
+RUNTIME_FIELDS = (
+    FieldSpec("min_free_memory_mib", "number", ">=0", required=False),
+    FieldSpec("max_cpu_percent", "number", "[0,100]", required=False),
+    FieldSpec("min_battery_percent", "number", "[0,100]", required=False),
+    FieldSpec("max_cloud_queue_ms", "number", ">=0", required=False),
+    FieldSpec("hysteresis", "number", "[0,1)", required=False),
+)
+
+
 def device_problems(values: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Problems of a device's fields (the scalar ones, both tables; not `power`)."""
+    """Problems of a device's fields (the scalar ones, its tables; not `power`)."""
     problems = check_fields(DEVICE_FIELDS, values, prefix)
+    runtime = values.get("runtime", {})
+    if not isinstance(runtime, Mapping):
+        problems.append(f"{prefix}runtime must be a table of thresholds, got {runtime!r}")
+    else:
+        known = [f.key for f in RUNTIME_FIELDS]
+        problems += [f"{prefix}runtime.{k} is not a runtime threshold; expected one of "
+                     f"{', '.join(known)}{_did_you_mean(k, known)}"
+                     for k in runtime if k not in known]
+        problems += check_fields(RUNTIME_FIELDS, runtime, f"{prefix}runtime.")
     problems += check_number_table(values.get("gflops_by_class", {}), prefix + "gflops_by_class.",
                                    ">0", COMPUTE_CLASSES)
     per_node = values.get("per_node_ms", {})
@@ -224,7 +245,9 @@ class DeviceProfile:
     or estimated for onnxruntime on this device; classes it lacks use `default_gflops`.
     Data movement ("data" ops, and the memory-bound side of every op) uses `memory_gbps`.
     `per_node_ms` optionally holds a measured per-node table for one model (keyed by node
-    name), valid only for the model whose sha256 is `per_node_model_sha256`.
+    name), valid only for the model whose sha256 is `per_node_model_sha256`. `runtime` holds
+    the device runtime's thresholds for this device (`RUNTIME_FIELDS`, the `[device.runtime]`
+    table), which plans carry to the Predictor.
     `threads` is the number of onnxruntime intra-op threads the figures were measured with
     (None: not recorded; `profile_device` records onnxruntime's default, a Predictor's);
     predictions are for that many threads. `run_overhead_ms` is the fixed cost of one
@@ -255,6 +278,7 @@ class DeviceProfile:
     run_overhead_ms: float = 0.0
     node_overhead_ms: float = 0.0
     small_node_overhead_ms: float = 0.0
+    runtime: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         values = {f: getattr(self, f) for f in self.__slots__}
@@ -264,6 +288,7 @@ class DeviceProfile:
         raise_problems(problems, _where("device", self.name))
         object.__setattr__(self, "gflops_by_class", dict(self.gflops_by_class))
         object.__setattr__(self, "per_node_ms", dict(self.per_node_ms))
+        object.__setattr__(self, "runtime", dict(self.runtime))
 
     def gflops_for(self, op_class: str) -> float:
         """Effective GFLOP/s for an operator class (`default_gflops` where none is given)."""

@@ -361,3 +361,23 @@ def test_a_head_that_fails_to_run_sends_requests_whole_to_the_cloud(
     assert first.mode == "offload" and first.fallback.startswith("the head failed")
     assert second.mode == "offload" and second.fallback is None
     assert events[-1].to_choice == "offload" and "the head failed" in events[-1].reason
+
+
+def test_thresholds_come_from_the_device_profile_through_the_plan(
+        model_path: Path, tmp_path: Path) -> None:
+    profile = tmp_path / "board.toml"
+    profile.write_text(
+        '[device]\nname = "board"\ncores = 1\nmemory_mib = 512\ndefault_gflops = 1.0\n'
+        'memory_gbps = 1.0\n[device.gflops_by_class]\nconv = 2.0\n[device.power]\n'
+        'idle_w = 1.0\ncompute_w = 3.0\ntransmit_w = 2.0\nreceive_w = 1.5\n'
+        '[device.runtime]\nmin_free_memory_mib = 64\nmax_cloud_queue_ms = 120\n')
+    plan = tmp_path / "plan"
+    result = _edgecut("plan", str(model_path), "--device", str(profile), "--network", "lte",
+                      "--no-measure", "--out", str(plan))
+    assert result.returncode == 0, result.stderr
+    with Predictor(Config(plan=plan, mode="local")) as predictor:
+        assert predictor.thresholds["min_free_memory_mib"] == 64.0
+        assert predictor.thresholds["max_cloud_queue_ms"] == 120.0
+        assert predictor.thresholds["hysteresis"] == 0.25  # the built-in default
+    with Predictor(Config(plan=plan, mode="local", max_cloud_queue_ms=10.0)) as predictor:
+        assert predictor.thresholds["max_cloud_queue_ms"] == 10.0  # Config wins
