@@ -1,13 +1,17 @@
-"""The endpoint's two bindings side by side: requests/s and latency of the same model over
-gRPC (tritonclient.grpc) and HTTP/REST (tritonclient.http, binary tensors and JSON), TLS on
-both, from one `edgecut serve --http-address` process.
+"""The endpoint's two bindings side by side, and Triton's beside them: requests/s and latency
+of the same model over gRPC (tritonclient.grpc) and HTTP/REST (tritonclient.http, binary
+tensors and JSON), from one `edgecut serve --http-address` process.
 
     python benchmarks/http_vs_grpc.py --seconds 4 --out /tmp/http_vs_grpc.json
+    python benchmarks/http_vs_grpc.py --triton /tmp/pytriton     # Triton 2.51 too (pytriton wheel)
 
 The server runs on core 0 and the load generator on core 1 (taskset), each client thread
-with a client of its own calling `infer` in a loop. Models: `tiny` (16 floats in, 4 out: the
-protocol's own cost) and the serving benchmark's `small_cnn` (128 KiB in, a CNN tail), both
-without batching. Prints a table and writes JSON; asserts nothing about timing.
+with a client of its own calling `infer` in a loop; both servers run onnxruntime on one
+thread (Triton through its Python backend, benchmarks/serving/repo.py). Models: `tiny` (16
+floats in, 4 out: the protocol's own cost) and the serving benchmark's `small_cnn` (128 KiB
+in, a CNN tail), both without batching. gRPC and edgecut's HTTP are over TLS; Triton's HTTP
+endpoint has no TLS, so the `http-plain` rows compare both servers' HTTP without it. Prints
+a table and writes JSON; asserts nothing about timing.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ if str(REPO) not in sys.path:
 import numpy as np  # noqa: E402
 
 SERVER_CPU, CLIENT_CPU = os.environ.get("HVG_SERVER_CPUS", "0"), os.environ.get("HVG_CLIENT_CPUS", "1")
-PROTOCOLS = ("grpc", "http-binary", "http-json")
-LISTENING = re.compile(r"listening on (\S+) .*HTTP/REST on https://(\S+?)[;\s]")
+PROTOCOLS = ("grpc", "http-binary", "http-json", "http-plain")
+LISTENING = re.compile(r"listening on (\S+) .*HTTP/REST on https?://(\S+?)[;\s]")
 
 
 def _tiny_model() -> Any:
@@ -53,27 +57,26 @@ def _tiny_model() -> Any:
     return model
 
 
-def _repository(root: Path) -> dict[str, tuple[int, ...]]:
-    """Write the models; returns each one's input shape (batch 1)."""
-    import onnx
-
-    from benchmarks.serving.models import MODELS
+def _repository(root: Path, *, backend: str = "onnxruntime") -> dict[str, tuple[int, ...]]:
+    """Write the models (for edgecut, or Triton's Python backend); returns each one's input
+    shape (batch 1)."""
+    from benchmarks.serving.models import MODELS, ModelSpec
     from benchmarks.serving.repo import write_model
 
-    spec = MODELS["small_cnn"]
-    write_model(root, "small_cnn", spec, spec.build(), batching=False)
-    (root / "tiny" / "1").mkdir(parents=True)
-    onnx.save(_tiny_model(), str(root / "tiny" / "1" / "model.onnx"))
-    return {"tiny": (1, 16), "small_cnn": (1, *spec.row_shape)}
+    specs = {"tiny": ModelSpec("tiny", _tiny_model, (16,)), "small_cnn": MODELS["small_cnn"]}
+    for name, spec in specs.items():
+        write_model(root, name, spec, spec.build(), batching=False, backend=backend)
+    return {name: (1, *spec.row_shape) for name, spec in specs.items()}
 
 
 class Server:
     """`edgecut serve` with gRPC and HTTP over TLS, pinned to the server core."""
 
-    def __init__(self, repo: Path, tls: Path, frontend: str, log: Path) -> None:
+    def __init__(self, repo: Path, tls: Path | None, frontend: str, log: Path) -> None:
         cmd = ["taskset", "-c", SERVER_CPU, sys.executable, "-m", "edgecut.cli", "serve",
-               "--repository", str(repo), "--tls", str(tls), "--address", "127.0.0.1:0",
+               "--repository", str(repo), "--address", "127.0.0.1:0", "--threads", "1",
                "--http-address", "127.0.0.1:0", "--frontend", frontend,
+               *(["--tls", str(tls)] if tls is not None else []),
                *os.environ.get("HVG_SERVER_ARGS", "").split()]
         self._log = open(log, "ab")  # noqa: SIM115
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True,
@@ -85,13 +88,12 @@ class Server:
             self.stop()
             raise RuntimeError(f"server did not start: {line!r}; see {log}")
         self.grpc, self.http = match.group(1), match.group(2)
+        self.pid = self._proc.pid
 
     def cpu_s(self) -> float:
         """CPU seconds the server process has used (taskset execs it: the same pid)."""
-        import psutil
 
-        times = psutil.Process(self._proc.pid).cpu_times()
-        return float(times.user + times.system)
+        return _tree_cpu_s(self.pid)
 
     def stop(self) -> None:
         if self._proc.poll() is None:
@@ -102,6 +104,82 @@ class Server:
                 self._proc.kill()
                 self._proc.wait(timeout=5)
         self._log.close()
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its children (Triton's Python backend stubs)."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+class Triton:
+    """tritonserver 2.51 (from the nvidia-pytriton wheel) on the server core: gRPC over TLS,
+    HTTP without (Triton's HTTP endpoint has no TLS)."""
+
+    def __init__(self, scratch: Path, repo: Path, tls: Path, log: Path) -> None:
+        from benchmarks.serving.triton import find_triton
+
+        home = find_triton(scratch, download=False)
+        root = home / "pytriton" / "tritonserver"
+        tag = f"{sys.version_info.major}.{sys.version_info.minor}"
+        stub = root / "backends" / "python" / "triton_python_backend_stub"
+        if not stub.is_file():
+            shutil.copy2(root / "python_backend_stubs" / tag / "triton_python_backend_stub", stub)
+            stub.chmod(0o755)
+        env = dict(os.environ)
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(home / "nvidia_pytriton.libs"), env.get("LD_LIBRARY_PATH")) if p)
+        grpc_port, http_port = _free_port(), _free_port()
+        self.grpc, self.http = f"localhost:{grpc_port}", f"localhost:{http_port}"
+        cmd = ["taskset", "-c", SERVER_CPU, str(root / "bin" / "tritonserver"),
+               f"--model-repository={repo}", f"--backend-directory={root / 'backends'}",
+               f"--cache-directory={root / 'caches'}", "--allow-metrics=false",
+               f"--grpc-port={grpc_port}", "--grpc-address=127.0.0.1", "--grpc-use-ssl=true",
+               f"--grpc-server-cert={tls / 'server.crt'}",
+               f"--grpc-server-key={tls / 'server.key'}", f"--http-port={http_port}",
+               "--http-address=127.0.0.1", "--pinned-memory-pool-byte-size=0"]
+        self._log = open(log, "wb")  # noqa: SIM115
+        self._proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=self._log)
+        self.pid = self._proc.pid
+        import urllib.request
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://{self.http}/v2/health/ready", timeout=2):
+                    break
+            except OSError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"tritonserver did not start; see {log}") from None
+                time.sleep(0.3)
+
+    def cpu_s(self) -> float:
+        return _tree_cpu_s(self.pid)
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout=5)
+        self._log.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def run_client(spec: dict[str, Any]) -> dict[str, Any]:
@@ -137,8 +215,10 @@ def run_client(spec: dict[str, Any]) -> dict[str, Any]:
         else:
             import tritonclient.http as client_module  # type: ignore[no-redef]
 
+            secure = protocol != "http-plain"
             client = client_module.InferenceServerClient(
-                spec["http"], ssl=True, ssl_options={"ca_certs": str(tls / "ca.crt")},
+                spec["http"], ssl=secure,
+                ssl_options={"ca_certs": str(tls / "ca.crt")} if secure else None,
                 network_timeout=60)
         binary = protocol != "http-json"
         tensor = client_module.InferInput("x", list(x.shape), "FP32")
@@ -167,14 +247,16 @@ def run_client(spec: dict[str, Any]) -> dict[str, Any]:
         t.start()
     ready.wait()
     started = stop_at[0] - spec["seconds"]
+    cpu_started = time.process_time()
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
+    client_busy = (time.process_time() - cpu_started) / wall
     merged = np.array([v for per in latencies for v in per]) * 1e3
     return {"requests": int(merged.size), "rps": merged.size / wall,
             "p50_ms": float(np.percentile(merged, 50)) if merged.size else None,
             "p99_ms": float(np.percentile(merged, 99)) if merged.size else None,
-            "errors": errors[:3]}
+            "client_cpu_share": client_busy, "errors": errors[:3]}
 
 
 def _measure(spec: dict[str, Any]) -> dict[str, Any]:
@@ -186,6 +268,33 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
+def _run_server(server: Any, name: str, protocols: list[str], shapes: dict[str, tuple[int, ...]],
+                args: argparse.Namespace, tls: Path, rows: list[dict[str, Any]]) -> None:
+    """Every model x client count x protocol against one running server."""
+    for model, shape in shapes.items():
+        if model not in args.models:
+            continue
+        for threads in args.threads:
+            for protocol in protocols:
+                spec = {"protocol": protocol, "model": model, "shape": list(shape),
+                        "threads": threads, "seconds": args.seconds, "grpc": server.grpc,
+                        "http": server.http, "tls": str(tls)}
+                cpu_before = server.cpu_s()
+                result = _measure(spec)
+                # Warm-up calls included: a few of thousands.
+                result["server_cpu_us_per_request"] = (
+                    (server.cpu_s() - cpu_before) / max(result["requests"], 1) * 1e6)
+                row = {"model": model, "clients": threads, "server": name,
+                       "protocol": protocol, **result}
+                rows.append(row)
+                print(f"{model:10} {threads:3} {name:16} {protocol:12} {result['rps']:7.0f} "
+                      f"req/s  p50 {result['p50_ms'] or 0:6.2f} ms  p99 "
+                      f"{result['p99_ms'] or 0:6.2f} ms  server CPU "
+                      f"{result['server_cpu_us_per_request']:5.0f} us/req  client CPU "
+                      f"{result['client_cpu_share']:4.0%}  "
+                      f"{result['errors'] or ''}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
@@ -193,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frontends", nargs="+", default=["grpcio", "native"])
     parser.add_argument("--models", nargs="+", default=["tiny", "small_cnn"])
     parser.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=PROTOCOLS)
+    parser.add_argument("--triton", type=Path, metavar="DIR",
+                        help="folder with the nvidia-pytriton 0.7.0 wheel (pip download "
+                             "--no-deps nvidia-pytriton==0.7.0 -d DIR): Triton's rows too")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -211,47 +323,36 @@ def main(argv: list[str] | None = None) -> int:
         tls = work / "tls"
         init_ca(tls)
         shapes = _repository(work / "repo")
+        secure = [p for p in args.protocols if p != "http-plain"]
         for frontend in args.frontends:
             if frontend == "native" and not available():
                 continue
+            # HTTP does not depend on the gRPC transport: measured with the first one.
+            first = frontend == args.frontends[0]
             server = Server(work / "repo", tls, frontend, work / "server.log")
             try:
-                # HTTP does not depend on the gRPC transport: measured once, with grpcio.
-                protocols = (args.protocols if frontend == args.frontends[0]
-                             else [p for p in args.protocols if p == "grpc"])
-                for model, shape in shapes.items():
-                    if model not in args.models:
-                        continue
-                    for threads in args.threads:
-                        for protocol in protocols:
-                            spec = {"protocol": protocol, "model": model, "shape": list(shape),
-                                    "threads": threads, "seconds": args.seconds,
-                                    "grpc": server.grpc, "http": server.http, "tls": str(tls)}
-                            cpu_before = server.cpu_s()
-                            result = _measure(spec)
-                            # Warm-up calls included: a few of thousands.
-                            result["server_cpu_us_per_request"] = (
-                                (server.cpu_s() - cpu_before) / max(result["requests"], 1) * 1e6)
-                            row = {"model": model, "clients": threads,
-                                   "protocol": protocol if protocol != "grpc"
-                                   else f"grpc ({frontend})", **result}
-                            rows.append(row)
-                            print(f"{model:10} {threads:3} {row['protocol']:14} "
-                                  f"{result['rps']:8.0f} req/s  p50 {result['p50_ms'] or 0:.2f} "
-                                  f"ms  p99 {result['p99_ms'] or 0:.2f} ms  server CPU "
-                                  f"{result['server_cpu_us_per_request']:.0f} us/request  "
-                                  f"{result['errors'] or ''}", flush=True)
+                _run_server(server, f"edgecut {frontend}",
+                            secure if first else [p for p in secure if p == "grpc"],
+                            shapes, args, tls, rows)
             finally:
                 server.stop()
+        if "http-plain" in args.protocols:
+            server = Server(work / "repo", None, args.frontends[0], work / "server.log")
+            try:
+                _run_server(server, "edgecut", ["http-plain"], shapes, args, tls, rows)
+            finally:
+                server.stop()
+        if args.triton is not None:
+            _repository(work / "triton-repo", backend="python")
+            triton = Triton(args.triton, work / "triton-repo", tls, work / "triton.log")
+            try:
+                _run_server(triton, "triton 2.51",
+                            [p for p in args.protocols if p in ("grpc", "http-plain")],
+                            shapes, args, tls, rows)
+            finally:
+                triton.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    for model in {r["model"] for r in rows}:
-        for threads in args.threads:
-            base = [r for r in rows if r["model"] == model and r["clients"] == threads
-                    and r["protocol"] == f"grpc ({args.frontends[0]})"]
-            for r in rows:
-                if base and r["model"] == model and r["clients"] == threads:
-                    r["vs_grpc"] = r["rps"] / base[0]["rps"] if base[0]["rps"] else None
     if args.out:
         args.out.write_text(json.dumps({"rows": rows, "seconds": args.seconds}, indent=1))
     return 0
