@@ -121,6 +121,15 @@ class _Call:
     def peer_name(self) -> str | None:
         return self._device
 
+    def peer(self) -> str:
+        """The connection, as gRPC names it ("ipv4:HOST:PORT"): who the caller is without a
+        certificate (request-id deduplication keys on it)."""
+        where = self._transport.get_extra_info("peername") if self._transport else None
+        if not where:
+            return "http:unknown"
+        host, port = where[0], where[1]
+        return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
+
     def invocation_metadata(self) -> tuple[()]:
         return ()
 

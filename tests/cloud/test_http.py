@@ -99,14 +99,14 @@ def test_stock_http_client_binary_and_json(server: EndpointServer, fleet: Any,
             tensor.set_data_from_numpy(cnn_input, binary_data=binary)
             outputs = [httpclient.InferRequestedOutput("logits", binary_data=binary),
                        httpclient.InferRequestedOutput("features", binary_data=not binary)]
-            result = client.infer("tiny_cnn", [tensor], outputs=outputs, request_id="r-7",
+            result = client.infer("tiny_cnn", [tensor], outputs=outputs, request_id=f"r-{binary}",
                                   request_compression_algorithm="gzip" if binary else None,
                                   response_compression_algorithm="deflate" if binary else None)
             np.testing.assert_allclose(result.as_numpy("logits"), expected[0], rtol=1e-5,
                                        atol=1e-5)
             np.testing.assert_allclose(result.as_numpy("features"), expected[1], rtol=1e-5,
                                        atol=1e-5)
-            assert result.get_response()["id"] == "r-7"
+            assert result.get_response()["id"] == f"r-{binary}"
         # No outputs named: tritonclient asks them all in binary.
         result = client.infer("tiny_cnn", [tensor], model_version="1")
         np.testing.assert_allclose(result.as_numpy("logits"),
