@@ -61,6 +61,8 @@ class Config:
       "fp16" applies to float32 tensors and the outputs sent back, lossless for the rest.
     - `timeout_s`: the deadline of one `run`, head, transfer, tail and any fallback together.
     - `intra_op_threads`: onnxruntime threads for the device part; 0 lets it choose.
+    - `quantized`: "int8" or "fp16" runs the plan's quantised device models (`edgecut plan
+      --quantize`, e.g. cuts/3/head.int8.onnx) instead of the fp32 ones; None: fp32.
 
     Cascade mode (each None: from `cascade.json` beside the plan, `edgecut cascade calibrate`):
     - `small_model`: the device's model (.onnx), with the plan model's inputs and outputs.
@@ -126,6 +128,7 @@ class Config:
     cascade_output: str | None = None
     cascade_battery_percent: float | None = None
     latency_budget_ms: float | None = None
+    quantized: str | None = None
 
     def __post_init__(self) -> None:
         # Paths may arrive as strings (from a CLI or a TOML file); hold them as Paths.
@@ -189,6 +192,8 @@ class Config:
                 problems.append(f"{name} must be a percentage in [0, 100] or None, "
                                 f"got {value!r}")
         problems += self._check_cascade()
+        if self.quantized not in (None, "int8", "fp16"):
+            problems.append(f"quantized must be 'int8', 'fp16' or None, got {self.quantized!r}")
         if problems:
             raise BadProfileError("Config: " + "; ".join(problems))
 

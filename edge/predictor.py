@@ -29,6 +29,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -555,13 +556,25 @@ class Predictor:
             heads = [c.head for c in self.plan.cuts
                      if c.id in ids and c.head is not None and c.tail is not None]
         for head in dict.fromkeys(heads):
-            self._sessions[head] = load_session(self.plan.path(head), f"the head {head}",
+            self._sessions[head] = load_session(self._device_path(head), f"the head {head}",
                                                 intra_op_threads=self.config.intra_op_threads)
         if mode in ("local", "adaptive") or self._fallback_local:
             self._sessions[None] = load_session(
-                self.plan.path(self.plan.model.file),
+                self._device_path(self.plan.model.file),
                 f"the full model of {self.plan.model.name!r}",
                 intra_op_threads=self.config.intra_op_threads)
+
+    def _device_path(self, file: str) -> Path:
+        """A device model of the plan: the fp32 file, or its `quantized` version beside it."""
+        path = self.plan.path(file)
+        mode = self.config.quantized
+        if mode is None:
+            return path
+        quantized = path.with_name(f"{path.stem}.{mode}{path.suffix}")
+        if not quantized.is_file():
+            raise BadPlanError(f"{quantized}: the plan has no {mode} version of {file}; write "
+                               f"it with `edgecut plan ... --quantize {mode} --data EVAL`")
+        return quantized
 
     def _session(self, head: str | None) -> DeviceSession:
         session = self._sessions.get(head)

@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, metavar="FILE.png",
                    help="draw latency against bandwidth per cut, with the envelope")
     p.add_argument("--out", type=Path, metavar="DIR", help="plan folder to write (optional with --explain)")
+    from edgecut import cli_cascade
+
+    cli_cascade.add_accuracy_arguments(p)
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("profile", help="measure this device, a model on it, or the network")
@@ -323,6 +326,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                       input_values=values)
     print(f"wrote {args.out}/plan.json: model {plan['model']['name']!r}, "
           f"cuts {[c['id'] for c in plan['cuts']]}, chosen {plan['chosen']}")
+    from edgecut import cli_cascade
+
+    cli_cascade.apply_accuracy(args, print)
     return 0
 
 
@@ -377,6 +383,9 @@ def _cmd_plan_choose(args: argparse.Namespace) -> int:
         envelope = ", ".join(f"{s['cut']} from {s['min_mbps']:.3g} Mbps" for s in plan["envelope"])
         say(f"wrote {args.out}/plan.json: model {plan['model']['name']!r}, chosen cut "
             f"{plan['chosen']} for {network.name}; envelope: {envelope}")
+        from edgecut import cli_cascade
+
+        cli_cascade.apply_accuracy(args, say)
     else:
         say(f"chosen cut {planned.chosen.id} for {network.name} (no --out: nothing written)")
     return 0

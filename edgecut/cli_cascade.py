@@ -7,7 +7,15 @@
 Prints the accuracy / escalation-rate curve as a table (or JSON), draws it with --plot, and
 with --plan DIR copies SMALL.onnx into the plan folder as small.onnx and writes the chosen
 threshold to DIR/cascade.json, where `Config(plan=DIR, mode="cascade")` reads it.
-Parses, calls edgecut.calibrate, prints.
+Also the accuracy flags of `edgecut plan` (add_accuracy_arguments, apply_accuracy):
+
+    edgecut plan MODEL ... --out DIR [--quantize int8|fp16] --data EVAL [--accuracy-budget B]
+
+write quantised device models beside the fp32 ones and record, per cut, the top-1 drop of
+each quantised head and of each lossy codec (int8, fp16) on the crossing tensors, marking
+those within the budget (edgecut.partitioner.quantize).
+
+Parses, calls edgecut.calibrate and edgecut.partitioner.quantize, prints.
 """
 
 from __future__ import annotations
@@ -15,9 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["register"]
+__all__ = ["add_accuracy_arguments", "apply_accuracy", "register"]
 
 _ROWS = 12
 
@@ -99,3 +108,40 @@ def _print_curve(result: object) -> None:
         table.add_row(f"{p.threshold:.4g}", f"{p.accuracy:.4f}", f"{p.escalation:.1%}",
                       "chosen" if p == chosen else "")
     Console().print(table)
+
+
+def add_accuracy_arguments(p: argparse.ArgumentParser) -> None:
+    """`edgecut plan`'s --quantize, --data and --accuracy-budget."""
+    p.add_argument("--quantize", choices=("int8", "fp16"),
+                   help="also write quantised device models (int8: static, calibrated on "
+                        "--data), and report their size and accuracy drop")
+    p.add_argument("--data", type=Path, metavar="EVAL",
+                   help="evaluation set (.npz or folder of .npy, with labels or reference) "
+                        "for --quantize and the lossy codecs' accuracy drop")
+    p.add_argument("--accuracy-budget", type=_fraction, metavar="B",
+                   help="the largest top-1 drop a quantised head or lossy codec may cost "
+                        "(e.g. 0.01); needs --data")
+
+
+def apply_accuracy(args: argparse.Namespace, say: Callable[[str], object]) -> None:
+    """After the plan folder is written: quantise and measure, when asked to."""
+    from edgecut.errors import UserInputError
+
+    if args.data is None:
+        if args.quantize is not None or args.accuracy_budget is not None:
+            raise UserInputError("--quantize and --accuracy-budget need --data EVAL, the "
+                                 "evaluation set the accuracy drop is measured on")
+        return
+    from edgecut.accuracy import load_eval_set
+    from edgecut.partitioner.quantize import quantize_plan
+
+    summary = quantize_plan(args.out, mode=args.quantize, data=load_eval_set(args.data),
+                            accuracy_budget=args.accuracy_budget)
+    figures = summary["quantized"].get(args.quantize) if args.quantize else None
+    if figures is not None:
+        say(f"wrote {args.out}/{figures['file']}: {figures['bytes']} bytes, "
+            f"{1 - figures['size_ratio']:.0%} smaller than fp32; top-1 drop "
+            f"{figures['accuracy_drop']:.4f} on {summary['samples']} samples"
+            + ("" if figures["within_budget"] else " (over the budget)"))
+    say(f"accuracy on {args.data}: fp32 {summary['metric']} {summary['baseline']:.4f}; drops "
+        f"per cut and codec in {args.out}/plan.json")
