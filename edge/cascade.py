@@ -1,5 +1,7 @@
 """Placement 5, the cascade: a small model on the device answers when it is confident; the
-plan's strong model (its split, or the cloud) answers when it is not.
+plan's strong model (its split, or the cloud) answers when it is not. An early exit is the
+same decision inside one model: the cut's head computes an exit branch (an extra output that
+classifies early, `cascade_exit`), and a confident exit answers without sending anything.
 
 The decision is pure (`confidence`, `decide_before`, `decide_after`), over values:
 
@@ -45,12 +47,12 @@ from edgecut.errors import BadPlanError, EdgecutError
 
 from .config import CASCADE_MEASURES, Config
 from .monitors import DeviceReadings
-from .plan import Plan
+from .plan import Plan, PlanCut
 from .sessions import DeviceSession, load_session
 from .stats import RunStatistics
 
 __all__ = ["CASCADE_FILE", "CASCADE_FORMAT", "CASCADE_VERSION", "Cascade", "CascadeDecision",
-           "CascadeSettings", "SmallModel", "confidence", "decide_after", "decide_before",
+           "CascadeSettings", "EarlyExit", "SmallModel", "confidence", "decide_after", "decide_before",
            "load_cascade_file", "probabilities", "settings_for"]
 
 CASCADE_FILE = "cascade.json"
@@ -192,6 +194,8 @@ def settings_for(config: Config, plan_dir: Path) -> tuple[CascadeSettings, Path,
                            f"calibrate SMALL.onnx BIG.onnx --data EVAL --plan {plan_dir} ...`")
     if config.small_model is not None:
         small = Path(config.small_model)
+    elif config.cascade_exit is not None:
+        small = Path()  # an early exit has no small model
     elif doc:
         small = Path(plan_dir) / doc["small_model"]
     else:
@@ -324,3 +328,54 @@ class Cascade:
         return ({n: small[n] for n in names},
                 RunStatistics(mode="local", cut=None, answered_by="small", small_ms=small_ms,
                               confidence=score, escalation=escalation, fallback=fallback))
+
+
+class EarlyExit:
+    """An exit branch in the head of the plan's cut: its answer stands when confident."""
+
+    def __init__(self, settings: CascadeSettings, *, exit_output: str, scores: str,
+                 cut: PlanCut) -> None:
+        self.settings = settings
+        self.exit_output = exit_output
+        self.scores = scores
+        self.cut = cut
+
+    @classmethod
+    def for_config(cls, config: Config, plan: Plan, cut: PlanCut) -> EarlyExit:
+        settings, _, scores = settings_for(config, plan.directory)
+        exit_output = str(config.cascade_exit)
+        if cut.head is None or exit_output not in cut.device_outputs:
+            raise BadPlanError(
+                f"{plan.directory}: cut {cut.id} does not compute the exit {exit_output!r} on "
+                f"the device (its device outputs are {list(cut.device_outputs)}); choose a cut "
+                f"after the exit branch")
+        outputs = [s.name for s in plan.model.outputs]
+        scores = scores or next((n for n in outputs if n != exit_output), exit_output)
+        return cls(settings, exit_output=exit_output, scores=scores, cut=cut)
+
+    def answer(self, device: Mapping[str, np.ndarray], names: Sequence[str]
+               ) -> dict[str, np.ndarray] | None:
+        """The exit's answer for `names` (the exit stands in for `scores`), or None when one
+        of them can only come from the cloud."""
+        out = {}
+        for n in names:
+            if n == self.scores:
+                out[n] = device[self.exit_output]
+            elif n in device:
+                out[n] = device[n]
+            else:
+                return None
+        return out
+
+    def check(self, device: Mapping[str, np.ndarray], names: Sequence[str],
+              stats: RunStatistics) -> tuple[dict[str, np.ndarray] | None, RunStatistics]:
+        """After the head ran: the exit's answer and its statistics when it is confident;
+        else None and the statistics of a run that goes on to the cloud."""
+        score = float(confidence(device[self.exit_output], self.settings.measure).min())
+        decision = decide_after(score, self.settings, expected_strong_ms=None)
+        answer = None if decision.escalate else self.answer(device, names)
+        if answer is not None:
+            return answer, dataclasses.replace(stats, answered_by="exit", confidence=score)
+        return None, dataclasses.replace(
+            stats, answered_by="big", confidence=score,
+            escalation=decision.reason or "an output asked for comes from the cloud")

@@ -72,8 +72,12 @@ class Config:
     - `cascade_battery_percent`: at or below this charge (on battery) requests escalate
       without running the small model. `latency_budget_ms`: an unsure answer still stands
       when the strong model's measured time would overrun this budget.
+    - `cascade_exit`: instead of a small model, an early exit: the name of an exit branch's
+      output that the cut's head computes; a confident exit answers in place of the
+      model's scores output and nothing is sent.
     - With fallback "local" (the default) a failed escalation answers with the small model's
-      answer; `last_run().answered_by` says which model answered.
+      (or the exit's) answer; `last_run().answered_by` says which answered ("small",
+      "exit" or "big").
 
     When the cloud fails (`fallback`; default "local" in adaptive and cascade modes, "none"
     otherwise):
@@ -129,6 +133,7 @@ class Config:
     cascade_battery_percent: float | None = None
     latency_budget_ms: float | None = None
     quantized: str | None = None
+    cascade_exit: str | None = None
 
     def __post_init__(self) -> None:
         # Paths may arrive as strings (from a CLI or a TOML file); hold them as Paths.

@@ -49,7 +49,7 @@ from edgecut.errors import (
 from edgecut.protocol.codecs import choose_codec
 
 from .breaker import CircuitBreaker
-from .cascade import Cascade
+from .cascade import Cascade, EarlyExit
 from .client import CloudClient
 from .config import Config
 from .monitors import DeviceMonitor, LinkEstimator, RecentSamples
@@ -152,7 +152,11 @@ class Predictor:
 
         self._sessions: dict[str | None, DeviceSession] = {}  # None: the full model
         self._load_sessions()
-        self._cascade = Cascade.for_config(config, self.plan) if config.mode == "cascade" else None
+        cascade = config.mode == "cascade"
+        self._cascade = (Cascade.for_config(config, self.plan)
+                         if cascade and config.cascade_exit is None else None)
+        self._exit = (EarlyExit.for_config(config, self.plan, self.cut)
+                      if cascade and config.cascade_exit is not None else None)
         self._client = None if config.mode == "local" else CloudClient(
             config.endpoints, tls_dir=config.tls_dir, device=config.device,
             timeout_s=config.timeout_s)
@@ -174,7 +178,7 @@ class Predictor:
             self._warm_up()
         self._prober = None
         if self._client is not None and (self._fallback_local or self._adaptive
-                                         or self._cascade is not None):
+                                         or config.mode == "cascade"):
             # The prober holds the Predictor weakly: one that is dropped unclosed is still
             # collected, and its prober stopped.
             me = weakref.ref(self)
@@ -226,6 +230,9 @@ class Predictor:
             if self._cascade is not None:
                 outputs, stats = self._run_cascade(self._cascade, names, input_feed, deadline,
                                                    request_id)
+            elif self._exit is not None:
+                outputs, stats = self._run_early_exit(self._exit, names, input_feed, deadline,
+                                                      request_id)
             else:
                 choice = self._next_choice()
                 outputs, stats = self._execute(choice, names, input_feed, deadline, request_id)
@@ -379,6 +386,25 @@ class Predictor:
             fallback_small=self.config.fallback == "local", failures=_CLOUD_FAILURES,
             describe=_describe)
 
+    def _run_early_exit(self, early: EarlyExit, names: list[str],
+                        feed: Mapping[str, np.ndarray], deadline: float, request_id: str
+                        ) -> tuple[dict[str, np.ndarray], RunStatistics]:
+        """The cut's head, answered by its exit branch when sure, else on to the tail; with
+        fallback "local", a failed tail is answered by the exit (the head run again)."""
+        try:
+            return self._execute(self._initial, names, feed, deadline, request_id)
+        except _CLOUD_FAILURES as exc:
+            if self.config.fallback != "local" or early.cut.head is None:
+                raise
+            head = self._session(early.cut.head)
+            values = head.run(None, feed, deadline_s=deadline - time.perf_counter())
+            device = dict(zip(head.output_names, values, strict=True))
+            answer = early.answer(device, names)
+            if answer is None:
+                raise
+            return answer, RunStatistics(mode="local", cut=None, answered_by="exit",
+                                         fallback=_describe(exc))
+
     def _fall_back(self, error: EdgecutError, reason: str, names: list[str],
                    feed: Mapping[str, np.ndarray], deadline: float,
                    stats: RunStatistics | None
@@ -439,6 +465,10 @@ class Predictor:
             head_ms = (time.perf_counter() - head_start) * 1e3
             stats = dataclasses.replace(stats, head_ms=head_ms)
             budget_s -= head_ms / 1e3
+            if self._exit is not None:
+                answer, stats = self._exit.check(device, names, stats)
+                if answer is not None:
+                    return answer, stats
         cloud_names = list(dict.fromkeys(n for n in names if n in cut.cloud_outputs))
         cloud: dict[str, np.ndarray] = {}
         if cloud_names:

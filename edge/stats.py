@@ -36,8 +36,9 @@ class RunStatistics:
     little more than the sum of the stages. `raw_*` bytes are tensor sizes, `wire_*` their
     encoded sizes; both are 0 when no cloud call answered.
 
-    In cascade mode `answered_by` is "small" (the device's small model) or "big" (the plan's
-    model, wherever it ran; None outside cascade mode), `small_ms` the small model's time,
+    In cascade mode `answered_by` is "small" (the device's small model), "exit" (the early
+    exit in the cut's head) or "big" (the plan's model, wherever it ran; None outside cascade
+    mode), `small_ms` the small model's time,
     `confidence` its score (None when it did not run) and `escalation` why the request went
     to the big model (None when it did not).
     """

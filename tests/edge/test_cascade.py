@@ -24,7 +24,7 @@ from edgecut.accuracy import EvalSet
 from edgecut.calibrate import calibrate, write_cascade
 from edgecut.cloud.server import EndpointServer, create_server
 from edgecut.deploy import deploy_plan
-from edgecut.digits import INPUT, OUTPUT, trained
+from edgecut.digits import EXIT_OUTPUT, INPUT, OUTPUT, trained
 from edgecut.edge import Config, Predictor
 from edgecut.edge.cascade import (
     CascadeSettings,
@@ -260,4 +260,70 @@ def test_missing_threshold_or_a_mismatched_small_model_is_a_bad_plan(
     (tmp_path / "plan").mkdir()
     with pytest.raises(BadPlanError, match="no such small model"):
         Predictor(_config(digits_plan, digits_endpoint, fleet, small_model=tmp_path / "x.onnx",
+                          cascade_threshold=0.5))
+
+
+# -- early exit: the exit branch in the cut's head ------------------------------------------
+
+EXIT_CUT = 6  # after the exit branch: exit_probs is computed here, l1_mm crosses
+
+
+@pytest.fixture(scope="module")
+def exits(tmp_path_factory: pytest.TempPathFactory, fleet: Path) -> Iterator[tuple[Path, str, Path]]:
+    _, serialised = trained()
+    directory = tmp_path_factory.mktemp("exits")
+    model = directory / "exits.onnx"
+    model.write_bytes(serialised["exits"])
+    write_plan(model, directory / "plan", cut_ids=[3, EXIT_CUT], input_shapes={INPUT: (1, 64)},
+               chosen=EXIT_CUT)
+    deploy_plan(directory / "plan", directory / "repo")
+    server = create_server(directory / "repo", tls_dir=fleet, mutual_tls=True, workers=2,
+                           intra_op_threads=1)
+    server.start()
+    yield directory / "plan", f"localhost:{server.port}", model
+    server.stop(grace_s=1.0)
+
+
+def test_a_confident_exit_answers_and_sends_nothing(exits, fleet: Path) -> None:
+    plan, endpoint, model = exits
+    session = _session(model)
+    config = _config(plan, endpoint, fleet, cascade_exit=EXIT_OUTPUT, cascade_threshold=0.0)
+    with Predictor(config) as predictor:
+        for feed in _samples(3):
+            (probs,) = predictor.run([OUTPUT], feed)
+            np.testing.assert_allclose(probs, session.run([EXIT_OUTPUT], feed)[0], rtol=1e-6)
+            run = predictor.last_run()
+            assert (run.answered_by, run.cloud_calls, run.wire_bytes_up) == ("exit", 0, 0)
+            assert run.mode == "split" and run.cut == EXIT_CUT and run.head_ms > 0
+
+
+def test_an_unsure_exit_goes_on_to_the_tail(exits, fleet: Path) -> None:
+    plan, endpoint, model = exits
+    session = _session(model)
+    config = _config(plan, endpoint, fleet, cascade_exit=EXIT_OUTPUT, cascade_threshold=1.0)
+    with Predictor(config) as predictor:
+        for feed in _samples(3):
+            (probs,) = predictor.run([OUTPUT], feed)
+            np.testing.assert_allclose(probs, session.run([OUTPUT], feed)[0], rtol=1e-5,
+                                       atol=1e-6)
+            run = predictor.last_run()
+            assert (run.answered_by, run.cloud_calls) == ("big", 1)
+            assert run.escalation.startswith("max_prob ") and run.confidence < 1.0
+
+
+def test_a_dead_endpoint_is_answered_by_the_exit(exits, fleet: Path, free_port) -> None:
+    plan, _, _ = exits
+    config = _config(plan, f"127.0.0.1:{free_port()}", fleet, cascade_exit=EXIT_OUTPUT,
+                     cascade_threshold=1.0)
+    with Predictor(config) as predictor:
+        for feed in _samples(2):
+            predictor.run(None, feed)
+            run = predictor.last_run()
+            assert run.answered_by == "exit" and run.fallback
+
+
+def test_an_exit_the_cuts_head_does_not_compute_is_a_bad_plan(exits, fleet: Path) -> None:
+    plan, endpoint, _ = exits
+    with pytest.raises(BadPlanError, match="cut 3 does not compute the exit 'exit_probs'"):
+        Predictor(_config(plan, endpoint, fleet, cut=3, cascade_exit=EXIT_OUTPUT,
                           cascade_threshold=0.5))
