@@ -96,14 +96,7 @@ class Server:
         return _tree_cpu_s(self.pid)
 
     def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=5)
-        self._log.close()
+        _stop(self._proc, self._log)
 
 
 def _tree_cpu_s(pid: int) -> float:
@@ -164,14 +157,19 @@ class Triton:
         return _tree_cpu_s(self.pid)
 
     def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=5)
-        self._log.close()
+        _stop(self._proc, self._log)
+
+
+def _stop(proc: subprocess.Popen[Any], log: Any) -> None:
+    """SIGTERM (a drain, for edgecut), then SIGKILL if it takes longer than 40 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    log.close()
 
 
 def _free_port() -> int:
