@@ -13,6 +13,7 @@ import shutil
 import ssl
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -489,3 +490,27 @@ def test_rotated_certificates_apply_to_https_without_a_restart(model_repo: Path,
         stale.load_verify_locations(str(new / "ca.crt"))  # it trusts the server: refused by it
         with pytest.raises((ssl.SSLError, ConnectionError)):
             _call(port, "GET", "/v2/models/dyn_mlp", context=stale)
+
+
+def test_http_calls_show_in_the_metrics_and_the_request_log(
+        model_repo: Path, cnn_input: np.ndarray, caplog: pytest.LogCaptureFixture) -> None:
+    endpoint = create_server(model_repo, workers=2, http_address="127.0.0.1:0", metrics_port=0,
+                             request_log_level="INFO")
+    with endpoint, caplog.at_level("INFO", logger="edgecut.cloud.requests"):
+        connection = http.client.HTTPConnection("127.0.0.1", endpoint.http_port,
+                                                timeout=TIMEOUT_S)
+        for model in ("tiny_cnn", "resnet9000"):
+            connection.request("POST", f"/v2/models/{model}/infer",
+                               body=_json_infer(cnn_input, id=f"log-{model}"))
+            connection.getresponse().read()
+        connection.close()
+        assert endpoint.metrics_url is not None
+        with urllib.request.urlopen(endpoint.metrics_url, timeout=TIMEOUT_S) as response:
+            text = response.read().decode()
+    assert re.search(r'edgecut_inference_request_success_total\{model="tiny_cnn",'
+                     r'version="2"\} 1\.0', text), text
+    assert 'edgecut_rpc_total{code="NOT_FOUND",rpc="ModelInfer"} 1.0' in text
+    lines = [json.loads(r.getMessage()) for r in caplog.records
+             if r.name == "edgecut.cloud.requests"]
+    assert {(line["id"], line["status"]) for line in lines} == {("log-tiny_cnn", "OK"),
+                                                                ("log-resnet9000", "NOT_FOUND")}
