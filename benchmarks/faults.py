@@ -39,6 +39,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import threading
@@ -163,6 +164,17 @@ def _closing(predictors: list[Predictor]) -> contextlib.ExitStack:
     return stack
 
 
+def _switch_reasons(predictors: list[Predictor]) -> dict[str, int]:
+    """How many switches of each kind ("from -> to: reason", figures as #) the devices made."""
+    counts: dict[str, int] = {}
+    for p in predictors:
+        for e in p.events():
+            reason = re.sub(r"\d[\d.e+]*", "#", e.reason.split(":")[0])[:60]
+            key = f"{e.from_choice} -> {e.to_choice}: {reason}"
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 # -- the rows ----------------------------------------------------------------------------
 
 
@@ -174,11 +186,13 @@ def row_kill(bench: Bench) -> list[Row]:
         predictors = bench.predictors(endpoint.address)
         with _closing(predictors):
             def back(outcomes: list[Outcome]) -> bool:
+                # back in split after the restart, and a third of the calls made since
                 r = marks.get("restarted")
-                return r is not None and any(o.mode == "split" and o.started_s >= r
-                                             for o in outcomes)
+                after = [o for o in outcomes if r is not None and o.started_s >= r]
+                first = next((i for i, o in enumerate(after) if o.mode == "split"), None)
+                return first is not None and len(after) - first >= bench.args.requests // 3
 
-            loops = bench.loops(predictors, max_requests=10 * bench.args.requests, done=back)
+            loops = bench.loops(predictors, max_requests=100 * bench.args.requests, done=back)
 
             def fault() -> None:
                 _wait(lambda: all(len(x.outcomes) >= bench.args.requests // 3 for x in loops), 60)
@@ -189,6 +203,7 @@ def row_kill(bench: Bench) -> list[Row]:
                 marks["restarted"] = time.monotonic()
 
             outcomes = run_loops(loops, budget_s=180.0, during=fault)
+            reasons = _switch_reasons(predictors)
     finally:
         endpoint.stop()
     back_s = {}
@@ -197,7 +212,7 @@ def row_kill(bench: Bench) -> list[Row]:
                       if o.mode == "split" and o.started_s >= marks["restarted"]), None)
         back_s[loop.device] = None if first is None else round(first, 3)
     known = [v for v in back_s.values() if v is not None]
-    bench.extra["kill"] = {"back_in_split_s": back_s,
+    bench.extra["kill"] = {"back_in_split_s": back_s, "switches": reasons,
                            "outage_s": round(marks["restarted"] - marks["killed"], 3)}
     notes = (f"down {marks['restarted'] - marks['killed']:.1f} s; back in split after "
              f"{min(known):.1f}-{max(known):.1f} s" if len(known) == len(back_s) else
@@ -208,9 +223,7 @@ def row_kill(bench: Bench) -> list[Row]:
 def row_replicas(bench: Bench) -> list[Row]:
     with Replicas(3, bench.repository, bench.fleet, log_dir=bench.workdir,
                   device=bench.devices[0]) as replicas:
-        # By name: a list of IP addresses fails TLS hostname checks (edge/channel.py).
-        addresses = [f"localhost:{e.port}" for e in replicas.endpoints]
-        predictors = bench.predictors(addresses)
+        predictors = bench.predictors(replicas.addresses)  # 127.0.0.1:p1, :p2, :p3
         marks: dict[str, float] = {}
         with _closing(predictors):
             loops = bench.loops(predictors)
@@ -221,6 +234,7 @@ def row_replicas(bench: Bench) -> list[Row]:
                 marks["killed"] = time.monotonic()
 
             outcomes = run_loops(loops, budget_s=180.0, during=fault)
+            bench.extra["replicas"] = {"switches": _switch_reasons(predictors)}
     after = [o for o in outcomes if o.started_s >= marks["killed"]]
     cloud = sum(o.kind == "cloud" for o in after)
     return [summarise("1 of 3 replicas SIGKILLed", outcomes,

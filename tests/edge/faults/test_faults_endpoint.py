@@ -11,10 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import pytest
-
 from benchmarks.harness.endpoint import Replicas
-from benchmarks.harness.faultload import DeviceLoop, Outcome, call_once, run_loops, summarise
+from benchmarks.harness.faultload import DeviceLoop, Outcome, run_loops, summarise
 
 from .conftest import DEVICES, TIMEOUT_S
 
@@ -82,9 +80,9 @@ def test_one_of_three_replicas_killed_under_load(fault_repository, fault_fleet, 
                                                  feeds: list) -> None:
     with Replicas(3, fault_repository, fault_fleet, log_dir=tmp_path,
                   device=DEVICES[0]) as replicas:
-        # By name: a list of IP addresses fails TLS today (see the test below).
-        addresses = [f"localhost:{e.port}" for e in replicas.endpoints]
-        predictors = [predictor_factory(addresses, device=name) for name in DEVICES[:4]]
+        # As IP addresses (127.0.0.1:p, ...): TLS checks the certificate's IP names.
+        predictors = [predictor_factory(replicas.addresses, device=name)
+                      for name in DEVICES[:4]]
         marks: dict[str, float] = {}
         deadline = time.monotonic() + 30.0
 
@@ -113,15 +111,3 @@ def test_one_of_three_replicas_killed_under_load(fault_repository, fault_fleet, 
         after = [o for o in loop.outcomes if o.started_s >= marks["killed"] + 1.0]
         assert sum(o.kind == "cloud" for o in after) >= 10, (loop.device, summarise("", after))
 
-
-@pytest.mark.xfail(strict=True, reason="edge/channel.py target_for: a list of IP addresses gets "
-                   "no TLS name override, so gRPC checks the server certificate against the "
-                   "target 'a:p,b:q' and every handshake fails hostname verification")
-def test_replicas_given_as_ip_addresses_pass_tls(shared_endpoint, predictor_factory: Callable,
-                                                  feeds: list) -> None:
-    feed, expected = feeds[0]
-    address = f"127.0.0.1:{shared_endpoint.port}"
-    predictor = predictor_factory([address, address], mode="split", fallback="none")
-    for _ in range(2):
-        outcome = call_once(predictor, feed, expected, timeout_s=TIMEOUT_S)
-        assert outcome.kind == "cloud", outcome.detail
