@@ -488,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
         with ExitStack() as stack:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgecut-regret-")))
             tls = work / "tls"
-            init_ca(tls, hosts=[CLOUD_ADDRESS])
+            # the device reaches the cloud through its delay proxy on 127.0.0.1, and the client
+            # checks the certificate against the address it dials
+            init_ca(tls, hosts=[CLOUD_ADDRESS, "127.0.0.1"])
             link = stack.enter_context(ShapedLink(up_mbps=links[0][0], down_mbps=links[0][0]))
             cpu = stack.enter_context(CpuLimit(fraction=speeds[0]))
             proxy_overhead = measure_overhead(0.0)
