@@ -179,7 +179,8 @@ class HTTPFrontend:
 
     def __init__(self, servicer: InferenceServicer, repository: ModelRepository, *,
                  address: tuple[str, int], tls_dir: Path | None = None, mutual: bool = False,
-                 max_body_bytes: int, reload_certificates: bool = True) -> None:
+                 max_body_bytes: int, max_open_calls: int,
+                 reload_certificates: bool = True) -> None:
         self._servicer = servicer
         self._repository = repository
         self._mutual = mutual
@@ -189,6 +190,10 @@ class HTTPFrontend:
         self._host = address[0]
         self._port = int(self._socket.getsockname()[1])
         self._max_body_bytes = max_body_bytes
+        # Inference calls between their headers and their answer (on the loop thread only):
+        # bounded as gRPC's open calls are, so waiting bodies cannot fill the memory.
+        self._max_open_calls = max_open_calls
+        self._open_calls = 0
         self._executor = ThreadPoolExecutor(max_workers=_HTTP_THREADS,
                                             thread_name_prefix="edgecut-http")
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -411,6 +416,17 @@ class HTTPFrontend:
 
     async def _infer(self, request: web.Request) -> web.StreamResponse:
         call = self._caller(request)
+        if self._open_calls >= self._max_open_calls:
+            # A short back-off, as gRPC's transports give: the limit frees as calls answer.
+            return _error(503, f"the endpoint has {self._max_open_calls} calls open already "
+                               f"(its limit); retry later", retry_after_ms=50)
+        self._open_calls += 1
+        try:
+            return await self._run_infer(request, call)
+        finally:
+            self._open_calls -= 1
+
+    async def _run_infer(self, request: web.Request, call: _Call) -> web.StreamResponse:
         name, version = _model(request)
         body = await request.read()
         header_text = request.headers.get(HEADER_LENGTH)

@@ -475,6 +475,7 @@ def create_server(
             http = HTTPFrontend(servicer, repository, address=split_address(http_address),
                                 tls_dir=tls_dir, mutual=mutual_tls,
                                 max_body_bytes=max_message_bytes,
+                                max_open_calls=max_concurrent_rpcs or 4 * workers,
                                 reload_certificates=reload_certificates)
         except BaseException:
             scheduler.close(timeout_s=0)

@@ -373,6 +373,35 @@ def test_full_queue_is_503_with_retry_after(ops_repo: Path,
         assert call(slow(0.01))[0] == 200  # still serving
 
 
+def test_calls_beyond_the_open_call_bound_are_503(
+        ops_repo: Path, slow_iterations: Callable[[float], int]) -> None:
+    """As gRPC's max_concurrent_rpcs: bodies waiting for their turn cannot fill the memory."""
+    endpoint = create_server(ops_repo, workers=2, max_concurrent_rpcs=1,
+                             http_address="127.0.0.1:0")
+    body = json.dumps({"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [1, 64], "data": [1.0] * 64},
+        {"name": "iterations", "datatype": "INT64", "shape": [],
+         "data": [slow_iterations(1.5)]}]}).encode()
+
+    def call() -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", endpoint.http_port,
+                                                timeout=TIMEOUT_S)
+        try:
+            connection.request("POST", "/v2/models/slow/infer", body=body)
+            response = connection.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            connection.close()
+
+    with endpoint, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(call)
+        time.sleep(0.3)
+        status, headers, answer = call()
+        assert status == 503 and headers["Retry-After"] == "1"
+        assert "1 calls open already (its limit)" in json.loads(answer)["error"]
+        assert first.result()[0] == 200
+
+
 def test_draining_endpoint_answers_503(model_repo: Path, cnn_input: np.ndarray) -> None:
     endpoint = create_server(model_repo, workers=2, http_address="127.0.0.1:0")
     endpoint.start()
