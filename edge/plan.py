@@ -31,7 +31,7 @@ from typing import Any
 from edgecut.errors import BadPlanError, UnknownCutError
 
 __all__ = ["PLAN_FILE", "PLAN_FORMAT", "PLAN_VERSION", "EnvelopeRange", "Plan", "PlanCut",
-           "PlanModel", "TensorSpec", "load_plan"]
+           "PlanModel", "PlanStage", "TensorSpec", "load_plan"]
 
 PLAN_FILE = "plan.json"
 PLAN_FORMAT = "edgecut-plan"
@@ -111,6 +111,30 @@ class EnvelopeRange:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PlanStage:
+    """One hop of a chain plan (`edgecut chain plan`): where it runs, its slice, what it
+    receives, sends on to the next stage and returns to the caller (docs/plan-format.md)."""
+
+    index: int
+    hop: str
+    where: str  # "device", "helper" or "cloud"
+    model: str
+    receives: tuple[str, ...]
+    sends: tuple[str, ...]
+    returns: tuple[str, ...]
+    endpoint_model: str | None
+    nodes: int = 0
+
+    def __post_init__(self) -> None:
+        if self.where not in ("device", "helper", "cloud"):
+            raise BadPlanError(f"stage {self.index}: where must be 'device', 'helper' or "
+                               f"'cloud', got {self.where!r}")
+        if self.where != "device" and self.endpoint_model is None:
+            raise BadPlanError(f"stage {self.index} runs on a {self.where} but has no "
+                               f"endpoint_model to serve it under")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
     """A loaded plan folder; `directory` is where its model files are."""
 
@@ -122,6 +146,7 @@ class Plan:
     envelope: tuple[EnvelopeRange, ...] = ()
     # The device runtime's thresholds from the device profile ([device.runtime]), by name.
     runtime: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    stages: tuple[PlanStage, ...] = ()  # a chain plan's hops; () for a single-cut plan
 
     def __post_init__(self) -> None:
         ids = [c.id for c in self.cuts]
@@ -203,6 +228,7 @@ def _model_files(plan: Plan) -> list[tuple[str, str]]:
     files = [("model.file", plan.model.file)]
     for i, c in enumerate(plan.cuts):
         files += [(f"cuts[{i}].{k}", v) for k, v in (("head", c.head), ("tail", c.tail)) if v]
+    files += [(f"stages[{i}].model", s.model) for i, s in enumerate(plan.stages)]
     return files
 
 
@@ -262,12 +288,60 @@ class _Reader:
         chosen = self.get(doc, "chosen", "", "an integer")
         envelope = self.envelope(doc.get("envelope"))
         runtime = self.runtime(doc.get("runtime"))
+        stages = self.stages(doc.get("stages"))
         self.raise_if_any()
         if model is None or chosen is None or None in cuts:
             raise BadPlanError(f"{self.file}: malformed")  # unreachable: a problem was recorded
         return Plan(directory=directory, model=model, input_shapes=input_shapes,
                     cuts=tuple(c for c in cuts if c is not None), chosen=chosen,
-                    envelope=envelope, runtime=runtime)
+                    envelope=envelope, runtime=runtime, stages=stages)
+
+    def stages(self, items: Any) -> tuple[PlanStage, ...]:
+        """The optional chain: stages 0.. in order, each one's sends the next one's receives."""
+        if items is None:
+            return ()
+        if not isinstance(items, list) or not items:
+            self.problem("stages", "must be a non-empty list of stage objects or absent")
+            return ()
+        stages: list[PlanStage] = []
+        for i, item in enumerate(items):
+            key = f"stages[{i}]"
+            if not isinstance(item, dict):
+                self.problem(key, "must be an object")
+                return ()
+            before = len(self.problems)
+            values = {
+                "index": self.get(item, "index", key, "a non-negative integer"),
+                "hop": self.get(item, "hop", key, "a non-empty string"),
+                "where": self.get(item, "where", key, "a non-empty string"),
+                "model": self.get(item, "model", key, "a relative path inside the plan folder"),
+                "receives": self.get(item, "receives", key, "a list of strings"),
+                "sends": self.get(item, "sends", key, "a list of strings"),
+                "returns": self.get(item, "returns", key, "a list of strings"),
+                "endpoint_model": self.get(item, "endpoint_model", key,
+                                           "a non-empty string or null"),
+            }
+            nodes = item.get("nodes", 0)
+            if len(self.problems) > before:
+                return ()
+            if values["index"] != i:
+                self.problem(f"{key}.index", f"must be {i} (stages are listed in order), got "
+                                             f"{values['index']}")
+                return ()
+            if stages and tuple(values["receives"]) != stages[-1].sends:
+                self.problem(f"{key}.receives", f"must be stage {i - 1}'s sends "
+                                                f"{list(stages[-1].sends)}, got "
+                                                f"{values['receives']}")
+                return ()
+            for name in ("receives", "sends", "returns"):
+                values[name] = tuple(values[name])
+            try:
+                stages.append(PlanStage(**values, nodes=nodes if _is_kind(
+                    nodes, "a non-negative integer") else 0))
+            except BadPlanError as exc:
+                self.problem(key, f"is inconsistent: {exc}")
+                return ()
+        return tuple(stages)
 
     def runtime(self, table: Any) -> dict[str, float]:
         """The optional runtime thresholds: names to numbers (the Predictor knows the names)."""
