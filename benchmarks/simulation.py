@@ -11,10 +11,12 @@ Sections (`--sections correctness,scale,validation`):
   Pollaczek-Khinchine; M/D/c in the cloud (10,000 devices offloading to c = 1, 4 replicas
   without batching at utilisation 0.7) against Crommelin's exact M/D/c mean wait. ~200k
   requests each; simulated/theory ratios of the mean wait.
-- scale: 1M requests from 1k, 10k and 100k devices (4 batched GPU replicas), wall time of the
-  vectorised engine (dads) and of the event engine (edgecut), requests/s and events/s; and
-  SimPy running an M/M/1 queue of as many customers in the same run (the engine LEAF and
-  most Python simulators build on), as the rate ratio.
+- scale: 1M requests from 1k, 10k and 100k budget phones on an LTE trace (4 batched GPU
+  replicas), wall time of the vectorised engine (dads), of edgecut by ranks (`ranks.py`)
+  and of edgecut on the event engine, requests/s and events/s; and
+  SimPy running an M/M/1 queue of as many customers in the same run, before and after (the
+  faster counts; SimPy is the engine LEAF and most Python simulators build on), as the rate
+  ratio.
 - validation: the real system on this machine (an endpoint from `create_server` on
   loopback, a `Predictor` in local, split and offload mode, one request at a time) against
   the simulator given this machine's profile (`profile_device`, with the model's per-node
@@ -166,30 +168,39 @@ def simpy_mm1(customers: int) -> float | None:
 
 
 def scale(requests: int, device_counts: list[int]) -> dict[str, Any]:
+    # SimPy runs before and after the simulator's runs, and the faster of the two counts: the
+    # machine's load drifts, and this keeps the drift out of the simulator's favour.
+    simpy_before = simpy_mm1(requests)
     rows = []
     for count in device_counts:
-        duration = 60.0
+        duration = 600.0
         rate = requests / count / duration
-        s = _scenario([{"name": "pis", "count": count, "profile": "raspberry-pi-4",
-                        "network": "wifi", "arrival": {"rate_per_s": rate}}],
+        examples = Path(__file__).resolve().parents[1] / "simulations" / "examples"
+        s = _scenario([{"name": "phones", "count": count,
+                        "profile": str(examples / "budget-phone.toml"), "network": "lte",
+                        "bandwidth_trace": str(examples / "lte-commute.txt"),
+                        "arrival": {"rate_per_s": rate}}],
                       {"profile": "gpu-server", "replicas": 4, "max_batch_size": 8,
                        "max_queue_delay_ms": 2.0}, duration, ["dads", "edgecut"])
         start = time.perf_counter()
         p = prepare(s)
         prepare_s = time.perf_counter() - start
-        for strategy in ("dads", "edgecut"):
+        for strategy, engine in (("dads", "vectorised"), ("edgecut", "ranks"),
+                                 ("edgecut", "events")):
             start = time.perf_counter()
-            o = run_strategy(s, p, strategy)
+            o = run_strategy(s, p, strategy, engine="events" if engine == "events" else "auto")
             wall = time.perf_counter() - start
             rows.append({"devices": count, "requests": p.workload.size, "strategy": strategy,
-                         "engine": "vectorised" if strategy == "dads" else "events",
+                         "engine": engine,
                          "prepare_s": prepare_s, "wall_s": wall,
                          "requests_per_s": p.workload.size / wall, "events": o.events,
                          "events_per_s": o.events / wall})
-            _log(f"{count} devices, {p.workload.size} requests, {strategy}: {wall:.2f} s "
+            _log(f"{count} devices, {p.workload.size} requests, {strategy} ({engine}): {wall:.2f} s "
                  f"({p.workload.size / wall:,.0f} requests/s)")
-    simpy_s = simpy_mm1(requests)
-    out: dict[str, Any] = {"rows": rows, "simpy_mm1_customers": requests, "simpy_mm1_s": simpy_s}
+    simpy_after = simpy_mm1(requests)
+    simpy_s = None if simpy_before is None else min(simpy_before, simpy_after or simpy_before)
+    out: dict[str, Any] = {"rows": rows, "simpy_mm1_customers": requests, "simpy_mm1_s": simpy_s,
+                           "simpy_mm1_runs_s": [simpy_before, simpy_after]}
     if simpy_s is not None:
         simpy_rate = requests / simpy_s
         out["simpy_mm1_customers_per_s"] = simpy_rate

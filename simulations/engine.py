@@ -14,7 +14,8 @@ transfer and the decoding to come back. An edge-only request is done when its he
 - `run_events`: a discrete-event loop (a heapq of timed events, no wall clock) for
   policies that decide from what the device has seen so far (edgecut's live bandwidth
   estimate and the cloud's queue reports). The same batcher runs online. The tests check
-  that both engines give the same times for static strategies.
+  that both engines give the same times for static strategies. (`ranks.py` runs edgecut
+  without events where the cloud's reports cannot change a decision.)
 """
 
 from __future__ import annotations

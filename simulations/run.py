@@ -1,8 +1,9 @@
 """Run a scenario: plan its cut tables, draw its requests, run each strategy, summarise.
 
 `simulate(scenario)` is the library's entry point (the CLI and the sweeps call it). Static
-strategies run on the vectorised engine, edgecut on the event engine (`engine.py`);
-`engine="events"` forces the event engine for every strategy but cascade (the tests compare).
+strategies run on the vectorised engine, edgecut on the rank-vectorised one where it is exact
+(`ranks.py`) and on the event engine (`engine.py`) otherwise; `engine="events"` forces the
+event engine for every strategy but cascade (the tests compare).
 
 Example:
     >>> from edgecut.simulations import load_scenario, simulate          # doctest: +SKIP
@@ -107,6 +108,13 @@ def run_strategy(scenario: Scenario, prepared: Prepared, strategy: str, *,
     """One strategy's Outcome over the prepared requests."""
     w, tables = prepared.workload, prepared.tables
     if strategy == "edgecut":
+        if engine != "events":
+            from edgecut.simulations.ranks import run_ranks
+
+            fast = run_ranks(w, tables, prepared.tails, scenario.strategies.edgecut,
+                             scenario.cloud, has_cells=any(g.cell for g in scenario.devices))
+            if fast is not None:
+                return fast
         policy = EdgecutPolicy(tables, w, scenario.strategies.edgecut)
         return run_events(w, tables, prepared.tails, policy, scenario.cloud, progress)
     means = [n.uplink_mbps for n in prepared.networks]

@@ -79,3 +79,28 @@ def test_adding_a_class_leaves_the_others_draws_alone(scenario_data: dict[str, A
     alone = prepare(scenario_from_dict(scenario_data, label="t.toml")).workload
     mixed = prepare(scenario_from_dict(_two_tails(scenario_data), label="t.toml")).workload
     np.testing.assert_array_equal(alone.arrival_s, mixed.arrival_s[mixed.group == 0])
+
+
+def test_edgecut_by_ranks_is_the_event_engines_result(scenario_data: dict[str, Any]) -> None:
+    from edgecut.simulations import example_path
+    from edgecut.simulations.ranks import run_ranks
+
+    examples = example_path("phones-lte").parent
+    scenario_data["devices"][0].update(
+        count=300, profile=str(examples / "budget-phone.toml"), network="lte",
+        bandwidth_trace=str(examples / "lte-commute.txt"))
+    scenario_data["simulation"]["duration_s"] = 40.0
+    scenario = scenario_from_dict(scenario_data, label="t.toml")
+    prepared = prepare(scenario)
+    fast = run_ranks(prepared.workload, prepared.tables, prepared.tails,
+                     scenario.strategies.edgecut, scenario.cloud, has_cells=False)
+    assert fast is not None
+    slow = run_strategy(scenario, prepared, "edgecut", engine="events")
+    assert len(np.unique(fast.services.cut)) == 2       # it does switch between cuts
+    np.testing.assert_array_equal(fast.services.cut, slow.services.cut)
+    for name in ("head_start_s", "up_end_s", "cloud_start_s", "done_s"):
+        np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), atol=1e-9,
+                                   equal_nan=True, err_msg=name)
+    # A cell couples the devices' uplinks: only the event engine is exact there.
+    assert run_ranks(prepared.workload, prepared.tables, prepared.tails,
+                     scenario.strategies.edgecut, scenario.cloud, has_cells=True) is None

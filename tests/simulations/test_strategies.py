@@ -136,6 +136,10 @@ def test_edgecut_follows_the_link_and_backs_off_a_loaded_cloud(scenario_data: di
     scenario_data["simulation"]["duration_s"] = 10.0
     loaded = _scenario(scenario_data, compare=["cloud-only", "edgecut"])
     prepared = prepare(loaded)
+    from edgecut.simulations.ranks import run_ranks
+
+    assert run_ranks(prepared.workload, prepared.tables, prepared.tails,
+                     loaded.strategies.edgecut, loaded.cloud, has_cells=False) is None
     o = run_strategy(loaded, prepared, "edgecut")
     local = np.count_nonzero(~o.services.uses_cloud)
     assert 0 < local < prepared.workload.size
