@@ -36,7 +36,7 @@ from edgecut.simulations.scenario import CloudSpec, EdgecutSettings
 from edgecut.simulations.strategies import Services
 from edgecut.simulations.workload import Workload
 
-__all__ = ["EdgecutPolicy", "Outcome", "run_events", "run_static"]
+__all__ = ["EdgecutPolicy", "Outcome", "model_events", "run_events", "run_static"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -44,8 +44,8 @@ Progress = Callable[[str, int, int], None]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Outcome:
     """Times in seconds of every request's stages (nan where it has no such stage), the
-    services it was charged, and the cloud's batches; `events` counts what was processed
-    (requests' stage events and batches: a measure of work, not of time)."""
+    services it was charged, and the cloud's batches; `events` counts the model's events
+    (`model_events`: the same whichever engine ran, a measure of work, not of time)."""
 
     services: Services
     head_start_s: np.ndarray
@@ -85,11 +85,16 @@ def run_static(workload: Workload, services: Services, cloud: CloudSpec,
     done[rows] = (batches.end_s + half
                   + (services.downlink_ms[rows] + services.decode_ms[rows]) / 1000.0)
     say("done", 4, 4)
-    events = n + 3 * len(rows) + len(batches.batch_size)
     return Outcome(services=services, head_start_s=head_start, head_end_s=head_end,
                    up_start_s=up_start, up_end_s=up_end, cloud_arrival_s=arrive,
                    cloud_start_s=c_start, cloud_end_s=c_end, done_s=done, batches=batches,
-                   events=events)
+                   events=model_events(n, len(rows), len(batches.batch_size)))
+
+
+def model_events(requests: int, offloaded: int, batches: int) -> int:
+    """Events of the world's model, whichever engine ran it: each request's arrival and head
+    done, an offloaded one's message sent, cloud arrival and answer, and each batch done."""
+    return 2 * requests + 3 * offloaded + batches
 
 
 class StaticPolicy:
@@ -221,7 +226,6 @@ def run_events(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequenc
     b_start: list[float] = []
     b_end: list[float] = []
     b_size: list[int] = []
-    events = 0
     say = progress or (lambda _s, _d, _t: None)
     report_every = max(n // 50, 1)
 
@@ -300,7 +304,6 @@ def run_events(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequenc
         else:
             now, kind, item = t_arrival, -1, nxt
             nxt += 1
-        events += 1
         if kind == -1:
             i = item
             d = device[i]
@@ -372,4 +375,4 @@ def run_events(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequenc
     return Outcome(services=services, head_start_s=np.array(hs), head_end_s=np.array(he),
                    up_start_s=np.array(us), up_end_s=np.array(ue), cloud_arrival_s=np.array(ca),
                    cloud_start_s=np.array(cs), cloud_end_s=np.array(ce), done_s=np.array(done),
-                   batches=batches, events=events)
+                   batches=batches, events=model_events(n, len(rows), len(b_size)))

@@ -26,7 +26,7 @@ import numpy as np
 
 from edgecut.partitioner.planner import RAW_ABOVE_MBPS
 from edgecut.simulations.costs import CutTable
-from edgecut.simulations.engine import Outcome
+from edgecut.simulations.engine import Outcome, model_events
 from edgecut.simulations.queues import cloud_batches
 from edgecut.simulations.scenario import CloudSpec, EdgecutSettings
 from edgecut.simulations.strategies import Services
@@ -184,8 +184,7 @@ def run_ranks(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequence
     done = head_end + services.decode_ms / 1000.0
     done[rows] = batches.end_s + half + (services.downlink_ms[rows]
                                          + services.decode_ms[rows]) / 1000.0
-    events = n + 3 * len(rows) + len(batches.batch_size)
     return Outcome(services=services, head_start_s=head_start, head_end_s=head_end,
                    up_start_s=up_start, up_end_s=up_end, cloud_arrival_s=arrive,
                    cloud_start_s=c_start, cloud_end_s=c_end, done_s=done, batches=batches,
-                   events=events)
+                   events=model_events(n, len(rows), len(batches.batch_size)))
