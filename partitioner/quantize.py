@@ -60,7 +60,8 @@ class _Reader:
         self._feeds = iter(feeds)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        return dict(next(self._feeds, None) or {}) or None
+        feed = next(self._feeds, None)
+        return None if feed is None else dict(feed)
 
     def rewind(self) -> None:  # pragma: no cover - called by some calibrators only
         pass

@@ -161,7 +161,7 @@ def _compress(flat: np.ndarray, level: int) -> bytes:
     # into an error instead of a silently wrong tensor.
     compressor = zstandard.ZstdCompressor(level=level, write_content_size=True,
                                           write_checksum=True)
-    return compressor.compress(flat)
+    return compressor.compress(memoryview(np.ascontiguousarray(flat)))
 
 
 def decode_tensor(
@@ -209,9 +209,9 @@ def decode_tensor(
                 f"codec 'int8' declared on a {datatype} tensor; it only applies to FP32"
             )
         values = np.frombuffer(_decompress(data, count, datatype, dims), dtype=np.int8)
-        plain = {key: parameter_value(v) if isinstance(v, InferParameter) else v
-                 for key, v in parameters.items() if key in _int8.PARAMETERS}
-        array = _int8.dequantize(values, plain, tuple(dims))
+        int8_parameters = {key: parameter_value(v) if isinstance(v, InferParameter) else v
+                           for key, v in parameters.items() if key in _int8.PARAMETERS}
+        array = _int8.dequantize(values, int8_parameters, tuple(dims))
     else:
         plain = _decompress(data, nbytes, datatype, dims)
         flat = np.frombuffer(plain, dtype=np.uint8)
