@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 
@@ -47,11 +48,17 @@ def shaped_endpoint(kind: str, endpoint_factory: Callable) -> Iterator[tuple[str
             endpoint.stop()  # before the namespace goes
         finally:
             link.close()
+        assert link.namespace not in _namespaces(), "the namespace was left behind"
     else:
         endpoint: EndpointProcess = endpoint_factory()
         endpoint.start()
         with ThrottleProxy(endpoint.address, up_mbps=FAST_MBPS, down_mbps=FAST_MBPS) as proxy:
             yield proxy.address, proxy
+
+
+def _namespaces() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
 
 
 def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:
