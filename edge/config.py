@@ -35,7 +35,8 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "min_battery_percent": 15.0, "max_cloud_queue_ms": 50.0,
 }
 # "auto" picks a lossless codec per tensor from the measured uplink (codecs.choose_codec).
-CODEC_CHOICES: tuple[str, ...] = ("auto", *CODECS)
+# "plan": the lossy codec the plan measured within its accuracy budget (edge/lossy.py).
+CODEC_CHOICES: tuple[str, ...] = ("auto", *CODECS, "plan")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -58,7 +59,10 @@ class Config:
     - `cut`: the cut id to run in split mode; None takes the plan's chosen cut. In adaptive
       mode it is the first choice, before anything is measured.
     - `codec`: how crossing tensors are encoded: "auto" (lossless, by bandwidth) or a codec;
-      "fp16" applies to float32 tensors and the outputs sent back, lossless for the rest.
+      "fp16" applies to float32 tensors and the outputs sent back, lossless for the rest;
+      "int8" to float32 crossing tensors (answers come back exact); "plan" sends the lossy
+      codec the plan measured within its accuracy budget at the cut (`edgecut plan --data
+      EVAL --accuracy-budget B`), "auto" where it names none.
     - `timeout_s`: the deadline of one `run`, head, transfer, tail and any fallback together.
     - `intra_op_threads`: onnxruntime threads for the device part; 0 lets it choose.
     - `quantized`: "int8" or "fp16" runs the plan's quantised device models (`edgecut plan

@@ -52,6 +52,7 @@ from .breaker import CircuitBreaker
 from .cascade import Cascade, EarlyExit
 from .client import CloudClient
 from .config import Config
+from .lossy import lossy_codecs
 from .monitors import DeviceMonitor, LinkEstimator, RecentSamples
 from .plan import Plan, PlanCut, TensorSpec, load_plan
 from .policy import Choice, CutCosts, Inputs, Thresholds, decide
@@ -152,6 +153,7 @@ class Predictor:
 
         self._sessions: dict[str | None, DeviceSession] = {}  # None: the full model
         self._load_sessions()
+        self._lossy = lossy_codecs(self.plan.directory) if config.codec == "plan" else {}
         cascade = config.mode == "cascade"
         self._cascade = (Cascade.for_config(config, self.plan)
                          if cascade and config.cascade_exit is None else None)
@@ -500,7 +502,7 @@ class Predictor:
                 f"run of {self.plan.model.name!r}: the head used up the {self.config.timeout_s} s "
                 f"deadline before the cloud call; raise timeout_s or use a cut with less work "
                 f"on the device"), stats)
-        codecs = {n: self._codec_for(a) for n, a in inputs.items()}
+        codecs = {n: self._codec_for(a, model) for n, a in inputs.items()}
         wanted = list(dict.fromkeys(names))
         try:
             result = self._client.infer(model, inputs, outputs=wanted, codec=codecs,
@@ -546,8 +548,10 @@ class Predictor:
             old = self._local_ms
             self._local_ms = ms if old is None else max(ms, old + 0.2 * (ms - old))
 
-    def _codec_for(self, array: np.ndarray) -> str:
+    def _codec_for(self, array: np.ndarray, model: str) -> str:
         codec = self.config.codec
+        if codec == "plan":
+            codec = self._lossy.get(model, "auto")
         if codec == "auto":
             return choose_codec(array, uplink_mbps=self._link.uplink_mbps())
         if (codec == "fp16" and not _fits_fp16(array)) or (
@@ -560,7 +564,7 @@ class Predictor:
     def _response_codecs(self, names: list[str]) -> dict[str, str] | None:
         """The codec asked for each output: the configured one, fp16 only on float32."""
         codec = self.config.codec
-        if codec in ("auto", "raw", "int8"):
+        if codec in ("auto", "plan", "raw", "int8"):
             # The device cannot size outputs before they exist; raw is never the wrong call.
             # int8 is for the crossing tensors, within the plan's accuracy budget: answers
             # come back exact.

@@ -225,7 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when the cloud part fails: finish with the full model here, or fail "
                         "(default: local in adaptive mode, none otherwise)")
     p.add_argument("--cut", type=int, metavar="ID", help="default: the plan's chosen cut")
-    p.add_argument("--codec", default="auto", help="tensor codec: auto, raw, zstd, shuffle_zstd, fp16")
+    p.add_argument("--codec", default="auto",
+                   help="tensor codec: auto, raw, zstd, shuffle_zstd, fp16, int8, or plan (the "
+                        "lossy codec the plan measured within its accuracy budget)")
     p.add_argument("--timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
                    help="deadline of the inference, any fallback included (default 30)")
     p.set_defaults(func=_cmd_run)

@@ -122,8 +122,8 @@ def test_a_quantised_head_and_the_int8_codec_stay_within_budget_over_the_endpoin
               "device": DEVICE, "cut": 3, "intra_op_threads": 1, "timeout_s": 5.0}
     with Predictor(Config(**common, codec="raw")) as predictor:
         exact = _accuracy(predictor, test)
-    lossy_codec = json.loads((plan / "plan.json").read_text())["cuts"][0]["lossy_codec"]
-    with Predictor(Config(**common, codec=lossy_codec, quantized="int8")) as predictor:
+    # codec "plan": the lossy codec plan.json allows at the cut (int8 here).
+    with Predictor(Config(**common, codec="plan", quantized="int8")) as predictor:
         lossy = _accuracy(predictor, test)
         run = predictor.last_run()
     assert run.codecs == {"h0": "int8"} and run.wire_bytes_up * 3 < run.raw_bytes_up
@@ -138,3 +138,17 @@ def test_the_device_loads_quantised_models_only_when_they_exist(plan: Path) -> N
         Predictor(Config(plan=plan, mode="local", quantized="fp16"))
     with pytest.raises(BadProfileError, match="quantized must be 'int8', 'fp16' or None"):
         Config(plan=plan, mode="local", quantized="int4")
+
+
+def test_a_lossy_codec_the_plan_does_not_know_is_a_bad_plan(plan: Path, tmp_path: Path,
+                                                           endpoint: tuple[str, Path]) -> None:
+    import shutil
+
+    copy = Path(shutil.copytree(plan, tmp_path / "plan"))
+    doc = json.loads((copy / "plan.json").read_text())
+    doc["cuts"][0]["lossy_codec"] = "int4"
+    (copy / "plan.json").write_text(json.dumps(doc))
+    address, fleet = endpoint
+    with pytest.raises(BadPlanError, match="lossy_codec must be one of fp16, int8 or null"):
+        Predictor(Config(plan=copy, mode="split", endpoint=address, tls_dir=fleet,
+                         device=DEVICE, codec="plan"))
