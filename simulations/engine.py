@@ -26,6 +26,7 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -212,7 +213,7 @@ def run_events(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequenc
     dev_queue: dict[int, deque[int]] = {}
     link_busy: dict[int, bool] = {}
     link_queue: dict[int, deque[int]] = {}
-    heap: list[tuple[float, int, int, object]] = []
+    heap: list[tuple[float, int, int, Any]] = []
     seq = 0
     push = heapq.heappush
     pop = heapq.heappop

@@ -33,7 +33,7 @@ from edgecut.simulations.workload import Workload
 __all__ = ["comparison_rows", "energy_j", "figure", "summarise", "utilisation_series"]
 
 
-def figure(x: float) -> float:
+def figure(x: float | np.floating[Any]) -> float:
     """A float as summary.json writes it: 12 significant digits (stable, readable)."""
     return float(f"{float(x):.12g}")
 
@@ -101,7 +101,7 @@ def summarise(scenario: Scenario, tables: Sequence[CutTable], workload: Workload
     latency = (outcome.done_s - workload.arrival_s)[counted] * 1000.0
     s = outcome.services
     energy = energy_j(scenario, tables, workload, outcome)
-    total_energy = sum(energy.values())
+    total_energy = np.sum(np.stack(list(energy.values())), axis=0)
     b = outcome.batches
     busy = _busy_in(b.batch_start_s, b.batch_end_s, sim.warmup_s, sim.duration_s)
     n = int(np.count_nonzero(counted))

@@ -114,9 +114,9 @@ def _run_dask(executor: str, data: Mapping[str, Any], label: str, base: str,
     total = len(points)
     if executor == "dask":
         tasks = [dask.delayed(run_point)(data, label, base, p) for p in points]
-        results = list(dask.compute(*tasks, scheduler="processes"))
+        computed: list[dict[str, Any] | None] = list(dask.compute(*tasks, scheduler="processes"))
         say("grid points", total, total)
-        return results
+        return computed
     if not executor.startswith("dask://"):
         raise UserInputError(f"--executor {executor!r}: a Dask cluster is dask://HOST:PORT")
     try:
