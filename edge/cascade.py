@@ -53,7 +53,7 @@ from .stats import RunStatistics
 
 __all__ = ["CASCADE_FILE", "CASCADE_FORMAT", "CASCADE_VERSION", "Cascade", "CascadeDecision",
            "CascadeSettings", "EarlyExit", "SmallModel", "confidence", "decide_after", "decide_before",
-           "load_cascade_file", "probabilities", "settings_for"]
+           "exit_output_for", "load_cascade_file", "probabilities", "settings_for"]
 
 CASCADE_FILE = "cascade.json"
 CASCADE_FORMAT = "edgecut-cascade"
@@ -169,9 +169,14 @@ def load_cascade_file(plan_dir: Path) -> dict[str, Any] | None:
     if doc.get("version") != CASCADE_VERSION:
         problems.append(f"version must be {CASCADE_VERSION}, got {doc.get('version')!r}")
     small = doc.get("small_model")
-    if not isinstance(small, str) or not small or PurePosixPath(small).is_absolute() \
-            or ".." in PurePosixPath(small).parts:
-        problems.append(f"small_model must be a file name inside the plan folder, got {small!r}")
+    exit_output = doc.get("exit")
+    if exit_output is not None and (not isinstance(exit_output, str) or not exit_output):
+        problems.append(f"exit must be the name of an exit output, got {exit_output!r}")
+    if exit_output is None and (
+            not isinstance(small, str) or not small or PurePosixPath(small).is_absolute()
+            or ".." in PurePosixPath(small).parts):
+        problems.append(f"small_model must be a file name inside the plan folder (or exit an "
+                        f"exit output's name), got {small!r}")
     if not isinstance(doc.get("threshold"), (int, float)):
         problems.append(f"threshold must be a number, got {doc.get('threshold')!r}")
     if doc.get("measure") not in CASCADE_MEASURES:
@@ -180,6 +185,13 @@ def load_cascade_file(plan_dir: Path) -> dict[str, Any] | None:
     if problems:
         raise BadPlanError(f"{path}: " + "; ".join(problems))
     return doc
+
+
+def exit_output_for(config: Config, plan_dir: Path) -> str | None:
+    """The early exit's output: the Config's, else cascade.json's (None: a small model)."""
+    if config.cascade_exit is not None or config.small_model is not None:
+        return config.cascade_exit
+    return (load_cascade_file(plan_dir) or {}).get("exit")
 
 
 def settings_for(config: Config, plan_dir: Path) -> tuple[CascadeSettings, Path, str | None]:
@@ -194,7 +206,7 @@ def settings_for(config: Config, plan_dir: Path) -> tuple[CascadeSettings, Path,
                            f"calibrate SMALL.onnx BIG.onnx --data EVAL --plan {plan_dir} ...`")
     if config.small_model is not None:
         small = Path(config.small_model)
-    elif config.cascade_exit is not None:
+    elif config.cascade_exit is not None or doc.get("exit"):
         small = Path()  # an early exit has no small model
     elif doc:
         small = Path(plan_dir) / doc["small_model"]
@@ -351,7 +363,7 @@ class EarlyExit:
     @classmethod
     def for_config(cls, config: Config, plan: Plan, cut: PlanCut) -> EarlyExit:
         settings, _, scores = settings_for(config, plan.directory)
-        exit_output = str(config.cascade_exit)
+        exit_output = str(exit_output_for(config, plan.directory))
         if cut.head is None or exit_output not in cut.device_outputs:
             raise BadPlanError(
                 f"{plan.directory}: cut {cut.id} does not compute the exit {exit_output!r} on "

@@ -49,7 +49,7 @@ from edgecut.errors import (
 from edgecut.protocol.codecs import choose_codec
 
 from .breaker import CircuitBreaker
-from .cascade import Cascade, EarlyExit
+from .cascade import Cascade, EarlyExit, exit_output_for
 from .client import CloudClient
 from .config import Config
 from .lossy import lossy_codecs
@@ -155,10 +155,9 @@ class Predictor:
         self._load_sessions()
         self._lossy = lossy_codecs(self.plan.directory) if config.codec == "plan" else {}
         cascade = config.mode == "cascade"
-        self._cascade = (Cascade.for_config(config, self.plan)
-                         if cascade and config.cascade_exit is None else None)
-        self._exit = (EarlyExit.for_config(config, self.plan, self.cut)
-                      if cascade and config.cascade_exit is not None else None)
+        early = cascade and exit_output_for(config, self.plan.directory) is not None
+        self._cascade = Cascade.for_config(config, self.plan) if cascade and not early else None
+        self._exit = EarlyExit.for_config(config, self.plan, self.cut) if early else None
         self._client = None if config.mode == "local" else CloudClient(
             config.endpoints, tls_dir=config.tls_dir, device=config.device,
             timeout_s=config.timeout_s)

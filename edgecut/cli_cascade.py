@@ -121,6 +121,11 @@ def add_accuracy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--accuracy-budget", type=_fraction, metavar="B",
                    help="the largest top-1 drop a quantised head or lossy codec may cost "
                         "(e.g. 0.01); needs --data")
+    p.add_argument("--exit", metavar="NAME",
+                   help="an early-exit output of the model: measure its exit rate on --data at "
+                        "the threshold within --accuracy-budget (default 0.01) of the full "
+                        "model, cost each cut with its tail skipped that often, and write "
+                        "cascade.json for Config(mode='cascade')")
 
 
 def apply_accuracy(args: argparse.Namespace, say: Callable[[str], object]) -> None:
@@ -128,9 +133,9 @@ def apply_accuracy(args: argparse.Namespace, say: Callable[[str], object]) -> No
     from edgecut.errors import UserInputError
 
     if args.data is None:
-        if args.quantize is not None or args.accuracy_budget is not None:
-            raise UserInputError("--quantize and --accuracy-budget need --data EVAL, the "
-                                 "evaluation set the accuracy drop is measured on")
+        if args.quantize is not None or args.accuracy_budget is not None or args.exit:
+            raise UserInputError("--quantize, --accuracy-budget and --exit need --data EVAL, "
+                                 "the evaluation set the accuracy is measured on")
         return
     from edgecut.accuracy import load_eval_set
     from edgecut.partitioner.quantize import quantize_plan
@@ -145,3 +150,20 @@ def apply_accuracy(args: argparse.Namespace, say: Callable[[str], object]) -> No
             + ("" if figures["within_budget"] else " (over the budget)"))
     say(f"accuracy on {args.data}: fp32 {summary['metric']} {summary['baseline']:.4f}; drops "
         f"per cut and codec in {args.out}/plan.json")
+    if args.exit:
+        from edgecut.partitioner.early_exit import plan_early_exit
+
+        compute_w = None
+        if args.device:
+            from edgecut.profiles import load_device
+
+            compute_w = load_device(args.device).power.compute_w
+        early = plan_early_exit(args.out, exit_output=args.exit, data=load_eval_set(args.data),
+                                compute_w=compute_w,
+                                accuracy_budget=0.01 if args.accuracy_budget is None
+                                else args.accuracy_budget,
+                                objective="energy" if args.objective == "energy" else "latency")
+        best = "" if early["cut"] is None else f"; best cut with the exit: {early['cut']}"
+        say(f"early exit {args.exit!r}: threshold {early['threshold']:.4g} answers "
+            f"{early['exit_rate']:.1%} of requests at top-1 {early['accuracy']:.4f} (full model "
+            f"{early['full_accuracy']:.4f}){best}; wrote {args.out}/cascade.json")
