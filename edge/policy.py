@@ -7,7 +7,9 @@ what the device sees at run time, without re-planning:
    whole to the cloud's full model ("offload").
 2. Otherwise the envelope's cut for the live uplink estimate, with hysteresis: the current
    cut is kept until the estimate passes the edge of its range by `hysteresis` (relative),
-   so that a noisy link does not make the choice flap between neighbours.
+   and until the new cut is predicted faster by more than `min_gain_ms` and
+   `min_gain_share` of the current latency, so that a noisy link does not make the choice
+   flap between neighbours whose costs hardly differ.
 3. A cloud that reports queueing longer than `max_cloud_queue_ms` pushes work back to the
    device: the device-only choice is taken when it is predicted faster than the cut plus
    the queue (or at once, when the plan has no predictions to compare).
@@ -87,6 +89,8 @@ class Thresholds:
     hysteresis: float = 0.25
     max_cloud_queue_ms: float | None = 50.0
     downlink_ratio: float = 1.0
+    min_gain_ms: float = 1.0
+    min_gain_share: float = 0.05
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -144,6 +148,9 @@ def decide(inputs: Inputs, current: Choice, *, envelope: Sequence[Range],
     if envelope and inputs.uplink_mbps is not None:
         current_cut = _cut_of(current, costs)
         cut = envelope_cut(envelope, inputs.uplink_mbps, current_cut, thresholds.hysteresis)
+        if current_cut is not None and cut != current_cut and current_cut in costs and \
+                not _worth_switching(costs[current_cut], costs[cut], inputs, thresholds):
+            cut = current_cut
         planned = costs[cut].choice
         planned_reason = f"uplink {inputs.uplink_mbps:.3g} Mbit/s"
     queue = inputs.cloud_queue_ms
@@ -162,6 +169,24 @@ def decide(inputs: Inputs, current: Choice, *, envelope: Sequence[Range],
                              f"cloud queue {queue:.0f} ms: local {local.fixed_ms:.0f} ms "
                              f"against {split_ms:.0f} ms")
     return _decision(planned, current, planned_reason)
+
+
+def _worth_switching(current: CutCosts, new: CutCosts, inputs: Inputs,
+                     thresholds: Thresholds) -> bool:
+    """Whether `new` is predicted faster than `current` by more than the noise.
+
+    Near a breakpoint two cuts cost about the same, and where the crossing tensors are small
+    the bandwidth estimate is a small difference of noisy times (call time less round trip):
+    on a fast link it may read 300 Mbit/s one call and 700 the next. The bandwidth hysteresis
+    alone does not stop that; a predicted gain of at least `min_gain_ms` and `min_gain_share`
+    of the current latency does. Without predictions the envelope decides alone.
+    """
+    if math.isnan(current.fixed_ms) or math.isnan(new.fixed_ms) or inputs.uplink_mbps is None:
+        return True
+    figures = {"uplink_mbps": inputs.uplink_mbps, "downlink_ratio": thresholds.downlink_ratio,
+               "rtt_ms": inputs.rtt_ms or 0.0, "queue_ms": 0.0}
+    now_ms, then_ms = current.latency_ms(**figures), new.latency_ms(**figures)
+    return now_ms - then_ms > max(thresholds.min_gain_ms, thresholds.min_gain_share * now_ms)
 
 
 def _decision(choice: Choice, current: Choice, reason: str) -> Decision:

@@ -14,19 +14,23 @@ from edgecut.edge.policy import Choice, CutCosts, Inputs, Thresholds, decide, en
 from edgecut.errors import BadInputError
 
 # A plan like fpn's on a slow board: local below 4 Mbit/s, split at cut 1 up to 7.5, then
-# full offload.
+# full offload; the costs are the ones whose latency lines cross at those breakpoints
+# (rtt 0): 20 + 983 / B = 63.7 + 655 / B at 7.5, and 63.7 + 895 / B = 287.5 at 4, with the
+# 30 kB answer at the same bandwidth.
 ENVELOPE = [(22, 0.0, 4.0), (1, 4.0, 7.5), (0, 7.5, math.inf)]
 COSTS = {
-    0: CutCosts(cut=0, mode="offload", fixed_ms=2.0, up_bytes=12_288, down_bytes=3_000),
-    1: CutCosts(cut=1, mode="split", fixed_ms=8.0, up_bytes=8_192, down_bytes=3_000),
-    22: CutCosts(cut=22, mode="local", fixed_ms=110.0, up_bytes=0, down_bytes=0),
+    0: CutCosts(cut=0, mode="offload", fixed_ms=20.0, up_bytes=122_880, down_bytes=30_000),
+    1: CutCosts(cut=1, mode="split", fixed_ms=63.7, up_bytes=81_920, down_bytes=30_000),
+    22: CutCosts(cut=22, mode="local", fixed_ms=287.5, up_bytes=0, down_bytes=0),
 }
 SPLIT = Choice("split", 1)
 
 
-def _decide(current: Choice, **inputs) -> tuple[Choice, str | None]:
+def _decide(current: Choice, thresholds: Thresholds | None = None, **inputs
+            ) -> tuple[Choice, str | None]:
     decision = decide(Inputs(**inputs), current, envelope=ENVELOPE, costs=COSTS,
-                      thresholds=Thresholds(hysteresis=0.25, max_cloud_queue_ms=50.0),
+                      thresholds=thresholds or Thresholds(hysteresis=0.25,
+                                                          max_cloud_queue_ms=50.0),
                       initial=SPLIT)
     return decision.choice, decision.reason
 
@@ -35,9 +39,10 @@ def _decide(current: Choice, **inputs) -> tuple[Choice, str | None]:
     (0.5, Choice("local", None)), (3.99, Choice("local", None)), (4.0, SPLIT), (7.0, SPLIT),
     (7.5, Choice("offload", None)), (1000.0, Choice("offload", None)),
 ])
-def test_the_envelope_decides_from_a_fresh_start(mbps: float, expected: Choice) -> None:
+def test_the_envelope_alone_decides_without_hysteresis(mbps: float, expected: Choice) -> None:
     decision = decide(Inputs(uplink_mbps=mbps), Choice("offload", None), envelope=ENVELOPE,
-                      costs=COSTS, thresholds=Thresholds(hysteresis=0.0))
+                      costs=COSTS, thresholds=Thresholds(hysteresis=0.0, min_gain_ms=0.0,
+                                                         min_gain_share=0.0))
     assert decision.choice == expected
 
 
@@ -51,6 +56,17 @@ def test_hysteresis_keeps_the_cut_near_a_breakpoint() -> None:
     assert _decide(Choice("offload", None), uplink_mbps=5.5)[0] == SPLIT
 
 
+def test_a_noisy_fast_link_does_not_flap_between_cuts_that_cost_the_same() -> None:
+    # Two cuts that differ by 4 kB: at 300 or 800 Mbit/s they are under 0.1 ms apart, less than
+    # the 1 ms a switch must gain, whatever the envelope's breakpoint between them says.
+    envelope = [(1, 0.0, 500.0), (0, 500.0, math.inf)]
+    costs = {0: CutCosts(cut=0, mode="offload", fixed_ms=2.0, up_bytes=12_288, down_bytes=40),
+             1: CutCosts(cut=1, mode="split", fixed_ms=2.06, up_bytes=8_192, down_bytes=40)}
+    current = SPLIT
+    for mbps in (303.0, 802.0, 342.0, 686.0, 300.0, 713.0):
+        current = decide(Inputs(uplink_mbps=mbps, rtt_ms=1.0), current, envelope=envelope,
+                         costs=costs, thresholds=Thresholds()).choice
+        assert current == SPLIT
 def test_no_estimate_keeps_the_plans_choice() -> None:
     assert _decide(SPLIT) == (SPLIT, None)
 
@@ -62,13 +78,14 @@ def test_pressure_offloads_whatever_the_link() -> None:
 
 
 def test_a_long_cloud_queue_pushes_work_back_when_local_is_faster() -> None:
-    # split:1 at 5 Mbit/s: 8 ms + 13.1 ms up + 4.8 ms down + 20 ms rtt = 45.9 ms; with 100 ms
-    # of queue it loses to the 110 ms local run; under the 50 ms limit it is not compared.
-    choice, reason = _decide(SPLIT, uplink_mbps=5.0, rtt_ms=20.0, cloud_queue_ms=100.0)
+    # split:1 at 5 Mbit/s, 20 ms rtt: 63.7 + 131.1 up + 48 down + 20 = 262.8 ms, against the
+    # 287.5 ms local run. With a 10 ms limit: 100 ms of queue loses to local, 20 ms does not.
+    limit = Thresholds(hysteresis=0.25, max_cloud_queue_ms=10.0)
+    choice, reason = _decide(SPLIT, limit, uplink_mbps=5.0, rtt_ms=20.0, cloud_queue_ms=100.0)
     assert choice == Choice("local", None) and "cloud queue 100 ms" in reason
-    assert _decide(SPLIT, uplink_mbps=5.0, rtt_ms=20.0, cloud_queue_ms=40.0)[0] == SPLIT
-    # Over the limit, but local (110 ms) still slower than 45.9 + 55 ms: stay.
-    assert _decide(SPLIT, uplink_mbps=5.0, rtt_ms=20.0, cloud_queue_ms=55.0)[0] == SPLIT
+    assert _decide(SPLIT, limit, uplink_mbps=5.0, rtt_ms=20.0, cloud_queue_ms=20.0)[0] == SPLIT
+    # Under the limit, the queue is not weighed at all.
+    assert _decide(SPLIT, uplink_mbps=5.0, rtt_ms=20.0, cloud_queue_ms=45.0)[0] == SPLIT
 
 
 def test_a_long_queue_without_predictions_goes_local() -> None:
