@@ -22,6 +22,7 @@ from edgecut.protocol.model_config_pb2 import ModelConfig
 
 from .canary import VersionTraffic
 from .cpu_budget import intra_op_threads_for, read_cpu_budget
+from .forwarding import attach_forwarding
 from .loaded_model import LoadedModel, TrackedSession, check_against_config, tensor_spec
 from .model_config import ModelSettings
 from .providers import providers_for, session_options
@@ -62,12 +63,14 @@ def load_version(name: str, version: int, path: Path, *, settings: ModelSettings
                        "yet: requests to this model will be refused", path,
                        ", ".join(map(repr, strings)))
     traffic = VersionTraffic(name, version)
-    return LoadedModel(
+    loaded = LoadedModel(
         name=name, version=version, path=path,
         session=TrackedSession(session, traffic, batched=settings.max_batch_size > 0),
         inputs=inputs, outputs=outputs, settings=settings, traffic=traffic,
         keep_alive=(options, *weights),
     )
+    # A chain stage deployed with its next hop (forward.json) answers for the rest of the chain.
+    return attach_forwarding(loaded)
 
 
 def _chosen_threads(name: str, version: int, settings: ModelSettings,

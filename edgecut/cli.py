@@ -241,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_models.register(sub)
     cli_simulate.register(sub)
     cli_cascade.register(sub)
+    from edgecut import cli_chain
+
+    cli_chain.register(sub)
     return parser
 
 
