@@ -3,7 +3,8 @@ measured against an evaluation set and held to an accuracy budget.
 
 Tools, both from onnxruntime (no further dependency):
 - int8: `onnxruntime.quantization.quantize_static`, QDQ format, int8 weights per channel and
-  int8 activations, calibrated (MinMax) on samples of the evaluation set. Static rather than
+  int8 activations, calibrated (MinMax) on samples of the evaluation set, after onnxruntime's
+  `quant_pre_process` (shape inference, constant folding). Static rather than
   dynamic: the device then runs integer kernels with no range computed per request.
 - fp16: `onnxruntime.transformers.float16.convert_float_to_float16` with the inputs and
   outputs kept float32, so a quantised head plugs into the fp32 tail and the plan's input
@@ -28,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +38,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import version_converter
 
 from edgecut.accuracy import EvalSet, top1, top1_accuracy
 from edgecut.errors import BadModelError, BadPlanError, UserInputError
@@ -90,19 +93,47 @@ def quantize_model(source: str | os.PathLike[str], target: str | os.PathLike[str
         raise UserInputError("int8 quantisation needs calibration data: give an evaluation set "
                              "(--data EVAL)")
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    # Its advice to pre-process goes to the root logger at WARNING, once per model: not ours.
+    # The quantiser's advice goes to the root logger at WARNING, once per model: not ours.
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
-        quantize_static(str(source), str(out), _Reader(list(calibration)),  # type: ignore[arg-type]
-                        quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        with tempfile.TemporaryDirectory() as tmp:
+            # onnxruntime's pre-processing folds weights held in Constant nodes (exporters such
+            # as Paddle2ONNX write them so) into initializers, which alone get quantised: on
+            # PaddleOCR's classifier the int8 file was 29 % larger than fp32 without it, 45 %
+            # smaller with it. A model it cannot handle is quantised as it is.
+            given = _at_opset_13(Path(source), Path(tmp))
+            prepared = Path(tmp) / "prepared.onnx"
+            try:
+                quant_pre_process(str(given), str(prepared), skip_symbolic_shape=True)
+            except Exception:  # any failure: fall back to the model as given
+                prepared = given
+            quantize_static(str(prepared), str(out), _Reader(list(calibration)),  # type: ignore[arg-type]
+                            quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
     except Exception as exc:  # onnxruntime's quantiser raises plain exceptions of many kinds
         raise BadModelError(f"{source}: onnxruntime could not quantise it to int8: {exc}") from exc
     finally:
         logging.disable(previous)
     return out
+
+
+def _at_opset_13(source: Path, tmp: Path) -> Path:
+    """`source`, converted to opset 13 when older: per-channel DequantizeLinear (its `axis`)
+    needs 13 (PaddleOCR's classifier is opset 11). Left as it is if conversion fails."""
+    model = onnx.load(str(source))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset >= 13:
+        return source
+    try:
+        converted = version_converter.convert_version(model, 13)
+    except Exception:  # the converter's failures have no common class
+        return source
+    target = tmp / "opset13.onnx"
+    onnx.save(converted, str(target))
+    return target
 
 
 def _session(path: Path) -> ort.InferenceSession:

@@ -152,3 +152,46 @@ def test_a_lossy_codec_the_plan_does_not_know_is_a_bad_plan(plan: Path, tmp_path
     with pytest.raises(BadPlanError, match="lossy_codec must be one of fp16, int8 or null"):
         Predictor(Config(plan=copy, mode="split", endpoint=address, tls_dir=fleet,
                          device=DEVICE, codec="plan"))
+
+
+# -- a real trained model from a package, where only agreement can be measured ------------
+
+CLASSIFIER = "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"  # PaddleOCR's 0/180 degree classifier
+
+
+def _text_crops(n: int) -> np.ndarray:
+    """48x192 crops of four held-out digits side by side (dark on light, PaddleOCR's
+    normalisation), every other one turned by 180 degrees: what the classifier tells apart."""
+    data, _ = trained()
+    rng = np.random.default_rng(0)
+    crops = []
+    for k in range(n):
+        tiles = [np.kron(data.x_test[i].reshape(8, 8), np.ones((6, 6)))
+                 for i in rng.integers(0, len(data.x_test), 4)]
+        image = np.repeat((1.0 - np.concatenate(tiles, axis=1))[None], 3, axis=0)
+        if k % 2:
+            image = image[:, ::-1, ::-1]
+        crops.append((image - 0.5) / 0.5)
+    return np.stack(crops).astype(np.float32)
+
+
+# A small model: its graph and unquantised parameters weigh more than the digits MLP's do.
+@pytest.mark.parametrize(("mode", "size_ratio"), [("fp16", 0.75), ("int8", 0.6)])
+def test_a_packaged_classifier_quantised_agrees_with_itself(mode: str, size_ratio: float,
+                                                            tmp_path: Path) -> None:
+    from edgecut.accuracy import agreement, predict_scores
+    from edgecut.zoo import find_packaged_model
+
+    model = find_packaged_model(relative_path=CLASSIFIER)
+    if model is None:
+        pytest.skip("rapidocr-onnxruntime (the test extra) is not installed")
+    crops = _text_crops(32)
+    reference = predict_scores(model, EvalSet(inputs={"x": crops}), batch=True)
+    # No labels: the metric is agreement with the fp32 model's top-1 (EvalSet.truth).
+    data = EvalSet(inputs={"x": crops}, reference=reference)
+    target = quantize_model(model, tmp_path / f"cls.{mode}.onnx", mode,
+                            calibration=[{"x": crops[i:i + 1]} for i in range(8)])
+    assert target.stat().st_size < size_ratio * model.stat().st_size
+    scores = predict_scores(target, data, batch=True)
+    assert agreement(scores, reference) >= 0.9
+    assert top1_accuracy(predict_top1(target, data), data.truth) == agreement(scores, reference)
