@@ -121,14 +121,14 @@ def _graph(bench: Any, model: Any, device: Any, device_ms: dict[str, float],
     return costgraph_from_model(model, bench.shapes, per_node, cloud_ms)
 
 
-def _profile(worker: Worker, path: Path, shapes: dict[str, list[int]], repeats: int = 3
-             ) -> dict[str, float]:
+def _profile(worker: Worker, path: Path, shapes: dict[str, list[int]], repeats: int = 3,
+             threads: int = 0) -> dict[str, float]:
     """Per-node least of `repeats` profile_model calls (10 runs each): one stall on a shared
     machine (seen: a node at 300 ms for a 9 ms model) must not decide the profile, nor a
     burst of other load through one whole call (seen: the cloud's table at 2.8x the cloud's
     real time, the best cut missed with regret 1.65); the per-node median of 3 let both in."""
-    tables = [worker.call(cmd="profile", model=str(path), shapes=shapes, runs=10)["node_ms"]
-              for _ in range(repeats)]
+    tables = [worker.call(cmd="profile", model=str(path), shapes=shapes, runs=10,
+                          intra_op_threads=threads)["node_ms"] for _ in range(repeats)]
     return {n: min(t[n] for t in tables) for n in tables[0]}
 
 
@@ -328,7 +328,8 @@ def run_model(name: str, *, args: argparse.Namespace, speeds: list[float],
     sha = model_sha256(bench.path)
     _log(f"{name}: {len(cuts)} candidate cuts; profiling the cloud (core 1)")
     with Worker(lambda a: link.cloud_exec() + pinned(a, 1)) as cloud_w:
-        cloud_ms = _profile(cloud_w, bench.path, shapes)
+        # `edgecut serve` pinned to one core runs one onnxruntime thread: profile it so
+        cloud_ms = _profile(cloud_w, bench.path, shapes, threads=1)
     cloud = CloudProfile(name="bench-cloud", device=dataclasses.replace(
         device, name="bench-cloud", per_node_ms=cloud_ms, per_node_model_sha256=sha))
     graphs, devices = {}, {}

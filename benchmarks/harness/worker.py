@@ -37,7 +37,8 @@ def _profile(req: dict[str, Any]) -> dict[str, Any]:
 
     shapes = {k: tuple(v) for k, v in req["shapes"].items()}
     p = profile_model(req["model"], input_shapes=shapes, runs=int(req.get("runs", 10)),
-                      warmup=int(req.get("warmup", 3)))
+                      warmup=int(req.get("warmup", 3)),
+                      intra_op_threads=int(req.get("intra_op_threads", 0)))
     return {"node_ms": p.node_ms, "total_ms": p.total_ms, "unattributed_ms": p.unattributed_ms}
 
 
