@@ -194,3 +194,31 @@ def test_single_hop_is_the_whole_model() -> None:
     g = chain_costgraph(device_ms=[1, 2], cloud_ms=[1, 2], tensor_bytes=[8, 8, 8])
     result = best_chain(g, [Hop(name="device", node_ms=(1, 2))], [])
     assert result.cuts == () and result.cost.latency_ms == 3
+
+
+def test_slices_of_the_trained_text_detector_chain_to_the_full_model() -> None:
+    """PP-OCRv4's detector (672 nodes, an FPN: skip connections over every hop)."""
+    import onnx
+
+    from edgecut.partitioner.chain_extract import chain_slices, verify_chain
+    from edgecut.partitioner.graph import analyse_graph
+    from edgecut.partitioner.plan import check_model
+    from edgecut.partitioner.shapes import resolve_tensors, run_on_samples
+    from edgecut.zoo import find_packaged_model
+
+    path = find_packaged_model()
+    if path is None:
+        pytest.skip("rapidocr-onnxruntime (the test extra) is not installed")
+    model = onnx.load(str(path))
+    shapes = {model.graph.input[0].name: (1, 3, 96, 96)}
+    info = analyse_graph(model)
+    tensors = resolve_tensors(model, shapes)
+    feeds, _ = run_on_samples(model, shapes)
+    n = len(info.order)
+    for cuts in ((n // 4, n // 2), (n // 3, 2 * n // 3), (1, n - 1)):
+        slices = chain_slices(model, cuts, graph=info, tensors=tensors)
+        for s in slices:
+            assert s.model is not None
+            check_model(s.model, f"slice at {cuts}")
+        assert len(slices[1].receives) >= 1
+        assert verify_chain(model, [s.model for s in slices], feeds=feeds) <= 1e-3
