@@ -29,6 +29,7 @@ from edgecut.cloud.repository import ModelRepository
 from edgecut.cloud.server import EndpointServer, create_server
 from edgecut.errors import ProtocolError, UserInputError
 from edgecut.protocol import grpc_service_pb2 as pb
+from edgecut.protocol.codecs import encode_tensor
 from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
 from edgecut.protocol.pki import init_ca, issue_device_certificate
 
@@ -202,6 +203,34 @@ def test_every_bad_request_gets_its_status_and_a_message(server: EndpointServer,
     status, message = infer(header + b"\0" * 100,
                             **{"Inference-Header-Content-Length": str(len(header))})
     assert status == 400 and "runs past the end of the body" in message
+    # The bad requests the gRPC tests send, as HTTP carries them.
+    status, message = infer(json.dumps({"inputs": [
+        {"name": "x", "datatype": "FP64", "shape": [1, 3, 32, 32],
+         "data": cnn_input.ravel().tolist()}]}).encode())
+    assert status == 400 and "expected FP32 [1,3,32,32] (-1 = any), got FP64" in message
+    status, message = infer(json.dumps({"inputs": [
+        {"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32],
+         "data": cnn_input.ravel().tolist()}]}).encode())
+    assert status == 400 and "unknown input 'image'" in message and "missing input 'x'" in message
+
+    def binary(data: bytes, **parameters: Any) -> tuple[int, str]:
+        head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 32, 32],
+                                       "parameters": {"binary_data_size": len(data),
+                                                      **parameters}}]}).encode()
+        return infer(head + data, **{"Inference-Header-Content-Length": str(len(head))})
+
+    zstd = encode_tensor(cnn_input, "zstd").data
+    status, message = binary(zstd[:-10], edgecut_codec="zstd")
+    assert status == 400 and "input 'x'" in message and "zstd frame" in message
+    status, message = binary(cnn_input.tobytes()[:-100])
+    assert status == 400 and "should be 12288 bytes, got 12188" in message
+    status, message = binary(cnn_input.tobytes(), edgecut_codec="lz4")
+    assert status == 400 and "unknown tensor codec 'lz4'" in message
+    status, message = infer(json.dumps({"inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [2, 4], "data": [1.0] * 8},
+        {"name": "k", "datatype": "INT64", "shape": [3, 4], "data": [1] * 12}]}).encode(),
+        model="scale_by")
+    assert status == 400 and "the model rejected the inputs" in message
     # Over the 1 MiB message limit, and over it once decompressed (no gzip bombs).
     status, message = infer(b" " * (1 << 21))
     assert status == 413 and "over the limit of 1048576 bytes" in message
@@ -217,9 +246,23 @@ def test_every_bad_request_gets_its_status_and_a_message(server: EndpointServer,
     status, message = _error(_call(server.http_port, "GET", "/v2/models/broken/ready",
                                    context=context))
     assert status == 404 and "failed to load" in message
-    # Still serving.
+    # Still serving; an edgecut codec rides on HTTP's binary tensors as on gRPC's raw ones.
     assert _call(server.http_port, "POST", "/v2/models/tiny_cnn/infer", good,
                  context=context)[0] == 200
+    head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 32, 32],
+                                   "parameters": {"binary_data_size": len(zstd),
+                                                  "edgecut_codec": "zstd"}}],
+                       "outputs": [{"name": "logits", "parameters": {"edgecut_codec": "zstd"}}]
+                       }).encode()
+    status, headers, data = _call(
+        server.http_port, "POST", "/v2/models/tiny_cnn/infer", head + zstd, context=context,
+        headers={"Inference-Header-Content-Length": str(len(head))})
+    assert status == 200, data
+    # An encoded output has no JSON form: it comes as bytes, its codec named beside them.
+    size = int(headers["Inference-Header-Content-Length"])
+    (logits,) = json.loads(data[:size])["outputs"]
+    assert logits["parameters"]["edgecut_codec"] == "zstd"
+    assert logits["parameters"]["binary_data_size"] == len(data) - size
 
 
 def test_plaintext_to_the_https_listener_is_refused(server: EndpointServer) -> None:
