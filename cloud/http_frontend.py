@@ -34,6 +34,7 @@ another CA fails the handshake, as over gRPC).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import threading
@@ -440,7 +441,9 @@ class HTTPFrontend:
         answered: asyncio.Future[bytes | None] = loop.create_future()
 
         def finished(data: bytes | None) -> None:
-            loop.call_soon_threadsafe(_settle, answered, data)
+            # RuntimeError: the listener closed first (a stop past its grace); nobody waits.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, answered, data)
 
         call.finished = finished
         inline = len(body) <= _INLINE_BODY_BYTES
