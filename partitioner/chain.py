@@ -30,6 +30,16 @@ set-based computation; `solver="downset"` enumerates nested down-sets D_1 ⊆ ..
 (any DAG cuts, not only positions of the order) on small graphs: the tests hold the
 programme to both.
 
+`solver="mincut"` is the exact optimum of the latency over all nested down-sets, where the
+min-cut formulation applies: no hop has a memory limit (peak memory is a max, not a sum).
+One layer of the graph per cut (a layered, Ishikawa-style network): v_i on the source side
+means v is in D_i; v_i -> v_{i+1} and (reader)_i -> (maker)_i are infinite, so the sets nest
+and are down-sets; v's compute telescopes into a charge c_i(v) - c_{i+1}(v) for being in D_i;
+each layer carries the single cut's tensor gadget for what crosses link i, and an output made
+outside D_i comes down it. Round trips (a fixed charge while anything runs past link i) are
+exact by trying each count of used links, D_i = V forced for the rest: at most k min-cuts.
+Capacities are rounded to 1e-6 ms.
+
 Example:
     >>> from edgecut.partitioner.costgraph import chain_costgraph
     >>> g = chain_costgraph(device_ms=[1, 1, 1], cloud_ms=[1, 1, 1], tensor_bytes=[8000, 8, 8, 8])
@@ -48,6 +58,7 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from edgecut.errors import NoFeasibleCutError, UserInputError
 from edgecut.partitioner.cost import transfer_ms
@@ -68,7 +79,7 @@ __all__ = [
 ]
 
 CHAIN_OBJECTIVES: tuple[str, ...] = ("latency", "throughput")
-CHAIN_SOLVERS: tuple[str, ...] = ("dp", "bruteforce", "downset")
+CHAIN_SOLVERS: tuple[str, ...] = ("dp", "bruteforce", "downset", "mincut")
 MAX_BRUTEFORCE_TUPLES = 200_000
 MAX_DOWNSET_NODES = 12
 _EPS = 1e-9
@@ -199,12 +210,15 @@ class ChainCost:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ChainResult:
-    """The chosen cuts, their cost, the solver, and the single-cut baselines costed alike."""
+    """The chosen cuts and their cost. `cuts` are positions of the order, except from the
+    down-set solvers, where they are the sizes of D_1..D_{k-1} and `device_sets` the sets
+    (CostGraph node indices)."""
 
     cuts: tuple[int, ...]
     cost: ChainCost
     solver: str
     objective: str
+    device_sets: tuple[frozenset[int], ...] | None = None
 
 
 class _Tables:
@@ -363,6 +377,8 @@ def best_chain(graph: CostGraph, hops: Sequence[Hop], links: Sequence[Link], *,
         cuts = _bruteforce(model, objective)
     elif solver == "downset":
         return _downset(graph, hops, links, objective)
+    elif solver == "mincut":
+        return _mincut(graph, hops, links, objective)
     else:
         cuts = _dp(model, objective)
     return ChainResult(cuts=cuts, cost=model.cost(cuts), solver=solver, objective=objective)
@@ -581,3 +597,90 @@ def _downset(graph: CostGraph, hops: Sequence[Hop], links: Sequence[Link],
 
 def _with_cuts(cost: ChainCost, cuts: tuple[int, ...]) -> ChainCost:
     return dataclasses.replace(cost, cuts=cuts)
+
+
+def _mincut(graph: CostGraph, hops: Sequence[Hop], links: Sequence[Link],
+            objective: str) -> ChainResult:
+    """The layered min-cut of the module docstring: exact latency over nested down-sets."""
+    import networkx as nx
+
+    _checked(graph, hops, links)
+    if objective != "latency" or any(h.memory_bytes is not None for h in hops):
+        raise UserInputError("solver='mincut' minimises latency without memory limits (peak "
+                             "memory and the bottleneck are no sums); use solver='dp'")
+    n, k = len(graph.nodes), len(hops)
+    full = frozenset(range(n))
+    if k == 1 or n == 0:
+        sets: tuple[frozenset[int], ...] = (full,) * (k - 1)
+        cost = _direct_cost(graph, hops, links, _parts(sets, n))
+        assert cost is not None
+        return ChainResult(cuts=tuple(len(d) for d in sets), cost=_with_cuts(cost, tuple(
+            len(d) for d in sets)), solver="mincut", objective=objective, device_sets=sets)
+    scale = 1e6
+    inf = float("inf")
+
+    def cap(x: float) -> int:
+        return round(x * scale)
+
+    best: tuple[float, tuple[frozenset[int], ...], ChainCost] | None = None
+    for used in range(k):  # links 0..used-1 carry traffic; D_i = V for i >= used
+        g = nx.DiGraph()
+        g.add_node("s")
+        g.add_node("t")
+        constant = 0.0
+
+        def edge(a: object, b: object, c: float, g: Any = g) -> None:
+            old = g.get_edge_data(a, b)
+            if c == inf:  # no capacity attribute: infinite for networkx
+                if old is None:
+                    g.add_edge(a, b)
+                else:
+                    old.pop("capacity", None)
+            elif c > 0:
+                if old is None:
+                    g.add_edge(a, b, capacity=cap(c))
+                elif "capacity" in old:
+                    old["capacity"] += cap(c)
+
+        for i in range(k - 1):
+            for v in range(n):
+                if i >= used:
+                    edge("s", (v, i), inf)
+                w = hops[i].node_ms[v] - hops[i + 1].node_ms[v]
+                if w >= 0:
+                    edge((v, i), "t", w)
+                else:
+                    constant += w
+                    edge("s", (v, i), -w)
+                if i + 1 < k - 1:
+                    edge((v, i), (v, i + 1), inf)
+                for u in graph.predecessors[v]:
+                    edge((v, i), (u, i), inf)
+            if i >= used:
+                continue
+            for ti, t in enumerate(graph.tensors):
+                if t.consumers:
+                    up = links[i].up_ms(t.bytes)
+                    maker: object = "s" if t.producer is None else (t.producer, i)
+                    edge(maker, ("x", ti, i), up)
+                    for c in t.consumers:
+                        edge(("x", ti, i), (c, i), inf)
+                if t.is_graph_output and t.producer is not None:
+                    edge("s", (t.producer, i), links[i].down_ms(t.bytes))
+        constant += sum(hops[-1].node_ms) + sum(links[i].rtt_ms for i in range(used))
+        value, (source, _) = nx.minimum_cut(g, "s", "t")
+        sets = tuple(frozenset(v for v in range(n) if (v, i) in source) for i in range(k - 1))
+        cost = _direct_cost(graph, hops, links, _parts(sets, n))
+        assert cost is not None
+        if best is None or cost.latency_ms < best[0] - 1e-9:
+            best = (cost.latency_ms, sets, cost)
+        del value, constant  # the set's own cost is recomputed exactly above
+    assert best is not None
+    cuts = tuple(len(d) for d in best[1])
+    return ChainResult(cuts=cuts, cost=_with_cuts(best[2], cuts), solver="mincut",
+                       objective=objective, device_sets=best[1])
+
+
+def _parts(sets: Sequence[frozenset[int]], n: int) -> list[frozenset[int]]:
+    bounds = [frozenset(), *sets, frozenset(range(n))]
+    return [bounds[j + 1] - bounds[j] for j in range(len(bounds) - 1)]

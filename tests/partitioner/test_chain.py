@@ -222,3 +222,25 @@ def test_slices_of_the_trained_text_detector_chain_to_the_full_model() -> None:
             check_model(s.model, f"slice at {cuts}")
         assert len(slices[1].receives) >= 1
         assert verify_chain(model, [s.model for s in slices], feeds=feeds) <= 1e-3
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems(max_nodes=7))
+def test_layered_min_cut_equals_nested_down_sets(problem: Any) -> None:
+    graph, hops, links = problem
+    hops = [Hop(name=h.name, node_ms=h.node_ms, run_overhead_ms=0.0) for h in hops][:3]
+    links = links[: len(hops) - 1]
+    downset = _value(graph, hops, links, "latency", "downset")
+    mincut = best_chain(graph, hops, links, solver="mincut")
+    assert downset is not None
+    assert math.isclose(mincut.cost.latency_ms, downset, rel_tol=1e-6, abs_tol=1e-4)
+    assert mincut.device_sets is not None
+    assert all(graph.is_down_set(d) for d in mincut.device_sets)
+    assert all(a <= b for a, b in zip(mincut.device_sets, mincut.device_sets[1:], strict=False))
+
+
+def test_min_cut_refuses_memory_limits() -> None:
+    g = chain_costgraph(device_ms=[1], cloud_ms=[1], tensor_bytes=[8, 8])
+    hops = [Hop(name="d", node_ms=(1,), memory_bytes=10), Hop(name="c", node_ms=(1,))]
+    with pytest.raises(UserInputError, match="without memory limits"):
+        best_chain(g, hops, [Link(name="l", uplink_mbps=1, downlink_mbps=1)], solver="mincut")
