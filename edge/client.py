@@ -85,6 +85,7 @@ class InferResult:
     decode_ms: float
     server_queue_ms: float | None = None
     server_compute_ms: float | None = None
+    connected: bool = True  # False: the call had to connect first (TCP, TLS, HTTP/2)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -177,6 +178,23 @@ class CloudClient:
                 return
             self._closed = True
         self._channel.close()
+
+    def connected(self) -> bool:
+        """Whether the channel is connected now (a call need not set up TCP, TLS, HTTP/2).
+
+        The device's link estimate must not count a call's connection set-up as transfer
+        time. grpc's public `subscribe` runs a polling thread per channel that raises once the
+        channel closes, so this asks the channel's state directly; where a grpc release does
+        not have that, every call counts as connected, as before.
+        """
+        check = getattr(getattr(self._channel, "_channel", None), "check_connectivity_state",
+                        None)
+        if check is None or self._closed:
+            return True
+        try:
+            return int(check(False)) == grpc.ChannelConnectivity.READY.value[0]
+        except (ValueError, TypeError, AttributeError):
+            return True
 
     def __enter__(self) -> CloudClient:
         return self
@@ -312,6 +330,7 @@ class CloudClient:
         encode_ms = (time.perf_counter() - encode_start) * 1e3
 
         remaining = timeout - (time.perf_counter() - start)
+        connected = self.connected()
         rpc_start = time.perf_counter()
         response = self._call(self._infer, payload, remaining, f"ModelInfer {model!r}")
         rpc_ms = (time.perf_counter() - rpc_start) * 1e3
@@ -331,7 +350,8 @@ class CloudClient:
                            wire_bytes_down=wire_down, encode_ms=encode_ms, rpc_ms=rpc_ms,
                            decode_ms=decode_ms,
                            server_queue_ms=None if timing is None else timing.queue_ms,
-                           server_compute_ms=None if timing is None else timing.compute_ms)
+                           server_compute_ms=None if timing is None else timing.compute_ms,
+                           connected=connected)
 
     def _decode(self, model: str, response: pb.ModelInferResponse,
                 outputs: Sequence[str] | None) -> dict[str, np.ndarray]:

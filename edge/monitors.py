@@ -34,8 +34,10 @@ __all__ = ["DeviceMonitor", "DeviceReadings", "LinkEstimator", "RecentSamples", 
 
 # Transfers smaller than this say more about the round trip than about bandwidth.
 MIN_BANDWIDTH_SAMPLE_BYTES = 16 * 1024
-# Below this share of a call's network time, the transfer is too short to time.
-_MIN_TRANSFER_SHARE = 0.1
+# A transfer shorter than this share of the round trip, or than this many ms, is too short
+# to time: it hides in the round trip's jitter.
+_MIN_TRANSFER_SHARE = 0.5
+_MIN_TRANSFER_MS = 0.25
 
 
 class RecentSamples:
@@ -85,25 +87,34 @@ class LinkEstimator:
             self._rtt.add(ms, now=now)
 
     def observe_call(self, *, up_bytes: int, down_bytes: int, rpc_ms: float,
-                     server_ms: float | None, now: float | None = None) -> None:
-        """One call's bytes and time; `server_ms` is what the endpoint reported spending."""
+                     server_ms: float | None, connected: bool = True,
+                     now: float | None = None) -> None:
+        """One call's bytes and time; `server_ms` is what the endpoint reported spending.
+
+        A call that had to connect first (`connected` False) also paid for TCP, TLS and
+        HTTP/2 set-up: it says nothing about the link's speed and is not a sample.
+        """
         t = _now(now)
         network_ms = rpc_ms - (server_ms or 0.0)
         with self._lock:
             self._last_call = t
-        rtt = self._rtt.median(now=t)
-        if network_ms <= 0:
+        if network_ms <= 0 or not connected:
             return
+        rtt = self._rtt.median(now=t)
+        uplink = self.uplink_mbps(now=t)
         bits = up_bytes * 8 + down_bytes * 8 / self.downlink_ratio  # in uplink-equivalent bits
         if up_bytes + down_bytes < MIN_BANDWIDTH_SAMPLE_BYTES:
-            uplink = self.uplink_mbps(now=t)
             transfer_ms = bits / (uplink * 1e3) if uplink else 0.0
             self.observe_rtt(max(network_ms - transfer_ms, 0.0), now=t)
             return
         transfer_ms = network_ms - (rtt or 0.0)
-        if transfer_ms < _MIN_TRANSFER_SHARE * network_ms:
-            # The transfer hid inside the round trip's noise: a lower bound at best.
-            transfer_ms = _MIN_TRANSFER_SHARE * network_ms
+        if transfer_ms < max(_MIN_TRANSFER_SHARE * (rtt or 0.0), _MIN_TRANSFER_MS):
+            # The transfer hid inside the round trip's noise: the call says only that the
+            # link is at least bits / network time fast. That keeps a higher estimate fresh
+            # (it is not contradicted) or lifts a lower one; it never inflates one.
+            lower_bound = bits / (network_ms * 1e3)
+            self._uplink.add(max(lower_bound, uplink or 0.0), now=t)
+            return
         self._uplink.add(bits / (transfer_ms * 1e3), now=t)
 
     def uplink_mbps(self, *, now: float | None = None) -> float | None:

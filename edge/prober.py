@@ -106,7 +106,7 @@ class Prober:
             ms = self._client.probe_uplink(size, timeout_s=timeout)
         except EdgecutError as exc:
             if self._breaker.record_failure():
-                self._on_open(f"link probe failed: {type(exc).__name__}")
+                self._on_open(f"cloud unavailable: link probes failed ({type(exc).__name__})")
             return
         self.probes += 2
         self.probe_bytes += size

@@ -228,3 +228,12 @@ def test_slow_answer_is_deadline_exceeded(stock_endpoint: str) -> None:
         with pytest.raises(DeadlineExceededError, match=r"no answer within 0\.2 s") as info:
             c.infer("slow", {"x": np.zeros(3, np.float32)}, timeout_s=0.2)
     assert isinstance(info.value.__cause__, grpc.RpcError)
+
+
+def test_a_call_says_whether_it_had_to_connect(client: CloudClient, plan_dir: Path,
+                                               feed: dict) -> None:
+    model = load_plan(plan_dir).model.name
+    assert not client.connected()
+    first = client.infer(model, feed)
+    second = client.infer(model, feed)
+    assert (first.connected, second.connected, client.connected()) == (False, True, True)

@@ -193,3 +193,17 @@ def test_replica_lists_become_one_balanced_target() -> None:
     with pytest.raises(BadInputError, match="mix IPv4 and IPv6"):
         target_for(["127.0.0.1:1", "[::1]:2"])
     assert '"round_robin"' in service_config() and '"UNAVAILABLE"' in service_config()
+
+
+def test_calls_that_had_to_connect_and_unresolved_transfers_do_not_inflate_the_estimate(
+        ) -> None:
+    link = LinkEstimator()
+    link.observe_rtt(10.0, now=0.0)
+    # The first call paid for TCP, TLS and HTTP/2: no sample at all.
+    link.observe_call(up_bytes=1_000_000, down_bytes=0, rpc_ms=300.0, server_ms=0.0,
+                      connected=False, now=1.0)
+    assert link.uplink_mbps(now=1.0) is None
+    # 100 kB in 10.5 ms against a 10 ms round trip: the transfer is hidden in the jitter;
+    # the call says only "at least 76 Mbit/s" (800 kbit / 10.5 ms), not 1600 Mbit/s.
+    link.observe_call(up_bytes=100_000, down_bytes=0, rpc_ms=10.5, server_ms=0.0, now=2.0)
+    assert link.uplink_mbps(now=2.0) == pytest.approx(800 / 10.5, rel=1e-3)
