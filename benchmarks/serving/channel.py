@@ -124,7 +124,9 @@ def serve_bare_native(tls_dir: Path, port_file: Path) -> None:
     frontend = _frontend.Frontend("127.0.0.1:0", str(tls_dir), False, False, MAX_MESSAGE)
 
     def dispatch(calls: list, ended: list, infers: list = ()) -> None:  # no infer lane here
-        for call_id, _method, payload, _metadata, _peer, _left in calls:
+        # (id, method, payload, metadata, peer, time left, address ...): only the first
+        # three matter here, and the transport may add fields after them.
+        for call_id, _method, payload, *_rest in calls:
             frontend.finish(call_id, 0, "", b"ok" if len(payload) else b"")
 
     frontend.start(dispatch)
