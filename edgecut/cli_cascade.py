@@ -151,7 +151,7 @@ def apply_accuracy(args: argparse.Namespace, say: Callable[[str], object]) -> No
     say(f"accuracy on {args.data}: fp32 {summary['metric']} {summary['baseline']:.4f}; drops "
         f"per cut and codec in {args.out}/plan.json")
     if args.exit:
-        from edgecut.partitioner.early_exit import plan_early_exit
+        from edgecut.early_exit import plan_early_exit
 
         compute_w = None
         if args.device:

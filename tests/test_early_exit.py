@@ -16,8 +16,8 @@ from edgecut.cli import main
 from edgecut.cloud.server import create_server
 from edgecut.deploy import deploy_plan
 from edgecut.digits import EXIT_OUTPUT, INPUT, OUTPUT, trained
+from edgecut.early_exit import expected_exit_cost
 from edgecut.edge import Config, Predictor
-from edgecut.partitioner.early_exit import expected_exit_cost
 from edgecut.protocol.pki import init_ca, issue_device_certificate
 
 DEVICE = "exit-test"
