@@ -8,6 +8,7 @@ exception, a wrong answer, or an answer past the deadline).
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -207,10 +208,27 @@ def test_chain_plan_cli_explains_every_hop(world: dict, tmp_path: Path) -> None:
          "--cuts", "6,15", "--explain", "--json", "--out", str(tmp_path / "p")],
         capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
-    import json
-
     shown = json.loads(result.stdout)
     assert [r["name"] for r in shown["hops"]] == ["device", "wifi", "helper1", "lte", "cloud"]
     assert shown["cuts"] == [6, 15]
     assert {"chain", "single_cut", "device_only"} <= set(shown["summary"])
     assert load_plan(tmp_path / "p").stages[2].where == "cloud"
+
+    def deploy(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "edgecut", "chain", "deploy",
+                               str(tmp_path / "p"), *extra], capture_output=True, text=True,
+                              timeout=120, check=False)
+
+    done = deploy("--stage", "2", "--repository", str(tmp_path / "cloud"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "cloud" / "residual_dag.stage2" / "1" / "model.onnx").is_file()
+    assert (tmp_path / "cloud" / "residual_dag" / "1" / "model.onnx").is_file()  # full model
+    refused = deploy("--stage", "1", "--repository", str(tmp_path / "helper"))
+    assert refused.returncode != 0 and "--next HOST:PORT" in refused.stderr
+    done = deploy("--stage", "1", "--repository", str(tmp_path / "helper"), "--next",
+                  "10.0.0.9:8001", "--tls", str(world["fleet"]), "--device", "helper-1")
+    assert done.returncode == 0, done.stderr
+    forward = json.loads((tmp_path / "helper" / "residual_dag.stage1" / "forward.json")
+                         .read_text())
+    assert forward["next"]["model"] == "residual_dag.stage2"
+    assert forward["next"]["endpoints"] == ["10.0.0.9:8001"]
