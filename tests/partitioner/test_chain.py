@@ -13,15 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgecut.errors import NoFeasibleCutError, UserInputError
-from edgecut.partitioner.chain import (
-    Hop,
-    Link,
-    _direct_cost,
-    _Model,
-    _position_sets,
-    best_chain,
-    estimate_chain,
-)
+from edgecut.partitioner.chain import Hop, Link, _Model, best_chain, estimate_chain
+from edgecut.partitioner.chain_downsets import cost_of_parts, position_sets
 from edgecut.partitioner.costgraph import CostGraph, CostNode, CostTensor, chain_costgraph
 
 REL = 1e-7
@@ -84,8 +77,10 @@ def _value(graph: CostGraph, hops: list[Hop], links: list[Link], objective: str,
     return cost.latency_ms if objective == "latency" else cost.bottleneck_ms
 
 
-def test_docstring_example_runs() -> None:
-    assert doctest.testmod(importlib.import_module("edgecut.partitioner.chain")).failed == 0
+@pytest.mark.parametrize("name", ["edgecut.partitioner.chain", "edgecut.partitioner.chain_downsets",
+                                  "edgecut.partitioner.chain_extract"])
+def test_docstring_examples_run(name: str) -> None:
+    assert doctest.testmod(importlib.import_module(name)).failed == 0
 
 
 @settings(max_examples=120, deadline=None)
@@ -112,7 +107,7 @@ def test_tables_equal_the_set_based_cost_at_every_tuple(problem: Any) -> None:
         fast = model.cost(cuts)
         unlimited = [Hop(name=h.name, node_ms=h.node_ms, run_overhead_ms=h.run_overhead_ms)
                      for h in hops]
-        slow = _direct_cost(graph, unlimited, links, _position_sets(graph, cuts))
+        slow = cost_of_parts(graph, unlimited, links, position_sets(graph, cuts))
         assert slow is not None
         assert math.isclose(fast.latency_ms, slow.latency_ms, rel_tol=REL, abs_tol=1e-9)
         assert math.isclose(fast.bottleneck_ms, slow.bottleneck_ms, rel_tol=REL, abs_tol=1e-9)
