@@ -218,9 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tls(p)
     p.add_argument("--input", action="append", default=[], required=True, metavar="NAME=FILE.npy")
     p.add_argument("--output", type=Path, required=True, metavar="OUT.npz")
-    p.add_argument("--mode", choices=("split", "offload", "local", "adaptive"), default="split",
+    p.add_argument("--mode", choices=("split", "offload", "local", "adaptive", "cascade"),
+                   default="split",
                    help="adaptive: the plan's envelope cut for the measured link, offload under "
-                        "device pressure, local when the cloud fails")
+                        "device pressure, local when the cloud fails; cascade: the small model "
+                        "(or early exit) of the plan's cascade.json, the cut when unsure")
     p.add_argument("--fallback", choices=("local", "none"),
                    help="when the cloud part fails: finish with the full model here, or fail "
                         "(default: local in adaptive mode, none otherwise)")
@@ -560,7 +562,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     np.savez(args.output, **dict(zip(names, outputs, strict=True)))
     where = f"split at cut {stats.cut}" if stats.mode == "split" else stats.mode
     fallback = f"; fell back: {stats.fallback}" if stats.fallback else ""
-    print(f"wrote {args.output}: {', '.join(names)} ({stats.total_ms:.1f} ms, ran {where}{fallback})")
+    answered = f"; answered by {stats.answered_by}" if stats.answered_by else ""
+    print(f"wrote {args.output}: {', '.join(names)} ({stats.total_ms:.1f} ms, ran {where}"
+          f"{fallback}{answered})")
     return 0
 
 

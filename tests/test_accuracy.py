@@ -140,4 +140,17 @@ def test_cli_calibrate_writes_the_table_plot_and_cascade_json(files: dict[str, P
     assert main(["cascade", "calibrate", str(files["small"]), str(files["big"]), "--data",
                  str(files["cal"]), "--target-accuracy", "0.9999"]) == 2
     assert "no threshold reaches" in capsys.readouterr().err
-    assert OUTPUT == "probs"
+    # The plan now runs as a cascade from the CLI; with its cloud down, the small model answers.
+    data = load_eval_set(files["cal"])
+    np.save(tmp_path / "x.npy", data.inputs[INPUT][:1])
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    assert main(["run", str(plan), "--mode", "cascade", "--endpoint", dead, "--input",
+                 f"x={tmp_path / 'x.npy'}", "--output", str(tmp_path / "out.npz"),
+                 "--timeout", "5"]) == 0
+    assert "answered by small" in capsys.readouterr().out
+    with np.load(tmp_path / "out.npz") as out:
+        assert out[OUTPUT].shape == (1, 10)
