@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecut.simulations.adaptive import choose_cut, update_estimate
+from edgecut.simulations.adaptive import choose_cut, recent_median, worth_switching
 from edgecut.simulations.costs import CutTable
 from edgecut.simulations.queues import Batches, cloud_batches, fifo
 from edgecut.simulations.scenario import CloudSpec, EdgecutSettings
@@ -115,7 +115,7 @@ class StaticPolicy:
 
 
 class EdgecutPolicy:
-    """Per-device state of the edgecut strategy around the pure `adaptive.choose_cut`.
+    """Per-device state of the edgecut strategy around the pure `adaptive` functions.
 
     `decide` takes a fast path while no queue report is over the limit: the envelope lookup
     of `adaptive.envelope_cut`, with the widened ranges computed once per class.
@@ -128,7 +128,7 @@ class EdgecutPolicy:
         self.group = workload.group.tolist()
         self.device = workload.device.tolist()
         d = workload.device_count
-        self.estimate: list[float | None] = [None] * d
+        self.samples: dict[int, deque[tuple[float, float]]] = {}
         self.current: list[int | None] = [None] * d
         self.report: list[float | None] = [None] * d
         self.report_at = [-math.inf] * d
@@ -142,23 +142,34 @@ class EdgecutPolicy:
         self._planned = [t.uplink_mbps for t in tables]
         self._limit = math.inf if settings.max_cloud_queue_ms is None else settings.max_cloud_queue_ms
 
+    def _add(self, d: int, now: float, mbps: float) -> None:
+        window = self.samples.get(d)
+        if window is None:
+            window = self.samples[d] = deque(maxlen=self.settings.window)
+        window.append((now, mbps))
+        self.sampled_at[d] = now
+
+    def estimate(self, d: int, now: float) -> float | None:
+        window = self.samples.get(d)
+        if not window:
+            return None
+        return recent_median(window, now=now, max_age_s=self.settings.max_sample_age_s)
+
     def decide(self, i: int, now: float) -> int:
         d = self.device[i]
         if now - self.sampled_at[d] >= self.settings.probe_interval_s:
             # The runtime probes a link it has not measured for probe_interval_s; the probe is
             # small (probe_max_share of the link) and is not charged here.
-            self.sampled_at[d] = now
-            self.estimate[d] = update_estimate(self.estimate[d], self.link_mbps[i],
-                                               self.settings.smoothing)
+            self._add(d, now, self.link_mbps[i])
+        estimate = self.estimate(d, now)
+        g = self.group[i]
         report = self.report[d]
         if report is not None and report > self._limit:
-            env, run = choose_cut(self.tables[self.group[i]], self.settings,
-                                  estimate_mbps=self.estimate[d], current=self.current[d],
-                                  queue_report_ms=report, report_age_s=now - self.report_at[d])
+            env, run = choose_cut(self.tables[g], self.settings, estimate_mbps=estimate,
+                                  current=self.current[d], queue_report_ms=report,
+                                  report_age_s=now - self.report_at[d])
             self.current[d] = env
             return run
-        g = self.group[i]
-        estimate = self.estimate[d]
         bandwidth = self._planned[g] if estimate is None else estimate
         current = self.current[d]
         if current is not None:
@@ -167,15 +178,15 @@ class EdgecutPolicy:
                 return current
         j = bisect_right(self._lows[g], bandwidth) - 1
         k = self._cuts[g][j if j > 0 else 0]
+        if current is not None and k != current and not worth_switching(
+                self.tables[g], current, k, bandwidth, self.settings):
+            return current
         self.current[d] = k
         return k
 
     def on_uplink(self, i: int, now: float, wire_bytes: float, seconds: float) -> None:
         if wire_bytes >= self.settings.min_sample_bytes and seconds > 0:
-            d = self.device[i]
-            sample = wire_bytes * 8.0 / 1e6 / seconds
-            self.sampled_at[d] = now
-            self.estimate[d] = update_estimate(self.estimate[d], sample, self.settings.smoothing)
+            self._add(self.device[i], now, wire_bytes * 8.0 / 1e6 / seconds)
 
     def on_response(self, i: int, now: float, queue_ms: float) -> None:
         d = self.device[i]

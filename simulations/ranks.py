@@ -12,9 +12,11 @@ event engine, which is exact in every case. Where it returns an Outcome it is th
 engine's (the tests compare them), computed 10-50x faster.
 
 Within a rank, a device's decision time is when its CPU takes the request up,
-max(arrival, the previous head's end); before deciding, it applies the samples of its earlier
+max(arrival, the previous head's end); before deciding, it records the samples of its earlier
 messages that were sent by then (in order: its uplink is FIFO), then probes if it has had no
-sample for `probe_interval_s`, exactly as `EdgecutPolicy` does event by event.
+sample for `probe_interval_s`, exactly as `EdgecutPolicy` does event by event; the estimate
+is the median of the last `window` samples no older than `max_sample_age_s` (a ring buffer
+per device).
 """
 
 from __future__ import annotations
@@ -77,7 +79,10 @@ def run_ranks(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequence
     d_count = workload.device_count
     head_free = np.full(d_count, -np.inf)
     link_free = np.full(d_count, -np.inf)
-    estimate = np.full(d_count, np.nan)
+    window = settings.window
+    ring = np.full((d_count, window), np.nan)        # the last `window` samples, Mbit/s
+    ring_t = np.full((d_count, window), -np.inf)     # and when each was taken
+    ring_next = np.zeros(d_count, dtype=np.int64)
     current = np.full(d_count, -1, dtype=np.int64)
     sampled_at = np.full(d_count, -np.inf)
     applied = first.copy()
@@ -85,7 +90,6 @@ def run_ranks(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequence
     hs, he = np.zeros(n), np.zeros(n)
     us, ue = np.full(n, math.nan), np.full(n, -np.inf)  # -inf: no message, nothing to sample
     sample = np.full(n, math.nan)
-    s = settings.smoothing
     min_bytes = settings.min_sample_bytes
     # Per-group cut tables, padded to one width, for fancy indexing by (group, cut).
     width = ga["w_lo"].shape[1]
@@ -100,6 +104,33 @@ def run_ranks(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequence
     enc = np.stack([pad([t.encode_ms[r] for t in tables]) for r in (0, 1)])
     wire_b = np.stack([pad([t.up_wire_bytes[r] for t in tables]) for r in (0, 1)])
     uses = pad([t.uses_cloud.astype(float) for t in tables]).astype(bool)
+    cloud_ms = pad([t.cloud_ms for t in tables])
+    down_b = pad([t.down_bytes.astype(float) for t in tables])
+    decode_ms = pad([t.decode_ms for t in tables])
+    rtt_g = np.array([t.rtt_ms for t in tables])
+    ratio_g = np.array([t.downlink_per_uplink for t in tables])
+
+    def latency(g: np.ndarray, k: np.ndarray, bw: np.ndarray) -> np.ndarray:
+        """`CutTable.latency_ms(bw)[k]` per row, summed in the same order."""
+        reg = (bw >= RAW_ABOVE_MBPS).astype(np.int64)
+        used = uses[g, k]
+        terms = (dev_ms[g, k], enc[reg, g, k],
+                 np.where(used, wire_b[reg, g, k] * 8.0 / (bw * 1000.0), 0.0),
+                 np.where(used, rtt_g[g], 0.0), cloud_ms[g, k],
+                 np.where(used, down_b[g, k] * 8.0 / (bw * ratio_g[g] * 1000.0), 0.0),
+                 decode_ms[g, k])
+        total = 0
+        for term in terms:
+            total = total + term
+        return total + np.where(used, 0.0, 0.0)
+
+    def add_samples(d: np.ndarray, mask: np.ndarray, when: np.ndarray, mbps: np.ndarray) -> None:
+        rows, slot = d[mask], ring_next[d[mask]]
+        ring[rows, slot] = mbps[mask]
+        ring_t[rows, slot] = when[mask]
+        ring_next[rows] = (slot + 1) % window
+        sampled_at[rows] = when[mask]
+
     for r in range(ranks):
         m = int(np.searchsorted(-ranked_counts, -r, side="left"))  # devices with > r requests
         d = ranked[:m]
@@ -112,22 +143,30 @@ def run_ranks(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequence
             if not can.any():
                 break
             val = sample[np.minimum(idx, n - 1)]
-            valid = can & ~np.isnan(val)
-            est = estimate[d]
-            estimate[d] = np.where(valid, np.where(np.isnan(est), val, est + s * (val - est)), est)
-            sampled_at[d] = np.where(valid, ue[np.minimum(idx, n - 1)], sampled_at[d])
+            add_samples(d, can & ~np.isnan(val), ue[np.minimum(idx, n - 1)], val)
             applied[d] = idx + can
         probe = t - sampled_at[d] >= settings.probe_interval_s
-        est = estimate[d]
-        estimate[d] = np.where(probe, np.where(np.isnan(est), up[p], est + s * (up[p] - est)), est)
-        sampled_at[d] = np.where(probe, t, sampled_at[d])
-        est = estimate[d]
-        bw = np.where(np.isnan(est), ga["planned"][g], est)
+        add_samples(d, probe, t, up[p])
+        fresh = (t[:, None] - ring_t[d] <= settings.max_sample_age_s) & ~np.isnan(ring[d])
+        has = fresh.any(axis=1)
+        bw = ga["planned"][g].astype(float)
+        if has.any():  # the median of each row's fresh samples, as statistics.median takes it
+            values = np.sort(np.where(fresh[has], ring[d][has], np.inf), axis=1)
+            c = fresh[has].sum(axis=1)
+            rows = np.arange(len(c))
+            bw[has] = (values[rows, (c - 1) // 2] + values[rows, c // 2]) / 2
         cur = current[d]
         safe = np.maximum(cur, 0)
         keep = (cur >= 0) & (ga["w_lo"][g, safe] <= bw) & (bw < ga["w_hi"][g, safe])
         j = np.sum(ga["lows"][g] <= bw[:, None], axis=1) - 1
         k = np.where(keep, cur, ga["env_cut"][g, np.maximum(j, 0)])
+        moved = (cur >= 0) & (k != cur)
+        if moved.any():  # a new cut only when predicted faster by more than the noise
+            now_ms = latency(g[moved], cur[moved], bw[moved])
+            then_ms = latency(g[moved], k[moved], bw[moved])
+            worth = now_ms - then_ms > np.maximum(settings.min_gain_ms,
+                                                  settings.min_gain_share * now_ms)
+            k[np.flatnonzero(moved)[~worth]] = cur[moved][~worth]
         current[d] = k
         cut[p] = k
         reg = regime[p]

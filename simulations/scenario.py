@@ -7,8 +7,8 @@
                   bandwidth_trace, rtt_ms, cell = {uplink_mbps, downlink_mbps, devices},
                   radio_tail_ms, radio_tail_w, battery_wh
     [strategies]  compare, fixed_cut, cascade_escalation_rate, dads_heavy_load,
-                  [strategies.edgecut] hysteresis, smoothing, min_sample_bytes,
-                  max_cloud_queue_ms, probe_interval_s
+                  [strategies.edgecut] hysteresis, min_gain_ms, min_gain_share, window,
+                  max_sample_age_s, min_sample_bytes, max_cloud_queue_ms, probe_interval_s
 
 `docs/simulation.md` describes each key. `load_scenario(path, overrides=...)` applies dotted
 overrides (`cloud.replicas=8`, `devices.0.count=500`: the sweep's keys) to the parsed file
@@ -146,11 +146,15 @@ class DeviceGroup:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EdgecutSettings:
-    """The adaptive policy's knobs, the device runtime's defaults (edgecut.edge.Config)."""
+    """The adaptive policy's knobs, the device runtime's defaults (edgecut.edge: Config,
+    policy.Thresholds, monitors.LinkEstimator)."""
 
     hysteresis: float = 0.25
-    smoothing: float = 0.3
-    min_sample_bytes: int = 64 * 1024
+    min_gain_ms: float = 1.0
+    min_gain_share: float = 0.05
+    window: int = 7
+    max_sample_age_s: float = 30.0
+    min_sample_bytes: int = 16 * 1024
     max_cloud_queue_ms: float | None = 50.0
     probe_interval_s: float = 5.0
 
@@ -483,15 +487,18 @@ def _strategies(c: _Checker, data: Mapping[str, Any]) -> StrategySpec:
     heavy = c.number(table, "dads_heavy_load", p, default=0.8, positive=True)
     sub = c.table(table, "edgecut", p, required=False)
     q = p + "edgecut."
-    c.unknown(sub, ["hysteresis", "smoothing", "min_sample_bytes", "max_cloud_queue_ms",
-                    "probe_interval_s"], q)
+    c.unknown(sub, ["hysteresis", "min_gain_ms", "min_gain_share", "window", "max_sample_age_s",
+                    "min_sample_bytes", "max_cloud_queue_ms", "probe_interval_s"], q)
     # false turns the cloud's push-back off (TOML has no null).
     queue = None if sub.get("max_cloud_queue_ms") is False else c.number(
         sub, "max_cloud_queue_ms", q, default=50.0, minimum=0)
     settings = EdgecutSettings(
         hysteresis=c.number(sub, "hysteresis", q, default=0.25, minimum=0, below=1),
-        smoothing=c.number(sub, "smoothing", q, default=0.3, positive=True, maximum=1),
-        min_sample_bytes=c.integer(sub, "min_sample_bytes", q, default=64 * 1024, minimum=0),
+        min_gain_ms=c.number(sub, "min_gain_ms", q, default=1.0, minimum=0),
+        min_gain_share=c.number(sub, "min_gain_share", q, default=0.05, minimum=0, below=1),
+        window=c.integer(sub, "window", q, default=7),
+        max_sample_age_s=c.number(sub, "max_sample_age_s", q, default=30.0, positive=True),
+        min_sample_bytes=c.integer(sub, "min_sample_bytes", q, default=16 * 1024, minimum=0),
         max_cloud_queue_ms=queue,
         probe_interval_s=c.number(sub, "probe_interval_s", q, default=5.0, positive=True))
     return StrategySpec(compare=compare, fixed_cut=fixed, cascade_escalation_rate=rate,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgecut.errors import UnknownCutError
-from edgecut.simulations.adaptive import choose_cut, envelope_cut, update_estimate
+from edgecut.simulations.adaptive import choose_cut, envelope_cut, recent_median
 from edgecut.simulations.run import prepare, run_strategy, simulate
 from edgecut.simulations.scenario import EdgecutSettings, scenario_from_dict
 from edgecut.simulations.strategies import static_cuts
@@ -38,11 +38,21 @@ def test_envelope_with_hysteresis() -> None:
     assert envelope_cut(TABLE, 40.0, None, 0.0) == 0    # a breakpoint: the faster-link cut
 
 
-def test_the_estimate_smooths_samples() -> None:
-    est = None
-    for sample in (10.0, 20.0, 20.0):
-        est = update_estimate(est, sample, 0.3)
-    assert est == pytest.approx(10 + 3 + 0.3 * (20 - 13))
+def test_the_estimate_is_the_median_of_recent_samples() -> None:
+    samples = [(0.0, 10.0), (1.0, 500.0), (2.0, 12.0), (3.0, 11.0)]
+    assert recent_median(samples, now=3.0, max_age_s=30.0) == 11.5    # one outlier moves little
+    assert recent_median(samples, now=31.5, max_age_s=30.0) == 11.5   # the first two are stale
+    assert recent_median(samples, now=40.0, max_age_s=30.0) is None
+
+
+def test_a_new_cut_must_be_worth_the_switch() -> None:
+    settings = EdgecutSettings()
+    # At 60 Mbps the envelope says cut 0: 13.3 ms up + 20 + 2 = 35.3 ms against cut 1's
+    # 30 + 1.3 + 20 + 1 = 52.3 ms, a gain of 17 ms (32 %): over 1 ms and 5 %, it moves.
+    kwargs = {"queue_report_ms": None, "report_age_s": 0.0}
+    assert choose_cut(TABLE, settings, estimate_mbps=60.0, current=1, **kwargs) == (0, 0)
+    lazy = EdgecutSettings(min_gain_share=0.5)                 # a 50 % gain needed: it stays
+    assert choose_cut(TABLE, lazy, estimate_mbps=60.0, current=1, **kwargs) == (1, 1)
 
 
 def test_a_loaded_cloud_pushes_work_back_to_the_device() -> None:
