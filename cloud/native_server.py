@@ -5,6 +5,8 @@ the health service register their handlers on it the same way (add_generic_rpc_h
 each call runs the same handler with the same request and response serializers. What changes
 is below the handlers: TLS, HTTP/2 and the framing of messages run in C++ (gRPC's own
 server), and received calls reach Python in groups instead of one thread hand-off each.
+With `core=True` the same NativeServer runs over edgecut.cloud.core_frontend instead: grpcio's
+own core driven from one Python thread, for installations without the C++ transport.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import grpc
 
-from edgecut.protocol.tls import ReloadingServerCertificates
+from edgecut.protocol.tls import ReloadingServerCertificates, server_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -229,9 +231,12 @@ class NativeServer:
 
     def __init__(self, executor: ThreadPoolExecutor, *, max_message_bytes: int,
                  max_open_calls: int, receive_window_bytes: int = 0,
-                 channel_args: Sequence[tuple[str, int]] = ()):
-        if _frontend is None:
+                 channel_args: Sequence[tuple[str, int]] = (), core: bool = False):
+        # core: the same handlers over grpcio's own core instead of the C++ transport
+        # (edgecut.cloud.core_frontend), where that is not built.
+        if _frontend is None and not core:
             raise RuntimeError(unavailable_reason())
+        self.core = core
         self._executor = executor
         self._max_message_bytes = max_message_bytes
         self._max_open_calls = max_open_calls
@@ -318,6 +323,8 @@ class NativeServer:
         certificates changed there are in force for new connections within
         2 x RELOAD_CHECK_S, and a half-written set is ignored until it is whole.
         """
+        if self.core:
+            return self._add_core_port(address, tls_dir=tls_dir, mutual=mutual, reload=reload)
         watched: Path | None = None
         if tls_dir is not None and reload:
             self._certificates = StagedCertificates(Path(tls_dir), mutual=mutual)
@@ -332,6 +339,27 @@ class NativeServer:
                 channel_args=self._channel_args)
         except RuntimeError:
             self._close_certificates()
+            return 0
+        return int(self._frontend.port)
+
+    def _add_core_port(self, address: str, *, tls_dir: Path | None, mutual: bool,
+                       reload: bool) -> int:
+        from .core_frontend import CoreFrontend
+
+        credentials: grpc.ServerCredentials | None = None
+        if tls_dir is not None and reload:
+            credentials = ReloadingServerCertificates(Path(tls_dir), mutual=mutual).credentials()
+        elif tls_dir is not None:
+            credentials = server_credentials(Path(tls_dir), mutual=mutual)
+        window = ([("grpc.http2.bdp_probe", 0),
+                   ("grpc.http2.lookahead_bytes", self._receive_window_bytes)]
+                  if self._receive_window_bytes else [])
+        try:
+            self._frontend = CoreFrontend(address, credentials,
+                                          max_message_bytes=self._max_message_bytes,
+                                          max_open_calls=self._max_open_calls,
+                                          channel_args=[*window, *self._channel_args])
+        except RuntimeError:
             return 0
         return int(self._frontend.port)
 

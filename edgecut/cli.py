@@ -199,10 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="stderr log lines: text, or one JSON object per line (default text)")
     p.add_argument("--log-requests", action="store_true", help="log one line per request")
-    p.add_argument("--frontend", choices=("grpcio", "native", "auto"), default="auto",
+    p.add_argument("--frontend", choices=("grpcio", "core", "native", "auto"), default="auto",
                    help="gRPC transport: native = gRPC's C++ server, faster on small requests "
-                        "(built at install where libgrpc++-dev is found); grpcio = Python's; "
-                        "auto (default) = native where built, else grpcio")
+                        "(built at install where libgrpc++-dev is found); core = grpcio's core "
+                        "driven from one thread; grpcio = grpcio's grpc.server; auto (default) "
+                        "= native where built, else core")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("deploy", help="install a plan's full model and tails into a repository")

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="ModelRepository(share_weights=False): onnxruntime pre-packs weights")
     p.add_argument("--glibc-defaults", action="store_true",
                    help="do not raise glibc's mmap/trim thresholds (edgecut serve does)")
-    p.add_argument("--frontend", choices=("auto", "native", "grpcio"), default="auto",
+    p.add_argument("--frontend", choices=("auto", "native", "core", "grpcio"), default="auto",
                    help="the endpoint's gRPC transport (create_server's frontend; auto: as shipped)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

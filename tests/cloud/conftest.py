@@ -190,10 +190,10 @@ def other_fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     return Fleet(directory=directory, device=DEVICE)
 
 
-@pytest.fixture(scope="session", params=["native", "grpcio"])
+@pytest.fixture(scope="session", params=["native", "core", "grpcio"])
 def frontend(request: pytest.FixtureRequest) -> str:
     """The endpoint's transport (create_server's `frontend`): the shared server fixtures, and
-    the tests that ask for it, run over both."""
+    the tests that ask for it, run over each."""
     if request.param == "native" and not native_available():
         pytest.skip(f"the native transport is not built here: {native_unavailable_reason()}")
     return str(request.param)

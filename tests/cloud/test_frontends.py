@@ -105,13 +105,15 @@ def test_an_open_health_watch_ends_with_the_server(model_repo: Path, frontend: s
 
 
 def test_an_unknown_frontend_is_a_user_error(model_repo: Path) -> None:
-    with pytest.raises(UserInputError, match="frontend must be one of auto, native, grpcio"):
+    with pytest.raises(UserInputError, match="frontend must be one of auto, native, core, grpcio"):
         create_server(model_repo, frontend="rust")
 
 
-def test_the_native_transport_by_default_where_built_and_grpcio_on_request(
+def test_the_native_transport_by_default_where_built_grpcio_core_elsewhere(
         model_repo: Path) -> None:
     with create_server(model_repo, workers=2) as server:
-        assert server.frontend == ("native" if native_available() else "grpcio")
+        assert server.frontend == ("native" if native_available() else "core")
+    with create_server(model_repo, workers=2, frontend="core") as server:
+        assert server.frontend == "core"
     with create_server(model_repo, workers=2, frontend="grpcio") as server:
         assert server.frontend == "grpcio"
