@@ -28,6 +28,8 @@ from typing import Any
 import grpc
 from grpc._cython import cygrpc
 
+from .threads import name_this_thread, yield_to_models
+
 logger = logging.getLogger(__name__)
 
 _FLAGS = 0
@@ -190,6 +192,10 @@ class CoreFrontend:
 
     # The completion-queue thread.
     def _poll(self) -> None:
+        # Named and yielding as the native transport's threads: arriving calls do not
+        # preempt a model run (the model workers it starts take the default policy back).
+        name_this_thread("edgecut-grpc-cq")
+        yield_to_models()
         queue_timeout = cygrpc.CompletionType.queue_timeout
         while True:
             event = self._cq.poll(time.time() + _POLL_S)

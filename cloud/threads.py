@@ -36,3 +36,13 @@ def default_scheduling() -> None:
     """Put the calling thread back under the default policy (SCHED_OTHER); best effort."""
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
+def yield_to_models() -> bool:
+    """Put the calling thread under SCHED_BATCH: its wake-ups then never preempt a running
+    thread (a model run), as the native transport's threads do; False where it cannot."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (AttributeError, OSError):
+        return False
+    return True

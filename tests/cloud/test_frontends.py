@@ -117,3 +117,28 @@ def test_the_native_transport_by_default_where_built_grpcio_core_elsewhere(
         assert server.frontend == "core"
     with create_server(model_repo, workers=2, frontend="grpcio") as server:
         assert server.frontend == "grpcio"
+
+
+def test_the_core_transport_thread_yields_to_model_runs(model_repo: Path) -> None:
+    """Over "core", the completion-queue thread runs under SCHED_BATCH, as the native
+    transport's do; the model worker it starts keeps the default policy."""
+    import os
+
+    import numpy as np
+
+    from edgecut.edge.client import CloudClient
+
+    with create_server(model_repo, workers=2, frontend="core") as server:
+        with CloudClient(server.address, timeout_s=10.0) as client:
+            client.infer("dyn_mlp", {"x": np.ones((1, 16), np.float32)})
+        policies: dict[str, set[int]] = {}
+        for task in Path("/proc/self/task").iterdir():
+            try:
+                name = (task / "comm").read_text().strip()
+                policy = os.sched_getscheduler(int(task.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if name in ("edgecut-grpc-cq", "run-dyn_mlp"):
+                policies.setdefault(name, set()).add(policy)
+    assert os.SCHED_BATCH in policies["edgecut-grpc-cq"]
+    assert policies["run-dyn_mlp"] == {os.SCHED_OTHER}
