@@ -9,8 +9,10 @@ gRPC already does most of what a device on a flaky link needs, when it is asked 
   id covers the rest: the endpoint answers a repeated id from its cache);
 - keepalive pings, so a link that silently died is noticed within seconds, not at the
   kernel's TCP timeout; the endpoint permits them every 10 s or more;
-- reconnect backoff capped at 2 s, so a cloud that restarts is reached again within a
-  few seconds (gRPC's default cap is 120 s).
+- reconnect backoff from 200 ms, capped at 2 s, so a cloud that restarts is reached again
+  within a few seconds (gRPC's default cap is 120 s). `grpc.min_reconnect_backoff_ms` is
+  left alone: gRPC takes it as the connect timeout too (20 s by default), and a TLS
+  handshake over a slow link on a slow CPU needs that.
 
 Per-attempt timeouts are the Predictor's (it gives each call the deadline less the time a
 local fallback needs), not the retry policy's `perAttemptRecvTimeout`, which gRPC core
@@ -40,7 +42,7 @@ _SERVICE = "inference.GRPCInferenceService"
 KEEPALIVE_TIME_MS = 20_000
 KEEPALIVE_TIMEOUT_MS = 5_000
 MAX_RECONNECT_BACKOFF_MS = 2_000
-MIN_RECONNECT_BACKOFF_MS = 200
+INITIAL_RECONNECT_BACKOFF_MS = 200
 
 
 def service_config() -> str:
@@ -74,8 +76,7 @@ def channel_options(max_message_bytes: int, *, authority: str | None = None
         ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
-        ("grpc.initial_reconnect_backoff_ms", MIN_RECONNECT_BACKOFF_MS),
-        ("grpc.min_reconnect_backoff_ms", MIN_RECONNECT_BACKOFF_MS),
+        ("grpc.initial_reconnect_backoff_ms", INITIAL_RECONNECT_BACKOFF_MS),
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
     ]
     if authority is not None:

@@ -81,13 +81,7 @@ _FEEDS: dict[str, dict[str, np.ndarray]] = {}
 
 
 def _measure(req: dict[str, Any]) -> dict[str, Any]:
-    from edgecut.edge import Config, Predictor, channel
-
-    # gRPC takes min_reconnect_backoff_ms as the connect timeout too; edge/channel.py's 200 ms
-    # is less than a TLS handshake takes on 30 % of a core over a shaped 1-5 Mbit/s link with
-    # 40-60 ms of round trip ("timed out before receiving SETTINGS frame"): wait for it here.
-    channel.MIN_RECONNECT_BACKOFF_MS = max(channel.MIN_RECONNECT_BACKOFF_MS, 20_000)
-    channel.MAX_RECONNECT_BACKOFF_MS = max(channel.MAX_RECONNECT_BACKOFF_MS, 20_000)
+    from edgecut.edge import Config, Predictor
 
     plan = Path(req["plan"])
     feeds = _FEEDS.setdefault(str(plan), _feeds(plan))
