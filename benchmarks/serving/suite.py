@@ -210,10 +210,14 @@ def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[
                                        onnx_dir=onnx_dir)
     # The endpoint as shipped runs the native transport where it is built; the same endpoint
     # over grpcio, next to it, says what the transport is worth.
-    if grpcio_levels and native_available():
+    # Where it is not built, `auto` serves over grpcio's core (cloud/core_frontend.py): that
+    # is what a plain `pip install` gives, so it gets rows of its own too.
+    variants = ([("edgecut-core", "core")] if frontend != "core" else []) + [
+        ("edgecut-grpcio", "grpcio")]
+    for server_name, transport in variants if grpcio_levels else ():
         with endpoint_process(repo, tls, workdir=workdir,
-                              extra_args=["--frontend", "grpcio"]) as over_grpcio:
-            rows += _run_server_levels(over_grpcio, "edgecut-grpcio", tls, list(grpcio_levels),
+                              extra_args=["--frontend", transport]) as variant:
+            rows += _run_server_levels(variant, server_name, tls, list(grpcio_levels),
                                        ["triton"], timing, progress, models=models,
                                        onnx_dir=onnx_dir)
     # The floor of each transport here: the same request bytes, no model, no OIP.

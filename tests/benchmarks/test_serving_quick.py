@@ -41,15 +41,16 @@ def test_quick_smoke_writes_the_keys_and_fails_no_request(tmp_path: Path) -> Non
         assert key in result
     rows = result["throughput"]["rows"]
     # batching off and on, each driven by tritonclient and by edgecut's own client; the
-    # endpoint without shared weights; the bare grpcio floor; where the native transport is
-    # built (the endpoint's default then), the endpoint over grpcio and the bare native floor
+    # endpoint without shared weights; over grpcio's grpc.server; the bare grpcio floor;
+    # where the native transport is built (the endpoint's default then), the endpoint over
+    # grpcio's core (the default elsewhere) and the bare native floor
     assert {(r["batching"], r["client"]) for r in rows if r["server"] == "edgecut"} == {
         (False, "triton"), (False, "edgecut"), (True, "triton"), (True, "edgecut")}
     native = native_available()
     assert {r["server"] for r in rows} == {
-        "edgecut", "edgecut-unshared", "bare-grpcio",
-        *(("edgecut-grpcio", "bare-native") if native else ())}
-    assert result["throughput"]["edgecut_frontend"] == ("native" if native else "grpcio")
+        "edgecut", "edgecut-unshared", "edgecut-grpcio", "bare-grpcio",
+        *(("edgecut-core", "bare-native") if native else ())}
+    assert result["throughput"]["edgecut_frontend"] == ("native" if native else "core")
     if native:
         assert set(result["throughput_summary"]["native_vs_grpcio_by_model"]) == {
             "small_cnn/off", "small_cnn/on"}
