@@ -30,6 +30,18 @@ from grpc._cython import cygrpc
 
 from .threads import name_this_thread, yield_to_models
 
+# What this transport takes from grpcio's internal Cython layer. It is not grpcio's public
+# API: a release that renames any of it makes `auto` serve over grpc.server instead.
+_CYGRPC_NAMES = ("Call", "CompletionQueue", "CompletionType", "ReceiveCloseOnServerOperation",
+                 "ReceiveMessageOperation", "SendInitialMetadataOperation",
+                 "SendMessageOperation", "SendStatusFromServerOperation", "Server",
+                 "auth_context")
+
+
+def core_available() -> bool:
+    """Whether this grpcio has the internals the core transport drives."""
+    return all(hasattr(cygrpc, name) for name in _CYGRPC_NAMES)
+
 logger = logging.getLogger(__name__)
 
 _FLAGS = 0

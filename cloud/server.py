@@ -562,7 +562,11 @@ def _transport(frontend: str) -> str:
         raise UserInputError(f"frontend 'native' is not built in this installation "
                              f"({native_unavailable_reason()}); use 'core', 'grpcio' or 'auto'")
     if frontend == "auto":
-        return "native" if native_available() else "core"
+        if native_available():
+            return "native"
+        from .core_frontend import core_available
+
+        return "core" if core_available() else "grpcio"
     return frontend
 
 

@@ -100,7 +100,11 @@ def plan_early_exit(plan_dir: str | os.PathLike[str], *, exit_output: str, data:
                "threshold": chosen.threshold, "exit_rate": exit_rate,
                "accuracy": chosen.accuracy, "full_accuracy": full_accuracy,
                "budget": accuracy_budget, "samples": len(data), "objective": objective,
-               "cut": None if best is None else best[1]}
+               "cut": None if best is None else best[1], "planner_chosen": plan.get("chosen")}
+    if best is not None:
+        # The exit changes which cut is best: the plan's choice is the exit-aware one (the
+        # planner's own stays in early_exit.planner_chosen).
+        plan["chosen"] = best[1]
     plan["early_exit"] = summary
     plan_path.write_text(json.dumps(plan, indent=2) + "\n")
     (directory / CASCADE_FILE).write_text(json.dumps({
