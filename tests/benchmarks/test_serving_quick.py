@@ -31,7 +31,7 @@ def test_quick_smoke_writes_the_keys_and_fails_no_request(tmp_path: Path) -> Non
         [sys.executable, str(REPO / "benchmarks" / "serving.py"), "--quick", "--out", str(out),
          "--workdir", str(tmp_path / "work"), "--levels", "2", "--headline-clients", "2",
          "--models", "small_cnn", "--sections", "throughput,memory",
-         "--memory-variants", "repository", "--no-triton", "--seconds", "1",
+         "--memory-variants", "repository", "--no-triton", "--seconds", "2",
          "--max-attempts", "1"],
         cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -56,7 +56,7 @@ def test_quick_smoke_writes_the_keys_and_fails_no_request(tmp_path: Path) -> Non
             "small_cnn/off", "small_cnn/on"}
     for row in rows:
         assert row["failures"] == 0, row["errors"]
-        assert row["requests"] > 0
+        assert row["requests"] > 0, row  # a 1 s window on a busy core once saw none
         assert row["ort_limit_rps"] > 0
     assert result["server_vs_ort"] > 0
     assert result["batching_gain_vs_ort_gain"] > 0
