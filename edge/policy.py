@@ -32,8 +32,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .plan import Plan
+
 __all__ = ["Choice", "CutCosts", "Decision", "Inputs", "Thresholds", "decide",
-           "envelope_cut"]
+           "downlink_ratio", "envelope_cut", "plan_costs"]
 
 # An envelope range: (cut id, min_mbps, max_mbps), [min, max), max may be inf.
 Range = tuple[int, float, float]
@@ -202,3 +204,29 @@ def _cut_of(choice: Choice, costs: Mapping[int, CutCosts]) -> int | None:
 def _costs_of(choice: Choice, costs: Mapping[int, CutCosts]) -> CutCosts | None:
     cut = _cut_of(choice, costs)
     return None if cut is None else costs.get(cut)
+
+
+def plan_costs(plan: Plan) -> dict[int, CutCosts]:
+    """Every cut's mode and its predicted costs (corrected where measured), for the policy."""
+    costs = {}
+    for cut in plan.cuts:
+        mode = "offload" if cut.head is None else "local" if cut.tail is None else "split"
+        predicted = dict(cut.predicted or {})
+        figures = predicted.get("corrected") or predicted.get("model") or {}
+        fixed = sum(float(figures.get(k, 0.0)) for k in
+                    ("device_ms", "encode_ms", "cloud_ms", "decode_ms")) if figures else math.nan
+        costs[cut.id] = CutCosts(cut=cut.id, mode=mode, fixed_ms=fixed,
+                                 up_bytes=int(figures.get("up_bytes", cut.bytes)),
+                                 down_bytes=int(figures.get("down_bytes", cut.down_bytes)))
+    return costs
+
+
+def downlink_ratio(plan: Plan) -> float:
+    """Downlink over uplink bandwidth in the plan's network profile (1.0 when unknown)."""
+    for cut in plan.cuts:
+        figures = (cut.predicted or {}).get("model") or {}
+        up_b, down_b = figures.get("up_bytes", 0), figures.get("down_bytes", 0)
+        up_ms, down_ms = figures.get("uplink_ms", 0), figures.get("downlink_ms", 0)
+        if up_b and down_b and up_ms and down_ms:
+            return float((down_b / down_ms) / (up_b / up_ms))
+    return 1.0

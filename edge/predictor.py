@@ -28,23 +28,18 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgecut.errors import (
-    BadInputError,
     BadModelError,
     BadPlanError,
     CloudUnavailableError,
     DeadlineExceededError,
     EdgecutError,
-    ModelNotFoundError,
     OverloadedError,
-    PermissionDeniedError,
     ProtocolError,
-    RemoteError,
 )
 from edgecut.protocol.codecs import choose_codec
 
@@ -52,32 +47,19 @@ from .breaker import CircuitBreaker
 from .cascade import Cascade, EarlyExit, exit_output_for
 from .client import CloudClient
 from .config import Config
+from .failures import CLOUD_FAILURES, describe, is_refusal
+from .feeds import TensorInfo, check_call, check_tensor, tensor_info
 from .lossy import lossy_codecs
 from .monitors import DeviceMonitor, LinkEstimator, RecentSamples
-from .plan import Plan, PlanCut, TensorSpec, load_plan
-from .policy import Choice, CutCosts, Inputs, Thresholds, decide
+from .plan import Plan, PlanCut, load_plan
+from .policy import Choice, Inputs, Thresholds, decide, downlink_ratio, plan_costs
 from .prober import Prober
 from .sessions import DeviceSession, load_session
 from .stats import PredictorStatistics, RunStatistics, SwitchEvent
 
 __all__ = ["Predictor", "TensorInfo"]
 
-_ORT_TYPES = {
-    "bool": "tensor(bool)", "uint8": "tensor(uint8)", "uint16": "tensor(uint16)",
-    "uint32": "tensor(uint32)", "uint64": "tensor(uint64)", "int8": "tensor(int8)",
-    "int16": "tensor(int16)", "int32": "tensor(int32)", "int64": "tensor(int64)",
-    "float16": "tensor(float16)", "float32": "tensor(float)", "float64": "tensor(double)",
-}
 _FP16_MAX = 65504.0
-# What the cloud part may fail with and the device can finish instead.
-_CLOUD_FAILURES: tuple[type[EdgecutError], ...] = (
-    CloudUnavailableError, DeadlineExceededError, OverloadedError, ProtocolError, RemoteError,
-    ModelNotFoundError, PermissionDeniedError)
-# Refusals from an endpoint that is up and answering: the request still finishes locally,
-# but they say nothing about availability, so they do not open the circuit.
-_REFUSAL_CODES = frozenset({"INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED",
-                            "UNAUTHENTICATED", "FAILED_PRECONDITION", "OUT_OF_RANGE",
-                            "UNIMPLEMENTED", "ALREADY_EXISTS"})
 # A local fallback is given this much more than its measured time, and this margin on top.
 _LOCAL_RESERVE_FACTOR = 2.0
 _LOCAL_RESERVE_MS = 30.0
@@ -91,22 +73,6 @@ _HEAD_FAILURE_HOLD_S = 10.0
 _EVENTS_KEPT = 1000
 # A queue the endpoint reported is believed this long; then the cloud is tried again.
 _QUEUE_MEMORY_S = 2.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TensorInfo:
-    """What onnxruntime's NodeArg says of an input or output: name, type and shape.
-
-    Symbolic dims are strings, unknown ones None, as in onnxruntime.
-    """
-
-    name: str
-    type: str
-    dims: tuple[int | str | None, ...]
-
-    @property
-    def shape(self) -> list[int | str | None]:
-        return list(self.dims)
 
 
 class _CloudPartFailed(Exception):
@@ -132,8 +98,8 @@ class Predictor:
         self.plan: Plan = load_plan(config.plan)
         cut_id = self.plan.chosen if config.cut is None else config.cut
         self.cut: PlanCut = self.plan.cut(cut_id)
-        self._inputs = tuple(_info(s) for s in self.plan.model.inputs)
-        self._outputs = tuple(_info(s) for s in self.plan.model.outputs)
+        self._inputs = tuple(tensor_info(s) for s in self.plan.model.inputs)
+        self._outputs = tuple(tensor_info(s) for s in self.plan.model.outputs)
         self._specs = {s.name: s for s in self.plan.model.inputs}
         self._output_specs = {s.name: s for s in self.plan.model.outputs}
         self._adaptive = config.mode == "adaptive"
@@ -228,7 +194,8 @@ class Predictor:
             raise EdgecutError(f"Predictor for {self.plan.directory} is closed; create a new one")
         start = time.perf_counter()
         deadline = start + self.config.timeout_s
-        names = self._check(output_names, input_feed)
+        names = check_call(self.plan.model.name, self._specs, [o.name for o in self._outputs],
+                           output_names, input_feed)
         request_id = uuid.uuid4().hex
         try:
             if self._cascade is not None:
@@ -372,7 +339,7 @@ class Predictor:
             else:
                 outputs, stats = self._run_split(cut, names, feed, budget_s, request_id)
         except _CloudPartFailed as failed:
-            return self._fall_back(failed.error, _describe(failed.error), names, feed, deadline,
+            return self._fall_back(failed.error, describe(failed.error), names, feed, deadline,
                                    failed.stats)
         if self._breaker.record_success():
             self._cloud_back("a request reached the endpoint")
@@ -387,8 +354,8 @@ class Predictor:
         return cascade.run(
             names, feed, deadline, readings=readings,
             escalate=lambda: self._execute(self._initial, names, feed, deadline, request_id),
-            fallback_small=self.config.fallback == "local", failures=_CLOUD_FAILURES,
-            describe=_describe)
+            fallback_small=self.config.fallback == "local", failures=CLOUD_FAILURES,
+            describe=describe)
 
     def _run_early_exit(self, early: EarlyExit, names: list[str],
                         feed: Mapping[str, np.ndarray], deadline: float, request_id: str
@@ -397,7 +364,7 @@ class Predictor:
         fallback "local", a failed tail is answered by the exit (the head run again)."""
         try:
             return self._execute(self._initial, names, feed, deadline, request_id)
-        except _CLOUD_FAILURES as exc:
+        except CLOUD_FAILURES as exc:
             if self.config.fallback != "local" or early.cut.head is None:
                 raise
             head = self._session(early.cut.head)
@@ -407,7 +374,7 @@ class Predictor:
             if answer is None:
                 raise
             return answer, RunStatistics(mode="local", cut=None, answered_by="exit",
-                                         fallback=_describe(exc))
+                                         fallback=describe(exc))
 
     def _fall_back(self, error: EdgecutError, reason: str, names: list[str],
                    feed: Mapping[str, np.ndarray], deadline: float,
@@ -419,7 +386,7 @@ class Predictor:
             # The endpoint said when to come back: until then the queue is that long.
             self._queue_ms.add(float(error.retry_after_ms))
         if stats is not None:
-            if _is_refusal(error):
+            if is_refusal(error):
                 self._breaker.release()
             elif self._breaker.record_failure():
                 self._cloud_lost(reason)
@@ -512,11 +479,11 @@ class Predictor:
                                         response_codec=self._response_codecs(wanted),
                                         timeout_s=budget_s, request_id=request_id)
             problems = [p for n in wanted if n in self._output_specs
-                        for p in _check_tensor(self._output_specs[n], result.outputs[n], "output")]
+                        for p in check_tensor(self._output_specs[n], result.outputs[n], "output")]
             if problems:
                 raise ProtocolError(f"ModelInfer {model!r} on {self._client_name()} answered "
                                     f"outputs unlike the model's: {'; '.join(problems)}")
-        except _CLOUD_FAILURES as exc:
+        except CLOUD_FAILURES as exc:
             raise _CloudPartFailed(exc, stats) from exc
         except (ValueError, TypeError, KeyError, OverflowError, MemoryError) as exc:
             # Whatever a malformed answer makes decoding raise is a corrupt answer.
@@ -638,97 +605,6 @@ class Predictor:
             return
         self._observe_local((time.perf_counter() - start) * 1e3)
 
-    def _check(self, output_names: Sequence[str] | None,
-               input_feed: Mapping[str, np.ndarray]) -> list[str]:
-        """Every problem with the call's arguments, in one BadInputError, before any work."""
-        if not isinstance(input_feed, Mapping):
-            raise BadInputError(f"input_feed must be a dict of input name to numpy array, got "
-                                f"{type(input_feed).__name__}")
-        if isinstance(output_names, str):
-            raise BadInputError(f"output_names must be a list of names, got the string "
-                                f"{output_names!r}; write [{output_names!r}]")
-        known_outputs = [o.name for o in self._outputs]
-        names = list(output_names) if output_names else known_outputs
-        problems = []
-        unknown_out = [n for n in names if n not in known_outputs]
-        if unknown_out:
-            problems.append(f"unknown output names {unknown_out}; the model's outputs are "
-                            f"{known_outputs}")
-        unknown_in = [n for n in input_feed if n not in self._specs]
-        if unknown_in:
-            problems.append(f"unknown input names {unknown_in}; the model's inputs are "
-                            f"{list(self._specs)}")
-        missing = [n for n in self._specs if n not in input_feed]
-        if missing:
-            problems.append(f"missing inputs {missing}")
-        for name, spec in self._specs.items():
-            if name in input_feed:
-                problems += _check_tensor(spec, input_feed[name])
-        if problems:
-            raise BadInputError(f"{self.plan.model.name}: " + "; ".join(problems))
-        return names
-
-
-def plan_costs(plan: Plan) -> dict[int, CutCosts]:
-    """Every cut's mode and its predicted costs (corrected where measured), for the policy."""
-    costs = {}
-    for cut in plan.cuts:
-        mode = "offload" if cut.head is None else "local" if cut.tail is None else "split"
-        predicted = dict(cut.predicted or {})
-        figures = predicted.get("corrected") or predicted.get("model") or {}
-        fixed = sum(float(figures.get(k, 0.0)) for k in
-                    ("device_ms", "encode_ms", "cloud_ms", "decode_ms")) if figures else math.nan
-        costs[cut.id] = CutCosts(cut=cut.id, mode=mode, fixed_ms=fixed,
-                                 up_bytes=int(figures.get("up_bytes", cut.bytes)),
-                                 down_bytes=int(figures.get("down_bytes", cut.down_bytes)))
-    return costs
-
-
-def downlink_ratio(plan: Plan) -> float:
-    """Downlink over uplink bandwidth in the plan's network profile (1.0 when unknown)."""
-    for cut in plan.cuts:
-        figures = (cut.predicted or {}).get("model") or {}
-        up_b, down_b = figures.get("up_bytes", 0), figures.get("down_bytes", 0)
-        up_ms, down_ms = figures.get("uplink_ms", 0), figures.get("downlink_ms", 0)
-        if up_b and down_b and up_ms and down_ms:
-            return float((down_b / down_ms) / (up_b / up_ms))
-    return 1.0
-
-
-def _is_refusal(error: EdgecutError) -> bool:
-    if isinstance(error, (ModelNotFoundError, PermissionDeniedError)):
-        return True
-    return isinstance(error, RemoteError) and error.code in _REFUSAL_CODES
-
-
-def _describe(error: EdgecutError) -> str:
-    """A short reason for the fallback: the error's kind and its first clause."""
-    kind = {CloudUnavailableError: "cloud unavailable", DeadlineExceededError: "cloud too slow",
-            OverloadedError: "cloud overloaded", ProtocolError: "corrupt answer",
-            ModelNotFoundError: "model not on the endpoint",
-            PermissionDeniedError: "permission denied"}.get(type(error))
-    if kind is None:
-        kind = next((v for k, v in ((ProtocolError, "corrupt answer"),
-                                    (RemoteError, "endpoint error")) if isinstance(error, k)),
-                    type(error).__name__)
-        if isinstance(error, RemoteError):
-            kind = f"endpoint error {error.code}"
-    return f"{kind}: {error}"
-
-
-def _check_tensor(spec: TensorSpec, value: object, role: str = "input") -> list[str]:
-    if not isinstance(value, np.ndarray):
-        return [f"{role} {spec.name!r} must be a numpy array, got {type(value).__name__}"]
-    problems = []
-    if value.dtype != np.dtype(spec.dtype):
-        problems.append(f"{role} {spec.name!r} must be {spec.dtype}, got {value.dtype}"
-                        + (f"; convert it with .astype(np.{spec.dtype})" if role == "input" else ""))
-    if value.ndim != len(spec.shape) or any(
-            isinstance(d, int) and d >= 0 and d != n for d, n in zip(spec.shape, value.shape,
-                                                                     strict=False)):
-        problems.append(f"{role} {spec.name!r} must have shape {list(spec.shape)}, "
-                        f"got {list(value.shape)}")
-    return problems
 
 
 def _fits_fp16(array: np.ndarray) -> bool:
@@ -744,6 +620,3 @@ def _fits_int8(array: np.ndarray) -> bool:
     return array.dtype == np.float32 and bool(np.isfinite(array).all())
 
 
-def _info(spec: TensorSpec) -> TensorInfo:
-    dims = tuple(None if isinstance(d, int) and d < 0 else d for d in spec.shape)
-    return TensorInfo(name=spec.name, type=_ORT_TYPES[spec.dtype], dims=dims)
