@@ -34,6 +34,8 @@ from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.codecs import CODEC_PARAMETER, SERVER_EXTENSIONS
 from edgecut.protocol.tls import server_credentials
 
+from .tcp import TcpServer
+
 __all__ = ["CUT_ACTIONS", "MALFORMED", "CuttingProxy", "FakeEndpoint", "GarbageServer", "SilentServer"]
 
 _SERVICE = "inference.GRPCInferenceService"
@@ -49,67 +51,7 @@ MALFORMED: dict[str, str] = {
 }
 
 
-class _TcpServer:
-    """A listening socket with an accept thread; subclasses handle each connection."""
-
-    def __init__(self, port: int = 0) -> None:
-        self._listener = socket.create_server(("127.0.0.1", port))
-        self._listener.settimeout(0.2)
-        self.port = int(self._listener.getsockname()[1])
-        self.address = f"127.0.0.1:{self.port}"
-        self.connections = 0
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-
-    def __enter__(self) -> _TcpServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-                self._sockets.append(conn)
-            threading.Thread(target=self._handle_safely, args=(conn,), daemon=True).start()
-
-    def _handle_safely(self, conn: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            self._handle(conn)
-
-    def _handle(self, conn: socket.socket) -> None:
-        raise NotImplementedError
-
-    def _track(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.append(sock)
-
-    def close(self) -> None:
-        """Stop accepting and close every connection; safe to call twice."""
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            self._listener.close()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2)
-        with self._lock:
-            for s in self._sockets:
-                with contextlib.suppress(OSError):
-                    s.close()
-            self._sockets.clear()
-
-
-class SilentServer(_TcpServer):
+class SilentServer(TcpServer):
     """Accepts and holds every connection, reading and discarding, never sending a byte."""
 
     def __enter__(self) -> SilentServer:
@@ -126,13 +68,13 @@ class SilentServer(_TcpServer):
                 continue
 
 
-class GarbageServer(_TcpServer):
+class GarbageServer(TcpServer):
     """Answers each connection with `nbytes` random bytes, then holds it (or closes it when
     `close_after`); the bytes are the same every run (`seed`)."""
 
     def __init__(self, port: int = 0, *, nbytes: int = 4096, close_after: bool = False,
                  seed: int = 0) -> None:
-        super().__init__(port)
+        super().__init__(("127.0.0.1", port))
         self.garbage = random.Random(seed).randbytes(nbytes)
         self.close_after = close_after
 
@@ -159,7 +101,7 @@ class GarbageServer(_TcpServer):
 CUT_ACTIONS = ("reset", "close", "stall")
 
 
-class CuttingProxy(_TcpServer):
+class CuttingProxy(TcpServer):
     """Forwards each connection to `target`; after `cut_after` bytes have come back from the
     server on one connection it sends those bytes and then, by `action`:
 
@@ -177,7 +119,7 @@ class CuttingProxy(_TcpServer):
                  action: str = "reset", port: int = 0) -> None:
         if action not in CUT_ACTIONS:
             raise ValueError(f"action must be one of {', '.join(CUT_ACTIONS)}, got {action!r}")
-        super().__init__(port)
+        super().__init__(("127.0.0.1", port))
         host, _, target_port = target.rpartition(":")
         self.target = (host, int(target_port))
         self.set_cut_after(cut_after)

@@ -24,14 +24,14 @@ is forwarded (shutdown of the write side once the reader sees EOF).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import queue
 import signal
 import socket
 import sys
 import threading
 import time
-from types import TracebackType
+
+from benchmarks.harness.tcp import TcpServer
 
 __all__ = ["DelayProxy", "main"]
 
@@ -79,67 +79,35 @@ class _Pipe:
             self.on_done.set()
 
 
-class DelayProxy:
+class DelayProxy(TcpServer):
     """Listens on `listen`, forwards each connection to `target`, delaying both directions."""
 
     def __init__(self, target: tuple[str, int], *, one_way_ms: float,
                  listen: tuple[str, int] = ("127.0.0.1", 0)) -> None:
         if one_way_ms < 0:
             raise ValueError(f"one_way_ms must be >= 0, got {one_way_ms}")
+        super().__init__(listen)
         self.target = target
         self.delay_s = one_way_ms / 1000.0
-        self._server = socket.create_server(listen, reuse_port=False)
-        self._server.settimeout(0.2)
-        self.host, self.port = self._server.getsockname()[:2]
-        self._stop = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self.connections = 0
-        self._thread = threading.Thread(target=self._accept, daemon=True)
 
     def __enter__(self) -> DelayProxy:
-        self._thread.start()
+        super().__enter__()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=10)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            client.settimeout(None)
-            for s in (client, upstream):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._sockets += [client, upstream]
-                self.connections += 1
-            done = threading.Event()
-            _Pipe(client, upstream, self.delay_s, done)
-            _Pipe(upstream, client, self.delay_s, done)
-
-    def close(self) -> None:
-        """Stop accepting and close every forwarded connection; safe to call twice."""
-        self._stop.set()
-        self._server.close()
-        if self._thread.is_alive():
-            self._thread.join(timeout=1)
-        with self._lock:
-            for s in self._sockets:
-                with contextlib.suppress(OSError):
-                    s.close()
-            self._sockets.clear()
+    def _handle(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target, timeout=10)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        client.settimeout(None)
+        for s in (client, upstream):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._track(upstream)
+        done = threading.Event()
+        _Pipe(client, upstream, self.delay_s, done)
+        _Pipe(upstream, client, self.delay_s, done)
 
 
 def measure_overhead(one_way_ms: float = 0.0, rounds: int = 200) -> dict[str, float]:

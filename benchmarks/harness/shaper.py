@@ -37,6 +37,7 @@ import time
 from types import TracebackType
 
 from benchmarks.harness import HarnessUnavailable
+from benchmarks.harness.tcp import TcpServer
 
 __all__ = ["NamespaceLink", "ThrottleProxy", "TokenBucket", "burst_bytes", "cloud_address",
            "default_slot"]
@@ -186,24 +187,17 @@ class TokenBucket:
             time.sleep(min(wait, 0.05))
 
 
-class ThrottleProxy:
+class ThrottleProxy(TcpServer):
     """A loopback TCP proxy to `target` whose two directions are token-bucket limited."""
 
     _CHUNK = 16 * 1024
 
     def __init__(self, target: str, *, up_mbps: float, down_mbps: float) -> None:
+        super().__init__()
         host, _, port = target.rpartition(":")
         self.target = (host, int(port))
         self.up = TokenBucket(up_mbps)
         self.down = TokenBucket(down_mbps)
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._listener.settimeout(0.2)
-        self.port = int(self._listener.getsockname()[1])
-        self.address = f"127.0.0.1:{self.port}"
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._accept, daemon=True)
 
     @property
     def up_mbps(self) -> float:
@@ -218,33 +212,22 @@ class ThrottleProxy:
         self.down.set_rate(down_mbps)
 
     def __enter__(self) -> ThrottleProxy:
-        self._thread.start()
+        super().__enter__()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            upstream.settimeout(None)
-            for s in (client, upstream):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._sockets += [client, upstream]
-            for src, dst, bucket in ((client, upstream, self.up), (upstream, client, self.down)):
-                threading.Thread(target=self._pipe, args=(src, dst, bucket), daemon=True).start()
+    def _handle(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target, timeout=5)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        for s in (client, upstream):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._track(upstream)
+        threading.Thread(target=self._pipe, args=(client, upstream, self.up),
+                         daemon=True).start()
+        self._pipe(upstream, client, self.down)
 
     def _pipe(self, src: socket.socket, dst: socket.socket, bucket: TokenBucket) -> None:
         try:
@@ -263,15 +246,3 @@ class ThrottleProxy:
         except OSError:
             with contextlib.suppress(OSError):
                 dst.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        with contextlib.suppress(OSError):
-            self._listener.close()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2)
-        with self._lock:
-            for s in self._sockets:
-                with contextlib.suppress(OSError):
-                    s.close()
-            self._sockets.clear()
