@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -165,6 +166,35 @@ class NativeContext(grpc.ServicerContext):
                               trailing)
 
 
+STAGE_PREFIX = "edgecut-tls-"
+
+
+def remove_abandoned_stages(folder: Path) -> list[Path]:
+    """Remove the staging folders of servers that died without closing; returns them.
+
+    A folder is abandoned when the pid in its name is no process of this machine. Folders
+    named without a pid, and those of live processes, are left alone.
+    """
+    removed = []
+    for path in folder.glob(f"{STAGE_PREFIX}*-*"):
+        pid_text = path.name[len(STAGE_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or not path.is_dir() or _process_exists(int(pid_text)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 class StagedCertificates:
     """The TLS files the C++ transport watches: copies of `tls_dir`'s, replaced only by a
     consistent set.
@@ -179,7 +209,10 @@ class StagedCertificates:
 
     def __init__(self, tls_dir: Path, *, mutual: bool):
         self._source = ReloadingServerCertificates(tls_dir, mutual=mutual)
-        self._root = Path(tempfile.mkdtemp(prefix="edgecut-tls-"))
+        remove_abandoned_stages(Path(tempfile.gettempdir()))
+        # The pid in the name lets a later server remove this folder if this process is
+        # killed before close() runs: the folder holds a copy of the private key.
+        self._root = Path(tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{os.getpid()}-"))
         self._sets = 0
         self._stop = threading.Event()
         self._install(self._source.files())
