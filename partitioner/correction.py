@@ -15,7 +15,10 @@ must not make the plan move with timing noise, nor with the network, so:
    round runs the full model once in onnxruntime's profiler (per-node times of this very
    round) and an empty model (the fixed cost of one session run: the calibration
    reference), then every part once, in an order rotated each round. Sessions use a
-   Predictor's options (all graph optimisations, default threads).
+   Predictor's options (all graph optimisations) with the threads the profiles are for:
+   heads at the device profile's `threads`, tails at the cloud's, each capped at this
+   machine's cores (a ratio timed at other threads corrects a shape the plan does not run;
+   where the two differ the tails are judged against the whole model at the cloud's threads).
 3. For each part and round, the part's time over the whole model's (plain runs of one round:
    a burst of load hits both) against what the profile says that share should be: the
    empty run's share of the whole model's time plus the rest split by the part's share of
@@ -154,10 +157,11 @@ def apply_correction(candidates: Sequence[Any], correction: Correction) -> list[
     return out
 
 
-def _session(part: onnx.ModelProto) -> Any:
+def _session(part: onnx.ModelProto, threads: int = 0) -> Any:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()  # a Predictor's: default threads, all graph optimisations
+    options = ort.SessionOptions()  # a Predictor's: all graph optimisations, its threads
+    options.intra_op_num_threads = threads
     options.log_severity_level = 3
     return ort.InferenceSession(part.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
@@ -194,8 +198,17 @@ def measure_correction(
     budget_s: float,
     progress: Progress | None,
     clock: Callable[[], float],
+    device_threads: int = 0,
+    cloud_threads: int = 0,
 ) -> tuple[Correction, dict[str, Any]]:
-    """Time the anchors here (module docstring) and return the correction and its record."""
+    """Time the anchors here (module docstring) and return the correction and its record.
+
+    Heads, the whole model and the empty run use `device_threads` onnxruntime threads,
+    tails `cloud_threads` (0: onnxruntime's default), the threads the profiles' figures are
+    for: a ratio timed at other threads corrects a shape the plan does not run. Where the
+    two differ, the tails are judged against the whole model run at the cloud's threads in
+    the same rounds.
+    """
     from edgecut.profiles.model_profiler import ProfilingSession, node_names
 
     start = clock()
@@ -214,9 +227,12 @@ def measure_correction(
     for k, anchor in enumerate(anchors):
         report(f"building head and tail of anchor cut {anchor.id}", k)
         if anchor.id == device_only.id:
-            session = _session(model)
+            session = _session(model, device_threads)
             feed = {i.name: np.asarray(feeds[i.name]) for i in session.get_inputs()}
             parts.append(_Part(anchor.id, "whole", everything, session, feed, []))
+            if cloud_threads != device_threads:
+                parts.append(_Part(anchor.id, "whole_cloud", everything,
+                                   _session(model, cloud_threads), feed, []))
             continue
         head, tail = split_model(model, cuts[anchor.id], graph=info)
         values = dict(feeds)
@@ -224,14 +240,14 @@ def measure_correction(
                                   ("tail", tail, everything - anchor.device_set)):
             if part is None:
                 continue
-            session = _session(part)
+            session = _session(part, device_threads if role == "head" else cloud_threads)
             feed = {i.name: np.asarray(values[i.name]) for i in session.get_inputs()}
             if role == "head":
                 outs = session.run(None, feed)
                 values.update(zip((o.name for o in session.get_outputs()), outs, strict=True))
             parts.append(_Part(anchor.id, role, frozenset(nodes), session, feed, []))
     profiled = ProfilingSession(model, feeds)
-    empty = _session(_empty_model())
+    empty = _session(_empty_model(), device_threads)
     empty_feed = {"x": np.zeros(1, np.float32)}
     for part in parts:  # warm-up
         part.session.run(None, part.feed)
@@ -260,14 +276,16 @@ def measure_correction(
                  for table in tables[:rounds]]
 
     whole_part = next(p for p in parts if p.role == "whole")
+    whole_cloud = next((p for p in parts if p.role == "whole_cloud"), whole_part)
     node_ms = [statistics.median(row[v] for row in per_round) if per_round else 0.0
                for v in range(len(graph.nodes))]
     total_ms = sum(node_ms) or 1.0
 
     def ratio_of(part: _Part) -> dict[str, Any]:
+        reference = whole_cloud if part.role == "tail" else whole_part
         summed_share = sum(node_ms[v] for v in part.nodes) / total_ms
         quotients = []
-        for t, whole, e in zip(part.times, whole_part.times, empty_ms, strict=False):
+        for t, whole, e in zip(part.times, reference.times, empty_ms, strict=False):
             if whole <= 0:
                 continue
             run_share = min(1.0, e / whole)
@@ -275,7 +293,7 @@ def measure_correction(
             if predicted > 0:
                 quotients.append((t / whole) / predicted)
         measured_ms = statistics.median(part.times)
-        if not quotients or summed_share * statistics.median(whole_part.times) < MIN_SUMMED_MS:
+        if not quotients or summed_share * statistics.median(reference.times) < MIN_SUMMED_MS:
             raw, spread = 1.0, 0.0
         else:
             raw = statistics.median(quotients)
@@ -284,7 +302,7 @@ def measure_correction(
         trust = max(0.0, 1.0 - spread / MAX_SPREAD)
         applied = _limit(raw ** trust)
         return {"ms_measured": measured_ms, "summed_share": summed_share,
-                "measured_share": measured_ms / statistics.median(whole_part.times),
+                "measured_share": measured_ms / statistics.median(reference.times),
                 "ratio_measured": raw, "spread": spread, "trust": trust, "ratio": applied,
                 "limited": applied != raw ** trust}
 
@@ -297,6 +315,9 @@ def measure_correction(
         if "whole" in mine:
             device_points[1.0] = cloud_points[1.0] = 1.0  # the profile's own level (see step 3)
             record["whole_model"] = {"ms_measured": mine["whole"]["ms_measured"]}
+            if "whole_cloud" in mine:
+                record["whole_model_cloud_threads"] = {
+                    "ms_measured": mine["whole_cloud"]["ms_measured"]}
         else:
             share = anchor.model_device_ms / (device_only.model_device_ms or 1.0)
             tail_share = anchor.model_cloud_ms / (cloud_only.model_cloud_ms or 1.0)
@@ -321,6 +342,8 @@ def measure_correction(
                    f"[{1 / MAX_RATIO:g}, {MAX_RATIO:g}]; the whole model 1; every cut interpolated "
                    "at its share of the predicted time"),
         "rounds": rounds,
+        "device_threads": device_threads,
+        "cloud_threads": cloud_threads,
         "empty_run_ms": statistics.median(empty_ms) if empty_ms else None,
         "profiled_whole_ms": statistics.median(profiled_ms[:rounds]) if profiled_ms else None,
         "max_ratio": MAX_RATIO,

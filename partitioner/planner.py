@@ -89,6 +89,7 @@ __all__ = [
     "candidates_from_graph",
     "choose",
     "cost_parameters",
+    "measuring_threads",
     "node_times",
     "plan_envelope",
     "plan_model",
@@ -389,6 +390,17 @@ def node_times(model: onnx.ModelProto, model_path: str | os.PathLike[str],
     return tables
 
 
+def measuring_threads(profile: DeviceProfile) -> int:
+    """The onnxruntime threads to time `profile`'s parts with here: the threads its figures
+    are for (`DeviceProfile.threads`), at most this machine's default (more threads than
+    cores only measures oversubscription); 0 (onnxruntime's default) where not recorded."""
+    if not profile.threads:
+        return 0
+    from edgecut.profiles.device_profiler import default_threads
+
+    return min(int(profile.threads), default_threads())
+
+
 def plan_model(
     model_path: str | os.PathLike[str],
     *,
@@ -460,7 +472,8 @@ def plan_model(
             feeds = sample_inputs(model, shapes, values=input_values)
             correction, record = measure_correction(
                 model, info, graph, candidates, by_id, feeds, budget_s=measure_budget_s,
-                progress=progress, clock=now)
+                progress=progress, clock=now, device_threads=measuring_threads(device),
+                cloud_threads=measuring_threads(cloud_device))
         else:
             record = {"method": "a correction given to plan_model (measured before)"}
         model_candidates = candidates
