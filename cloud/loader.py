@@ -17,11 +17,11 @@ from pathlib import Path
 
 import onnxruntime as ort
 
+from edgecut.cpu_budget import intra_op_threads_for, read_cpu_budget
 from edgecut.errors import BadModelError
 from edgecut.protocol.model_config_pb2 import ModelConfig
 
 from .canary import VersionTraffic
-from .cpu_budget import intra_op_threads_for, read_cpu_budget
 from .forwarding import attach_forwarding
 from .loaded_model import LoadedModel, TrackedSession, check_against_config, tensor_spec
 from .model_config import ModelSettings
@@ -77,7 +77,7 @@ def _chosen_threads(name: str, version: int, settings: ModelSettings,
                     server_threads: int) -> int:
     """onnxruntime's intra-op threads for one version, logged with why: config.pbtxt's
     intra_op_thread_count, else the server's setting, else the CPUs this process may use
-    shared by the model's instances (edgecut.cloud.cpu_budget)."""
+    shared by the model's instances (edgecut.cpu_budget)."""
     if settings.intra_op_threads is not None:  # the config's own, as Triton's backend reads it
         threads, why = settings.intra_op_threads, "config.pbtxt intra_op_thread_count"
     elif server_threads > 0:

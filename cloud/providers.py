@@ -8,7 +8,7 @@
 
 Session options (`session_options`):
 - graph optimisation level ALL (constant folding, fusions, layout changes): done once at load;
-- `intra_op_threads` as the loader chose them (edgecut.cloud.cpu_budget: by default the CPUs
+- `intra_op_threads` as the loader chose them (edgecut.cpu_budget: by default the CPUs
   the process may use, shared by the model's instances; 0 here is onnxruntime's own default
   of one per physical core), `inter_op` 1: a served model runs sequentially inside, and concurrency comes from
   several instances instead of onnxruntime's inter-op pool;

@@ -144,7 +144,7 @@ class ModelRepository:
     """The models under `root`, loaded into onnxruntime sessions (see the module docstring).
 
     `intra_op_threads` is onnxruntime's intra-op thread count per session; 0 sizes it to
-    the CPUs this process may use (its affinity and cgroup CPU quota, edgecut.cloud.cpu_budget)
+    the CPUs this process may use (its affinity and cgroup CPU quota, edgecut.cpu_budget)
     shared by each model's instances; set it lower when many models share the cores. `share_weights` keeps one
     copy of the initializers that the models of one plan hold: a model `NAME` and its tails
     `NAME.cutK`, as `edgecut deploy` names them (edgecut.cloud.shared_weights). A model with no

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import numpy as np
 import onnxruntime as ort
 
+from edgecut.cpu_budget import intra_op_threads_for, read_cpu_budget
 from edgecut.errors import (
     BadInputError,
     CloudUnavailableError,
@@ -57,7 +58,6 @@ from .batching import (
     policy_from_settings,
     split_outputs,
 )
-from .cpu_budget import intra_op_threads_for, read_cpu_budget
 from .inference import run_model
 from .loaded_model import LoadedModel, TrackedSession
 from .providers import create_session

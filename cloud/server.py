@@ -358,7 +358,7 @@ def create_server(
     bounds calls accepted, running or waiting for a worker (default 4 x workers; gRPC answers
     RESOURCE_EXHAUSTED beyond it). `intra_op_threads` is onnxruntime's per-session thread
     count (0: the CPUs this process may use, by affinity and cgroup quota, shared by a
-    model's instances: edgecut.cloud.cpu_budget; config.pbtxt's intra_op_thread_count wins).
+    model's instances: edgecut.cpu_budget; config.pbtxt's intra_op_thread_count wins).
 
     Scheduling follows each model's settings (config.pbtxt: max_batch_size, dynamic_batching,
     instance_group); `scheduling` overrides them per model name. A queue the settings leave

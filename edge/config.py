@@ -64,7 +64,9 @@ class Config:
       codec the plan measured within its accuracy budget at the cut (`edgecut plan --data
       EVAL --accuracy-budget B`), "auto" where it names none.
     - `timeout_s`: the deadline of one `run`, head, transfer, tail and any fallback together.
-    - `intra_op_threads`: onnxruntime threads for the device part; 0 lets it choose.
+    - `intra_op_threads`: onnxruntime threads for the device part; 0: one per CPU this
+      process may use (its CPU affinity and cgroup quota), where onnxruntime alone would
+      take one per core of the machine.
     - `quantized`: "int8" or "fp16" runs the plan's quantised device models (`edgecut plan
       --quantize`, e.g. cuts/3/head.int8.onnx) instead of the fp32 ones; None: fp32.
 

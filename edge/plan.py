@@ -147,6 +147,9 @@ class Plan:
     # The device runtime's thresholds from the device profile ([device.runtime]), by name.
     runtime: Mapping[str, float] = dataclasses.field(default_factory=dict)
     stages: tuple[PlanStage, ...] = ()  # a chain plan's hops; () for a single-cut plan
+    # The onnxruntime threads the device profile was measured with: what the plan's device
+    # times are predicted for (planner.device_threads); None where the plan does not say.
+    device_threads: int | None = None
 
     def __post_init__(self) -> None:
         ids = [c.id for c in self.cuts]
@@ -289,12 +292,19 @@ class _Reader:
         envelope = self.envelope(doc.get("envelope"))
         runtime = self.runtime(doc.get("runtime"))
         stages = self.stages(doc.get("stages"))
+        planner = doc.get("planner")
+        threads = planner.get("device_threads") if isinstance(planner, dict) else None
+        if threads is not None and not (isinstance(threads, int) and threads >= 1):
+            self.problem("planner.device_threads", f"must be an integer >= 1 or null, got "
+                                                   f"{json.dumps(threads)[:80]}")
+            threads = None
         self.raise_if_any()
         if model is None or chosen is None or None in cuts:
             raise BadPlanError(f"{self.file}: malformed")  # unreachable: a problem was recorded
         return Plan(directory=directory, model=model, input_shapes=input_shapes,
                     cuts=tuple(c for c in cuts if c is not None), chosen=chosen,
-                    envelope=envelope, runtime=runtime, stages=stages)
+                    envelope=envelope, runtime=runtime, stages=stages,
+                    device_threads=threads)
 
     def stages(self, items: Any) -> tuple[PlanStage, ...]:
         """The optional chain: stages 0.. in order, each one's sends the next one's receives."""

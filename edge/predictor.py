@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import math
 import threading
 import time
@@ -54,8 +55,10 @@ from .monitors import DeviceMonitor, LinkEstimator, RecentSamples
 from .plan import Plan, PlanCut, load_plan
 from .policy import Choice, Inputs, Thresholds, decide, downlink_ratio, plan_costs
 from .prober import Prober
-from .sessions import DeviceSession, load_session
+from .sessions import DeviceSession, device_threads, load_session, threads_mismatch
 from .stats import PredictorStatistics, RunStatistics, SwitchEvent
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["Predictor", "TensorInfo"]
 
@@ -122,6 +125,10 @@ class Predictor:
 
         self._sessions: dict[str | None, DeviceSession] = {}  # None: the full model
         self._load_sessions()
+        mismatch = threads_mismatch(self.plan.device_threads,
+                                    device_threads(config.intra_op_threads), self.plan.directory)
+        if mismatch and self._adaptive:
+            logger.warning("%s", mismatch)
         self._lossy = lossy_codecs(self.plan.directory) if config.codec == "plan" else {}
         cascade = config.mode == "cascade"
         early = cascade and exit_output_for(config, self.plan.directory) is not None

@@ -16,9 +16,11 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
+from edgecut.cpu_budget import read_cpu_budget
 from edgecut.errors import BadInputError, BadModelError, DeadlineExceededError
 
-__all__ = ["ORT_ERRORS", "DeviceSession", "load_session"]
+__all__ = ["ORT_ERRORS", "DeviceSession", "device_threads", "load_session",
+           "threads_mismatch"]
 
 ORT_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, *(
     getattr(_ort_state, name) for name in (
@@ -73,10 +75,33 @@ def _terminate(options: ort.RunOptions) -> None:
     options.terminate = True
 
 
+def device_threads(requested: int) -> int:
+    """The intra-op threads a device session runs: `requested`, or for 0 the CPUs this
+    process may use (its affinity and cgroup CPU quota, edgecut.cpu_budget).
+
+    onnxruntime's own default is one thread per physical core of the machine, whatever the
+    process may use: in a container held to one CPU its threads would take turns on it.
+    """
+    return requested if requested > 0 else read_cpu_budget().cpus
+
+
+def threads_mismatch(planned: int | None, used: int, plan_dir: Path) -> str | None:
+    """What to tell a user whose device sessions run other threads than the plan's device
+    times are predicted for (the adaptive choice compares those times); None when they
+    agree or the plan does not say."""
+    if planned is None or planned == used:
+        return None
+    return (f"{plan_dir}: the plan's device times are predicted for {planned} onnxruntime "
+            f"thread{'s' if planned != 1 else ''}, but this Predictor runs {used}: its choice "
+            f"of cut may be off. Set Config(intra_op_threads={planned}), or re-profile the "
+            f"device where it runs (edgecut profile device) and re-plan")
+
+
 def load_session(path: Path, what: str, *, intra_op_threads: int) -> DeviceSession:
-    """`path` in onnxruntime on the CPU; BadModelError when it cannot load."""
+    """`path` in onnxruntime on the CPU, with `device_threads(intra_op_threads)` threads;
+    BadModelError when it cannot load."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads
+    options.intra_op_num_threads = device_threads(intra_op_threads)
     options.log_severity_level = 3
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

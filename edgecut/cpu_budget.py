@@ -1,4 +1,6 @@
-"""How many CPUs this process may use, and the onnxruntime intra-op threads that follow.
+"""How many CPUs this process may use, and the onnxruntime intra-op threads that follow:
+the endpoint's sessions (edgecut.cloud) and the device's (edgecut.edge.sessions) both size
+their threads here.
 
 onnxruntime sizes its intra-op pool to the machine's cores, not to the CPUs the process may
 run on. Pinned to one core (a container's cpuset, `taskset`) or held to one CPU by a quota (a

@@ -379,9 +379,9 @@ def ops_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def slow_iterations(ops_repo: Path) -> Callable[[float], int]:
     """iterations(seconds): how many Loop rounds make `slow` run about that long here, timed
-    with the intra-op threads the endpoint gives it (edgecut.cloud.cpu_budget): one thread
+    with the intra-op threads the endpoint gives it (edgecut.cpu_budget): one thread
     runs its small rounds 1.5-3x faster than onnxruntime's default of one per core."""
-    from edgecut.cloud.cpu_budget import intra_op_threads_for, read_cpu_budget
+    from edgecut.cpu_budget import intra_op_threads_for, read_cpu_budget
     from edgecut.cloud.model_config import DEFAULT_CPU_INSTANCES
 
     options = ort.SessionOptions()

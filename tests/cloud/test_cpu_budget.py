@@ -1,4 +1,4 @@
-"""onnxruntime's intra-op threads sized to the CPUs the server may use (edgecut.cloud.cpu_budget):
+"""onnxruntime's intra-op threads sized to the CPUs the server may use (edgecut.cpu_budget):
 the pure rules, the readers over a /proc and cgroup tree written here, and real servers
 started under `taskset` and, as root, in a cgroup v1 group with a CPU quota."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from edgecut.cloud.cpu_budget import (
+from edgecut.cpu_budget import (
     CpuBudget,
     cgroup_mounts,
     cgroup_paths,

@@ -381,3 +381,27 @@ def test_thresholds_come_from_the_device_profile_through_the_plan(
         assert predictor.thresholds["hysteresis"] == 0.25  # the built-in default
     with Predictor(Config(plan=plan, mode="local", max_cloud_queue_ms=10.0)) as predictor:
         assert predictor.thresholds["max_cloud_queue_ms"] == 10.0  # Config wins
+
+
+def test_a_predictor_says_when_it_runs_other_threads_than_the_plan_predicts_for(
+        model_path: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    profile = tmp_path / "board.toml"
+    profile.write_text(
+        '[device]\nname = "board"\ncores = 7\nthreads = 7\nmemory_mib = 512\n'
+        'default_gflops = 1.0\nmemory_gbps = 1.0\n[device.gflops_by_class]\nconv = 2.0\n'
+        '[device.power]\nidle_w = 1.0\ncompute_w = 3.0\ntransmit_w = 2.0\nreceive_w = 1.5\n')
+    plan = tmp_path / "plan"
+    result = _edgecut("plan", str(model_path), "--device", str(profile), "--network", "lte",
+                      "--no-measure", "--out", str(plan))
+    assert result.returncode == 0, result.stderr
+    # No endpoint runs: adaptive mode is created offline and nothing here sends a request.
+    endpoint = "127.0.0.1:1"
+    with caplog.at_level("WARNING", logger="edgecut.edge.predictor"):
+        Predictor(Config(plan=plan, mode="adaptive", endpoint=endpoint)).close()
+    assert "predicted for 7 onnxruntime threads" in caplog.text
+    assert "intra_op_threads=7" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="edgecut.edge.predictor"):
+        Predictor(Config(plan=plan, mode="adaptive", endpoint=endpoint,
+                         intra_op_threads=7)).close()
+    assert "onnxruntime thread" not in caplog.text

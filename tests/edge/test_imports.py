@@ -36,7 +36,9 @@ def test_edge_imports_only_its_own_dependencies() -> None:
     assert foreign == []
     assert {"numpy", "onnxruntime", "grpc", "zstandard"} <= roots
     ours = sorted(m for m in loaded if m.startswith("edgecut."))
-    assert all(m.startswith(("edgecut.edge", "edgecut.protocol", "edgecut.errors"))
+    # edgecut.cpu_budget: the CPUs a process may use (stdlib only), shared with the endpoint
+    assert all(m.startswith(("edgecut.edge", "edgecut.protocol", "edgecut.errors",
+                             "edgecut.cpu_budget"))
                for m in ours), ours
 
 
