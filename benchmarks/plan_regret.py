@@ -6,7 +6,9 @@
 The machine is split in two (DESIGN.md, "Testing on one machine, for real"):
 
 - the device: a worker process in network namespace `<p>d`, in a cgroup v1 cpu group limited
-  to a fraction of one core (1.0 and 0.3), pinned to core 0;
+  to a fraction of one core (1.0 and 0.3), pinned to core 0, running onnxruntime with one
+  intra-op thread (`DEVICE_THREADS`: a one-core device's default; the host's default of two
+  pins its extra thread to core 1, the cloud's, whatever the taskset), profiled so;
 - the link: a veth pair to namespace `<p>c`, shaped by `tbf` on both ends (uplink on the
   device's end, downlink on the cloud's), with round-trip delay added by a user-space TCP
   proxy in the device namespace (rtt/2 each way); links 1, 5, 20, 100 Mbit/s with round trips
@@ -20,7 +22,10 @@ For each model, device speed and link:
    measured inside the limited device process (its run overhead scaled by the CPU fraction),
    the cloud a profile whose per-node table was measured in a process on the cloud's core,
    the link its configured rate and round trip, and `cloud_queue_ms` the measured cost of one
-   empty gRPC call through the proxy (`ServerLive`, a network probe, not a split run). The
+   empty gRPC call through the proxy (`ServerLive`, a network probe, not a split run). Both
+   per-node tables are profiled again just before each (speed, link) row's runs: the machine
+   is shared and its speed drifts over a model's rows; a profile is what the machine is
+   now, never a measured split run. The
    planner's measured correction (`edgecut.partitioner.correction`: anchor heads and tails
    timed on this machine) is measured once per model, in the main process, and given to every
    `plan_model` call of that model. The predicted latency and energy of each cut are the
@@ -91,6 +96,12 @@ QUICK_SPEEDS = [0.3]
 MODELS = ["wide_cnn", "resnet_dag", "ppocr_det"]
 QUICK_MODELS = ["wide_cnn"]
 PORT = 8001
+# The device is one core: onnxruntime's default on a one-core device is one intra-op thread.
+# Its default here (one per physical core of the host, 2) pins its extra thread to a core of
+# its own choosing, whatever the process's taskset: the "device" ran half its work on the
+# cloud's core and burnt its CPU quota spinning (wide_cnn's device-only cut at 1.0 measured
+# 27-133 ms in one run of the benchmark, its profile 98 ms).
+DEVICE_THREADS = 1
 
 
 def _log(msg: str) -> None:
@@ -122,7 +133,7 @@ def _graph(bench: Any, model: Any, device: Any, device_ms: dict[str, float],
 
 
 def _profile(worker: Worker, path: Path, shapes: dict[str, list[int]], repeats: int = 3,
-             threads: int = 0) -> dict[str, float]:
+             threads: int = DEVICE_THREADS) -> dict[str, float]:
     """Per-node least of `repeats` profile_model calls (10 runs each): one stall on a shared
     machine (seen: a node at 300 ms for a 9 ms model) must not decide the profile, nor a
     burst of other load through one whole call (seen: the cloud's table at 2.8x the cloud's
@@ -228,7 +239,7 @@ def _measure_link(worker: Worker, plan_dir: Path, tls: Path, proxy_port: int, or
         answer = worker.call(cmd="measure", plan=str(plan_dir), cut=cut,
                              endpoint=f"127.0.0.1:{proxy_port}", tls_dir=str(tls), codec="raw",
                              min_runs=3, max_runs=10, budget_s=budget_s, warmup=1,
-                             skip_above_ms=skip, timeout_s=300)
+                             skip_above_ms=skip, timeout_s=300, intra_op_threads=DEVICE_THREADS)
         results[cut] = answer["runs"]
         best = min(best, median([r["total_ms"] for r in answer["runs"]]))
     return results
@@ -252,7 +263,8 @@ def _confirm(worker: Worker, plan_dir: Path, tls: Path, proxy_port: int,
             answer = worker.call(cmd="measure", plan=str(plan_dir), cut=cut,
                                  endpoint=f"127.0.0.1:{proxy_port}", tls_dir=str(tls),
                                  codec="raw", min_runs=3, max_runs=10, budget_s=budget_s,
-                                 warmup=1, skip_above_ms=None, timeout_s=300)
+                                 warmup=1, skip_above_ms=None, timeout_s=300,
+                                 intra_op_threads=DEVICE_THREADS)
             runs[cut] = runs[cut] + answer["runs"]
     return contenders
 
@@ -309,7 +321,7 @@ def _row(model: str, speed: float, mbps: float, rtt: float, cuts: list[int], pre
 
 def run_model(name: str, *, args: argparse.Namespace, speeds: list[float],
               links: list[tuple[float, float]], link: ShapedLink, cpu: CpuLimit, device_w: Worker,
-              device: Any, work: Path, tls: Path,
+              cloud_w: Worker, device: Any, work: Path, tls: Path,
               on_row: Callable[[dict[str, Any]], None]) -> list[dict[str, Any]]:
     from edgecut.deploy import deploy_plan
     from edgecut.partitioner import cut_from_device_set, list_cuts, load_model, write_plan
@@ -327,20 +339,25 @@ def run_model(name: str, *, args: argparse.Namespace, speeds: list[float],
     shapes = {k: list(v) for k, v in bench.shapes.items()}
     sha = model_sha256(bench.path)
     _log(f"{name}: {len(cuts)} candidate cuts; profiling the cloud (core 1)")
-    with Worker(lambda a: link.cloud_exec() + pinned(a, 1)) as cloud_w:
+    # Every row profiles the cloud and the device again just before its runs (`profiled`).
+    def profiled(speed: float) -> tuple[Any, Any, Any, dict[str, float]]:
+        """(device, cloud, model-only cost graph, totals) as profiled now, at `speed`."""
         # `edgecut serve` pinned to one core runs one onnxruntime thread: profile it so
         cloud_ms = _profile(cloud_w, bench.path, shapes, threads=1)
-    cloud = CloudProfile(name="bench-cloud", device=dataclasses.replace(
-        device, name="bench-cloud", per_node_ms=cloud_ms, per_node_model_sha256=sha))
+        cloud = CloudProfile(name="bench-cloud", device=dataclasses.replace(
+            device, name="bench-cloud", per_node_ms=cloud_ms, per_node_model_sha256=sha,
+            threads=1))
+        cpu.set_fraction(speed)
+        table = _profile(device_w, bench.path, shapes)
+        measured = dataclasses.replace(device, per_node_ms=table, per_node_model_sha256=sha,
+                                       run_overhead_ms=device.run_overhead_ms / speed)
+        totals = {"device_nodes_ms": sum(table.values()), "cloud_nodes_ms": sum(cloud_ms.values())}
+        return measured, cloud, _graph(bench, model, device, table, cloud_ms), totals
+
     graphs, devices = {}, {}
     for speed in speeds:
-        cpu.set_fraction(speed)
         _log(f"{name}: profiling the device at {speed:.0%} of a core")
-        table = _profile(device_w, bench.path, shapes)
-        graphs[speed] = _graph(bench, model, device, table, cloud_ms)
-        devices[speed] = dataclasses.replace(
-            device, per_node_ms=table, per_node_model_sha256=sha,
-            run_overhead_ms=device.run_overhead_ms / speed)
+        devices[speed], cloud, graphs[speed], _ = profiled(speed)
     _log(f"{name}: measuring the planner's correction on this machine")
     correction, correction_record = _correction(bench, devices[1.0] if 1.0 in devices
                                                 else devices[speeds[0]], cloud)
@@ -376,13 +393,18 @@ def run_model(name: str, *, args: argparse.Namespace, speeds: list[float],
             cpu.set_fraction(speed)
             for mbps, rtt in links:
                 link.set_rate(up_mbps=mbps, down_mbps=mbps)
+                # The machine is shared and its speed drifts over a model's rows (seen: the
+                # cloud's table profiled at 3.4x a quiet run's time, the tails then served at
+                # 1.5-2x): the planner gets the device and the cloud as they are now.
+                row_device, row_cloud, row_graph, totals = profiled(speed)
                 with Proxy(lambda a: link.device_exec() + a, target=f"{CLOUD_ADDRESS}:{PORT}",
                            one_way_ms=rtt / 2) as proxy:
                     probe = device_w.call(cmd="probe", endpoint=f"127.0.0.1:{proxy.port}",
                                           tls_dir=str(tls), rounds=15)["rtt_ms"]
                     call_ms = median(probe) - rtt
                     params = _params(device, mbps, rtt, call_ms)
-                    planned = _planned(bench, devices[speed], cloud, correction, mbps, rtt, call_ms)
+                    planned = _planned(bench, row_device, row_cloud, correction, mbps, rtt,
+                                       call_ms)
                     extra_sets = {c.id: frozenset(c.device_node_indices) for c in extra}
                     candidate = {}
                     for cut_id in measured_ids:
@@ -399,7 +421,7 @@ def run_model(name: str, *, args: argparse.Namespace, speeds: list[float],
                         c = _planner_choice(planned, params, objective)
                         found = [i for i, k in candidate.items() if k is not None and k.id == c.id]
                         chosen[objective] = found[0] if found else None
-                    search = _search(graphs[speed], cuts, params)
+                    search = _search(row_graph, cuts, params)
                     search["planner_chosen_measured"] = chosen["latency"] is not None
                     order = sorted(pred, key=lambda c: pred[c].latency_ms)
                     started = time.monotonic()
@@ -411,6 +433,7 @@ def run_model(name: str, *, args: argparse.Namespace, speeds: list[float],
                 row = _row(name, speed, mbps, rtt, sorted(pred), pred, runs, device, search,
                            call_ms, chosen, edge_cut=len(cuts) - 1)
                 row["confirmed_cuts"] = confirmed
+                row["profiled"] = totals
                 row["correction"] = correction_record
                 _log(f"{name} @{speed:.0%} {mbps:g} Mbit/s {rtt:g} ms: regret {row['regret']:.3f}, "
                      f"rho {row['spearman'] if row['spearman'] is None else round(row['spearman'], 3)}, "
@@ -503,6 +526,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     context: dict[str, Any] = {"quick": args.quick, "models": models, "device_fractions": speeds,
                                "links": [{"mbps": m, "rtt_ms": r} for m, r in links],
+                               "max_cuts": args.max_cuts, "budget_s": args.budget_s,
+                               "device_threads": DEVICE_THREADS,
                                "machine": {"node": platform.node(),
                                            "python": platform.python_version()}}
 
@@ -530,13 +555,17 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"namespaces {link.device_ns}/{link.cloud_ns}, cgroup {cpu.path.name}; "
                  f"delay proxy overhead {proxy_overhead['overhead_ms']:.3f} ms per round trip")
             device_w = stack.enter_context(Worker(lambda a: cpu.wrap(link.device_exec() + a, core=0)))
+            # the cloud's core, for profiling the cloud (the endpoint runs there too)
+            cloud_w = stack.enter_context(Worker(lambda a: link.cloud_exec() + pinned(a, 1)))
             cpu.set_fraction(1.0)
             device = pickle.loads(base64.b64decode(device_w.call(cmd="device_profile")["device"]))
+            device = dataclasses.replace(device, threads=DEVICE_THREADS)
             context["device_power"] = dataclasses.asdict(device.power)
             _log(f"device power model: {device.power}")
             for name in models:
                 run_model(name, args=args, speeds=speeds, links=links, link=link, cpu=cpu,
-                          device_w=device_w, device=device, work=work, tls=tls, on_row=on_row)
+                          device_w=device_w, cloud_w=cloud_w, device=device, work=work,
+                          tls=tls, on_row=on_row)
     except HarnessUnavailable as exc:
         print(f"plan_regret: cannot run here: {exc}", file=sys.stderr)
         return 2
