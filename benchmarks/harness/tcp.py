@@ -50,6 +50,9 @@ class TcpServer:
             except OSError:
                 return
             with self._lock:
+                if self._stop.is_set():  # accepted as close() began: it would not close it
+                    conn.close()
+                    return
                 self.connections += 1
                 self._sockets.append(conn)
             threading.Thread(target=self._handle_safely, args=(conn,), daemon=True).start()
@@ -62,9 +65,16 @@ class TcpServer:
         raise NotImplementedError
 
     def _track(self, *sockets: socket.socket) -> None:
-        """Sockets the handler opened, for `close()` to close."""
+        """Sockets the handler opened, for `close()` to close. A handler that opens one after
+        `close()` ran (its connection was accepted just before) gets it closed at once, and
+        OSError ends the handler."""
         with self._lock:
-            self._sockets.extend(sockets)
+            if not self._stop.is_set():
+                self._sockets.extend(sockets)
+                return
+        for s in sockets:
+            s.close()
+        raise OSError("the server is closed")
 
     def close(self) -> None:
         self._stop.set()
