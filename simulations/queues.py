@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,19 +43,24 @@ def fifo(key: np.ndarray, ready: np.ndarray, service: np.ndarray) -> tuple[np.nd
     n = len(ready)
     if n == 0:
         return np.zeros(0), np.zeros(0)
-    order = np.lexsort((np.arange(n), ready, key))
+    if n == 1 or bool(np.all(ready[1:] >= ready[:-1])):
+        order = np.argsort(key, kind="stable")     # already in order of readiness
+    else:
+        by_ready = np.argsort(ready, kind="stable")
+        order = by_ready[np.argsort(key[by_ready], kind="stable")]
     k, a, s = key[order], ready[order], service[order]
     total = np.cumsum(s)
     before = total - s
     first = np.ones(n, dtype=bool)
     first[1:] = k[1:] != k[:-1]
-    group = np.cumsum(first) - 1
-    base = before[first][group]           # cumulative service before this key's first request
-    local_before = before - base
-    v = a - local_before
+    starts = np.flatnonzero(first)
+    sizes = np.diff(np.append(starts, n))
+    group = np.repeat(np.arange(len(starts)), sizes)
+    base = np.repeat(before[starts], sizes)   # cumulative service before this key's first request
+    v = a - (before - base)
     span = float(np.max(v) - np.min(v)) + 1.0
-    lifted = v + group * span
-    running = np.maximum.accumulate(lifted) - group * span
+    lift = group * span
+    running = np.maximum.accumulate(v + lift) - lift
     end_sorted = running + (total - base)
     start_sorted = np.maximum(end_sorted - s, a)
     end_sorted = start_sorted + s
@@ -81,51 +87,61 @@ class Batches:
 def cloud_batches(arrival_s: np.ndarray, tail: np.ndarray, cloud_ms: np.ndarray, *,
                   replicas: int, max_batch: int, max_queue_delay_ms: float,
                   batch_scaling: float) -> Batches:
-    """Run the cloud's batcher over requests arriving at `arrival_s` (see the module doc)."""
+    """Run the cloud's batcher over requests arriving at `arrival_s` (see the module doc).
+
+    What a batch headed by request i may hold and when it is ready depend on i alone (the
+    queue behind it: its tail's run, `max_batch`, the delay), so both are computed for every
+    request at once; the loop over batches is then a heap pop, a bisection and a push.
+    """
     n = len(arrival_s)
     order = np.argsort(arrival_s, kind="stable")
-    a = arrival_s[order].tolist()
-    tails = tail[order].tolist()
-    work = cloud_ms[order].tolist()
+    a_np = arrival_s[order]
+    t_np = tail[order]
     delay = max_queue_delay_ms / 1000.0
-    start = [0.0] * n
-    end = [0.0] * n
+    if n == 0:
+        empty = np.zeros(0)
+        return Batches(start_s=empty, end_s=empty, batch_replica=np.zeros(0, dtype=np.int64),
+                       batch_start_s=empty, batch_end_s=empty,
+                       batch_size=np.zeros(0, dtype=np.int64))
+    idx = np.arange(n)
+    change = np.flatnonzero(t_np[1:] != t_np[:-1]) + 1       # first index of each later run
+    run_end = np.append(change, n)[np.searchsorted(change, idx, side="right")]
+    cap = np.minimum(idx + max_batch, run_end)                 # a batch headed by i ends by cap
+    inf = np.inf
+    padded = np.append(a_np, inf)
+    full = np.where(cap - idx == max_batch, a_np[cap - 1], inf)
+    blocked = np.where((cap < n) & (cap - idx < max_batch), padded[np.minimum(cap, n)], inf)
+    ready_np = np.minimum(np.minimum(a_np + delay, full), blocked)
+    a = a_np.tolist()
+    ready = ready_np.tolist()
+    caps = cap.tolist()
+    work = cloud_ms[order].tolist()
+    heads: list[int] = []
     b_rep: list[int] = []
     b_start: list[float] = []
     b_end: list[float] = []
-    b_size: list[int] = []
     free = [(0.0, r) for r in range(replicas)]
     heapq.heapify(free)
-    inf = float("inf")
+    pop, push = heapq.heappop, heapq.heappush
     i = 0
     while i < n:
-        f, r = heapq.heappop(free)
-        head_tail = tails[i]
-        j = i + 1
-        while j < n and j - i < max_batch and tails[j] == head_tail:
-            j += 1
-        full = a[j - 1] if j - i == max_batch else inf
-        blocked = a[j] if j < n and j - i < max_batch else inf
-        ready = min(a[i] + delay, full, blocked)
-        s = f if f > ready else ready
-        m = i + 1
-        while m < j and a[m] <= s:
-            m += 1
-        size = m - i
-        e = s + work[i] * (1.0 + batch_scaling * (size - 1)) / 1000.0
-        for x in range(i, m):
-            start[x] = s
-            end[x] = e
+        f, r = pop(free)
+        rd = ready[i]
+        s = f if f > rd else rd
+        m = bisect_right(a, s, i + 1, caps[i])
+        e = s + work[i] * (1.0 + batch_scaling * (m - i - 1)) / 1000.0
+        heads.append(i)
         b_rep.append(r)
         b_start.append(s)
         b_end.append(e)
-        b_size.append(size)
-        heapq.heappush(free, (e, r))
+        push(free, (e, r))
         i = m
+    size = np.diff(np.append(np.array(heads, dtype=np.int64), n))
+    bs = np.array(b_start)
+    be = np.array(b_end)
     out_start = np.empty(n)
     out_end = np.empty(n)
-    out_start[order] = start
-    out_end[order] = end
+    out_start[order] = np.repeat(bs, size)
+    out_end[order] = np.repeat(be, size)
     return Batches(start_s=out_start, end_s=out_end, batch_replica=np.array(b_rep, dtype=np.int64),
-                   batch_start_s=np.array(b_start), batch_end_s=np.array(b_end),
-                   batch_size=np.array(b_size, dtype=np.int64))
+                   batch_start_s=bs, batch_end_s=be, batch_size=size)
