@@ -209,6 +209,8 @@ def run_events(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequenc
     up_mbps = workload.uplink_mbps.tolist()
     down_mbps = workload.downlink_mbps.tolist()
     half_rtt = (workload.rtt_ms / 2000.0).tolist()
+    dev_f = [1.0] * n if workload.device_factor is None else workload.device_factor.tolist()
+    cloud_f = [1.0] * n if workload.cloud_factor is None else workload.cloud_factor.tolist()
     per_group = [(t.device_ms.tolist(), t.encode_ms.tolist(), t.up_wire_bytes.tolist(),
                   t.down_bytes.tolist(), t.cloud_ms.tolist(), t.decode_ms.tolist(),
                   t.uses_cloud.tolist(), tail_ids[g].tolist()) for g, t in enumerate(tables)]
@@ -253,8 +255,9 @@ def run_events(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequenc
         cut[i] = k
         used = usec[k]
         uses[i] = used
-        comp_ms[i] = d_ms[k]
-        dev_ms[i] = d_ms[k] + enc[regime][k]
+        f = dev_f[i]
+        comp_ms[i] = d_ms[k] * f
+        dev_ms[i] = (d_ms[k] + enc[regime][k]) * f
         dec_ms[i] = decs[k]
         if used:
             w = upw[regime][k]
@@ -262,7 +265,7 @@ def run_events(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequenc
             down_b[i] = downs[k]
             link_ms[i] = w * 8.0 / (up_mbps[i] * 1000.0)
             dl_ms[i] = downs[k] * 8.0 / (down_mbps[i] * 1000.0)
-            cl_ms[i] = clms[k]
+            cl_ms[i] = clms[k] * cloud_f[i]
             tails[i] = tl[k]
         hs[i] = now
         end = now + dev_ms[i] / 1000.0

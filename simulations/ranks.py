@@ -74,6 +74,7 @@ def run_ranks(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequence
     arr = workload.arrival_s[order]
     grp = workload.group[order]
     up = workload.uplink_mbps[order]
+    spread = (np.ones(n) if workload.device_factor is None else workload.device_factor[order])
     regime = (up >= RAW_ABOVE_MBPS).astype(np.int64)
     ga = _group_arrays(tables, settings.hysteresis)
     d_count = workload.device_count
@@ -171,7 +172,7 @@ def run_ranks(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequence
         cut[p] = k
         reg = regime[p]
         hs[p] = t
-        end = t + (dev_ms[g, k] + enc[reg, g, k]) / 1000.0
+        end = t + (dev_ms[g, k] + enc[reg, g, k]) * spread[p] / 1000.0
         he[p] = end
         head_free[d] = end
         cloud_used = uses[g, k]
@@ -196,10 +197,13 @@ def run_ranks(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequence
     downs = pad([t.down_bytes.astype(float) for t in tables])[group, k]
     decode = pad([t.decode_ms for t in tables])[group, k]
     tails = np.stack([np.pad(ti, (0, width - len(ti)), constant_values=-1) for ti in tail_ids])
+    dev_f = np.ones(n) if workload.device_factor is None else workload.device_factor
+    cloud_f = np.ones(n) if workload.cloud_factor is None else workload.cloud_factor
     services = Services(
-        cut=k, device_ms=dev_ms[group, k] + enc[reg, group, k], compute_ms=dev_ms[group, k],
+        cut=k, device_ms=(dev_ms[group, k] + enc[reg, group, k]) * dev_f,
+        compute_ms=dev_ms[group, k] * dev_f,
         uplink_ms=np.where(used, wire * 8.0 / (workload.uplink_mbps * 1000.0), 0.0),
-        cloud_ms=np.where(used, pad([t.cloud_ms for t in tables])[group, k], 0.0),
+        cloud_ms=np.where(used, pad([t.cloud_ms for t in tables])[group, k] * cloud_f, 0.0),
         downlink_ms=np.where(used, downs * 8.0 / (workload.downlink_mbps * 1000.0), 0.0),
         decode_ms=decode, uses_cloud=used, tail=np.where(used, tails[group, k], -1),
         up_wire_bytes=wire, down_bytes=np.where(used, downs, 0.0))

@@ -106,6 +106,7 @@ class CloudSpec:
     max_batch_size: int = 1
     max_queue_delay_ms: float = 0.0
     batch_scaling: float = 0.5
+    service_cv: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,6 +143,7 @@ class DeviceGroup:
     radio_tail_ms: float = 0.0
     radio_tail_w: float | None = None
     battery_wh: float | None = None
+    service_cv: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -352,7 +354,7 @@ def _model(c: _Checker, data: Mapping[str, Any], base: Path) -> ModelSpec:
 def _cloud(c: _Checker, data: Mapping[str, Any], base: Path) -> CloudSpec:
     table = c.table(data, "cloud", "", required=False)
     c.unknown(table, ["profile", "replicas", "max_batch_size", "max_queue_delay_ms",
-                      "batch_scaling"], "cloud.")
+                      "batch_scaling", "service_cv"], "cloud.")
     profile = c.string(table, "profile", "cloud.", default="gpu-server")
     if profile is not None:
         profile = _check_profile(c, "cloud.profile", profile, "cloud", base)
@@ -363,7 +365,8 @@ def _cloud(c: _Checker, data: Mapping[str, Any], base: Path) -> CloudSpec:
         max_queue_delay_ms=c.number(table, "max_queue_delay_ms", "cloud.", default=0.0,
                                     minimum=0),
         batch_scaling=c.number(table, "batch_scaling", "cloud.", default=0.5, minimum=0,
-                               maximum=1))
+                               maximum=1),
+        service_cv=c.number(table, "service_cv", "cloud.", default=0.0, minimum=0))
 
 
 def _arrival(c: _Checker, raw: object, prefix: str, base: Path) -> Arrival:
@@ -403,7 +406,7 @@ def _device(c: _Checker, raw: object, i: int, base: Path) -> DeviceGroup | None:
         c.add(f"devices[{i}]", f"must be a table, got {raw!r}")
         return None
     allowed = ["name", "count", "profile", "network", "arrival", "bandwidth_trace", "rtt_ms",
-               "cell", "radio_tail_ms", "radio_tail_w", "battery_wh"]
+               "cell", "radio_tail_ms", "radio_tail_w", "battery_wh", "service_cv"]
     c.unknown(raw, allowed, prefix)
     name = c.string(raw, "name", prefix, default=f"devices{i}", required=True)
     count = c.integer(raw, "count", prefix, default=1, required=True)
@@ -452,7 +455,8 @@ def _device(c: _Checker, raw: object, i: int, base: Path) -> DeviceGroup | None:
         rtt_ms=rtt, cell=cell,
         radio_tail_ms=c.number(raw, "radio_tail_ms", prefix, default=0.0, minimum=0),
         radio_tail_w=c.number(raw, "radio_tail_w", prefix, minimum=0),
-        battery_wh=c.number(raw, "battery_wh", prefix, positive=True))
+        battery_wh=c.number(raw, "battery_wh", prefix, positive=True),
+        service_cv=c.number(raw, "service_cv", prefix, default=0.0, minimum=0))
 
 
 def _strategies(c: _Checker, data: Mapping[str, Any]) -> StrategySpec:

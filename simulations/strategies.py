@@ -145,4 +145,9 @@ def service_arrays(tables: Sequence[CutTable], workload: Workload, cut: np.ndarr
         out["up_wire_bytes"][rows] = np.where(used, table.up_wire_bytes[table.regime(up), k], 0)
         out["down_bytes"][rows] = np.where(used, table.down_bytes[k], 0)
         tail[rows] = np.where(used, tail_ids[g][k], -1)
+    if workload.device_factor is not None:  # this request's draw of its device's service time
+        out["device_ms"] *= workload.device_factor
+        out["compute_ms"] *= workload.device_factor
+    if workload.cloud_factor is not None:
+        out["cloud_ms"] *= workload.cloud_factor
     return Services(cut=cut, uses_cloud=uses, tail=tail, **out)

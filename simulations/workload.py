@@ -19,6 +19,7 @@ second or so; a request takes milliseconds); the downlink keeps the profile's ra
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,10 +51,30 @@ class Workload:
     escalate: np.ndarray
     device_offsets: tuple[int, ...]
     device_count: int
+    device_factor: np.ndarray | None = None   # per request: its device time / the mean
+    cloud_factor: np.ndarray | None = None    # per request: its cloud time / the mean
 
     @property
     def size(self) -> int:
         return len(self.arrival_s)
+
+
+def lognormal_factors(cv: float, n: int, rng: np.random.Generator) -> np.ndarray | None:
+    """`n` service-time multipliers of mean 1 and coefficient of variation `cv` (lognormal),
+    or None where `cv` is 0 (every service its mean: the M/D/c forms hold exactly)."""
+    if cv <= 0:
+        return None
+    sigma2 = math.log1p(cv * cv)
+    return rng.lognormal(-sigma2 / 2.0, math.sqrt(sigma2), n)
+
+
+def cv_from_quantiles(p50: float, p95: float) -> float:
+    """The coefficient of variation of the lognormal whose median is `p50` and 95th
+    percentile `p95` (what a profile of repeated runs gives): sigma = ln(p95/p50) / 1.645."""
+    if p95 <= p50 or p50 <= 0:
+        return 0.0
+    sigma = math.log(p95 / p50) / 1.6448536269514722
+    return math.sqrt(math.expm1(sigma * sigma))
 
 
 def class_rng(seed: int, name: str) -> np.random.Generator:
@@ -131,15 +152,24 @@ def draw_workload(scenario: Scenario, networks: Sequence[NetworkProfile],
         rtts = (np.clip(rng.uniform(rtt - jitter, rtt + jitter, n), 0.0, None) if jitter
                 else np.full(n, rtt))
         escalate = rng.random(n) < (scenario.strategies.cascade_escalation_rate or 0.0)
-        parts.append((times, offset + local, np.full(n, g), link, up, down, rtts, escalate))
+        spread = lognormal_factors(group.service_cv,  n,
+                                   class_rng(scenario.simulation.seed, group.name + "/service"))
+        factor = np.ones(n) if spread is None else spread
+        parts.append((times, offset + local, np.full(n, g), link, up, down, rtts, escalate,
+                      factor))
         offsets.append(offset)
         offset += group.count
         link_offset += links
-    columns = [np.concatenate([p[i] for p in parts]) for i in range(8)]
+    columns = [np.concatenate([p[i] for p in parts]) for i in range(9)]
     order = np.argsort(columns[0], kind="stable")
-    times, device, group_ix, link, up, down, rtts, escalate = (c[order] for c in columns)
+    times, device, group_ix, link, up, down, rtts, escalate, factor = (c[order] for c in columns)
+    any_spread = any(g.service_cv > 0 for g in scenario.devices)
+    cloud_factor = lognormal_factors(scenario.cloud.service_cv, len(times),
+                                     class_rng(scenario.simulation.seed, "cloud/service"))
     return Workload(arrival_s=times.astype(float), device=device.astype(np.int64),
                     group=group_ix.astype(np.int64), link=link.astype(np.int64),
                     uplink_mbps=up.astype(float), downlink_mbps=down.astype(float),
                     rtt_ms=rtts.astype(float), escalate=escalate.astype(bool),
-                    device_offsets=tuple(offsets), device_count=offset)
+                    device_offsets=tuple(offsets), device_count=offset,
+                    device_factor=factor.astype(float) if any_spread else None,
+                    cloud_factor=cloud_factor)
