@@ -266,10 +266,11 @@ class DeviceProfile:
     name: str
     cores: int
     memory_mib: float
-    gflops_by_class: dict[str, float]
     default_gflops: float
     memory_gbps: float
     power: PowerModel
+    # optional in a profile file, as device_problems checks it: classes it lacks use default_gflops
+    gflops_by_class: dict[str, float] = field(default_factory=dict)
     per_node_ms: dict[str, float] = field(default_factory=dict)
     per_node_model_sha256: str | None = None
     battery_wh: float | None = None

@@ -52,6 +52,12 @@ def test_a_good_device_file_loads(tmp_path: Path) -> None:
     assert device.gflops_for("conv") == 10.0 and device.gflops_for("pool") == 1.0
 
 
+def test_a_device_without_per_class_speeds_uses_its_default_for_all(tmp_path: Path) -> None:
+    text = GOOD_DEVICE.replace("[device.gflops_by_class]\nconv = 10.0\n", "")
+    device = load_device(_write(tmp_path, text))
+    assert device.gflops_by_class == {} and device.gflops_for("conv") == 1.0
+
+
 def test_negative_value_names_file_key_and_expectation(tmp_path: Path) -> None:
     path = _write(tmp_path, GOOD_DEVICE.replace("memory_gbps = 3.0", "memory_gbps = -5"))
     assert _error(load_device, path) == f"{path}: device.memory_gbps must be > 0, got -5"
