@@ -112,10 +112,15 @@ def cloud_batches(arrival_s: np.ndarray, tail: np.ndarray, cloud_ms: np.ndarray,
     full = np.where(cap - idx == max_batch, a_np[cap - 1], inf)
     blocked = np.where((cap < n) & (cap - idx < max_batch), padded[np.minimum(cap, n)], inf)
     ready_np = np.minimum(np.minimum(a_np + delay, full), blocked)
-    a = a_np.tolist()
-    ready = ready_np.tolist()
-    caps = cap.tolist()
-    work = cloud_ms[order].tolist()
+    # Where the batch's replica is free by `ready`, it holds the requests arrived by then:
+    nxt = np.clip(np.searchsorted(a_np, ready_np, side="right"), idx + 1, cap)
+    # memoryviews, not lists: indexing gives Python floats and ints without converting every
+    # request up front (only the batches' heads are read).
+    a = memoryview(np.ascontiguousarray(a_np))
+    ready = memoryview(np.ascontiguousarray(ready_np))
+    caps = memoryview(np.ascontiguousarray(cap, dtype=np.int64))
+    nexts = memoryview(np.ascontiguousarray(nxt, dtype=np.int64))
+    work = memoryview(np.ascontiguousarray(cloud_ms[order], dtype=float))
     heads: list[int] = []
     b_rep: list[int] = []
     b_start: list[float] = []
@@ -126,9 +131,12 @@ def cloud_batches(arrival_s: np.ndarray, tail: np.ndarray, cloud_ms: np.ndarray,
     i = 0
     while i < n:
         f, r = pop(free)
-        rd = ready[i]
-        s = f if f > rd else rd
-        m = bisect_right(a, s, i + 1, caps[i])
+        s = ready[i]
+        if f > s:  # the replica is late: the batch takes in what arrived by then
+            s = f
+            m = bisect_right(a, s, i + 1, caps[i])
+        else:
+            m = nexts[i]
         e = s + work[i] * (1.0 + batch_scaling * (m - i - 1)) / 1000.0
         heads.append(i)
         b_rep.append(r)
