@@ -61,3 +61,18 @@ def test_cli_writes_a_profile_plan_accepts(endpoint: tuple[str, Path], tmp_path:
     assert main(["profile", "network", "--endpoint", address, "--tls", str(tls),
                  "--out", str(out)]) == 0
     assert load_network(str(out)).downlink_mbps > 0
+
+
+def test_the_round_trip_is_a_small_model_infer(endpoint: tuple[str, Path]) -> None:
+    """The rtt is timed on ModelInfer calls (what a real call pays); ServerLive's median and
+    the per-call difference go into the source; every step is reported to the progress."""
+    address, tls = endpoint
+    steps: list[tuple[str, int, int]] = []
+    net = probe_network(address, tls_dir=tls, upload_bytes=1 << 16, download_bytes=1 << 16,
+                        probes=2, progress=lambda text, done, total: steps.append(
+                            (text, done, total)))
+    assert "one-byte ModelInfer calls" in net.source and "ServerLive:" in net.source
+    assert "ms per call" in net.source
+    assert [s[0] for s in steps].count("round trip") == 2
+    assert [s[0] for s in steps].count("ServerLive") == 2
+    assert len(steps) == steps[0][2] and [s[1] for s in steps] == list(range(len(steps)))
