@@ -10,6 +10,7 @@ networkx, matplotlib, the partitioner or the cloud code (tests/edge/test_imports
 
 from __future__ import annotations
 
+from .chain import ChainConfig, ChainPredictor
 from .client import ClientStatistics, CloudClient, InferResult
 from .config import Config
 from .plan import Plan, PlanCut, PlanModel, TensorSpec, load_plan
@@ -17,6 +18,8 @@ from .predictor import Predictor, TensorInfo
 from .stats import PredictorStatistics, RunStatistics
 
 __all__ = [
+    "ChainConfig",
+    "ChainPredictor",
     "ClientStatistics",
     "CloudClient",
     "Config",
