@@ -42,7 +42,6 @@ from pathlib import Path
 import numpy as np
 
 from edgecut.errors import (
-    BadInputError,
     BadPlanError,
     BadProfileError,
     CloudUnavailableError,
@@ -58,6 +57,7 @@ from edgecut.protocol.codecs import CODECS
 
 from .breaker import CircuitBreaker
 from .client import CloudClient
+from .feeds import check_call
 from .plan import Plan, PlanCut, load_plan
 from .sessions import DeviceSession, load_session
 
@@ -232,7 +232,8 @@ class ChainPredictor:
             raise EdgecutError(f"ChainPredictor for {self.plan.directory} is closed")
         start = time.perf_counter()
         deadline = start + self.config.timeout_s
-        names = self._check(output_names, input_feed)
+        names = check_call(self.plan.model.name, self._specs, self._outputs, output_names,
+                           input_feed)
         request_id = uuid.uuid4().hex
         try:
             outputs, run = self._run(names, input_feed, deadline, request_id)
@@ -390,25 +391,3 @@ class ChainPredictor:
         assert self._full is not None
         values = self._full.run(wanted, feed, deadline_s=deadline - time.perf_counter())
         return dict(zip(wanted, values, strict=True))
-
-    def _check(self, output_names: Sequence[str] | None,
-               input_feed: Mapping[str, np.ndarray]) -> list[str]:
-        if isinstance(output_names, str):
-            raise BadInputError(f"output_names must be a list of names, got {output_names!r}")
-        names = list(output_names) if output_names else list(self._outputs)
-        problems = []
-        unknown = [n for n in names if n not in self._outputs]
-        if unknown:
-            problems.append(f"unknown output names {unknown}; the model's outputs are "
-                            f"{self._outputs}")
-        missing = [n for n in self._specs if n not in input_feed]
-        if missing:
-            problems.append(f"missing inputs {missing}")
-        for name, spec in self._specs.items():
-            value = input_feed.get(name)
-            if value is not None and (not isinstance(value, np.ndarray)
-                                      or value.dtype != np.dtype(spec.dtype)):
-                problems.append(f"input {name!r} must be a numpy array of {spec.dtype}")
-        if problems:
-            raise BadInputError(f"{self.plan.model.name}: " + "; ".join(problems))
-        return names

@@ -6,6 +6,9 @@
                        --out DIR
     edgecut chain deploy DIR --stage 1 --repository REPO [--next HOST:PORT …]
                        [--tls TLS --device NAME] [--codec raw|zstd|…]
+    edgecut chain run DIR --helper HOST:PORT [--helper …] [--cloud HOST:PORT]
+                       --input NAME=FILE.npy --output OUT.npz [--tls TLS --device NAME]
+                       [--balance round_robin|least_outstanding] [--fallback cloud|local|none]
 
 `--helper PROFILE@LINK` is one more hop after the device, in order: a device profile (a
 catalogue name or a .toml) and the link that reaches it from the hop before (a catalogue
@@ -14,7 +17,9 @@ network, a .toml, or up=MBPS,down=MBPS,rtt=MS). `--network` stays the link to th
 against the best single cut and device-only, costed alike. `chain deploy` installs one
 stage in a repository that `edgecut serve` serves: its slice, and unless it is the last
 stage, where to forward (`--next`: the next stage's endpoint(s); `--tls`/`--device`: the
-folder and certificate this hop presents there).
+folder and certificate this hop presents there). `chain run` is one inference from the
+device: stage 0 here, then a helper of stage 1 (`--helper`: their addresses, unlike `chain
+plan`'s profiles), falling back to the cloud's tail (`--cloud`) or the full model here.
 
 Parses, calls edgecut.partitioner.chain_plan / edgecut.chain_deploy, prints.
 """
@@ -27,13 +32,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edgecut.cli_types import positive_seconds
 from edgecut.errors import UserInputError
 
 __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # argparse has no public name
-    """Add `chain plan` and `chain deploy` to the `edgecut` command's subparsers."""
+    """Add `chain plan`, `chain deploy` and `chain run` to the `edgecut` command's subparsers."""
     parser = subparsers.add_parser("chain", help="slice a model across the device, helper "
                                                  "devices and the cloud (placement 4)")
     actions = parser.add_subparsers(dest="chain_command", required=True, metavar="ACTION",
@@ -82,6 +88,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # argparse has no
                    help="also install the full model and the cut's tail (default: only for "
                         "the cloud's stage)")
     p.set_defaults(func=_cmd_deploy)
+
+    p = actions.add_parser("run", help="one inference through a chain plan's helpers")
+    p.add_argument("plan", type=Path, metavar="DIR")
+    p.add_argument("--helper", action="append", default=[], metavar="HOST:PORT",
+                   help="an endpoint serving stage 1; repeat it (or separate with commas) for "
+                        "several, spread by --balance")
+    p.add_argument("--cloud", action="append", default=[], metavar="HOST:PORT",
+                   help="the cloud's endpoint(s), for --fallback cloud")
+    p.add_argument("--tls", type=Path, metavar="DIR",
+                   help="folder from `edgecut certs` (ca.crt, and a device certificate for mTLS)")
+    p.add_argument("--device", metavar="NAME", help="device certificate NAME.crt in --tls")
+    p.add_argument("--input", action="append", default=[], required=True,
+                   metavar="NAME=FILE.npy")
+    p.add_argument("--output", type=Path, required=True, metavar="OUT.npz")
+    p.add_argument("--balance", choices=("round_robin", "least_outstanding"),
+                   default="round_robin")
+    p.add_argument("--fallback", choices=("cloud", "local", "none"),
+                   help="when no helper answers: the cloud's tail of the device's cut, the "
+                        "full model here, or fail (default: cloud when --cloud is given, "
+                        "else local)")
+    p.add_argument("--codec", default="raw", help="codec towards the helpers (default raw)")
+    p.add_argument("--timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
+                   help="deadline of the inference, any fallback included (default 30)")
+    p.set_defaults(func=_cmd_run)
 
 
 def _hop(spec: str) -> tuple[str, str]:
@@ -179,4 +209,33 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
         print(f"{state} {d.name} version {d.version} ({d.path})")
     if args.next:
         print(f"stage {args.stage} forwards to {', '.join(args.next)}")
+    return 0
+
+
+def _addresses(given: list[str]) -> tuple[str, ...]:
+    return tuple(a.strip() for item in given for a in item.split(",") if a.strip())
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edgecut.edge import ChainConfig, ChainPredictor
+    from edgecut.inputs import load_input_files
+
+    cloud = _addresses(args.cloud)
+    fallback = args.fallback or ("cloud" if cloud else "local")
+    config = ChainConfig(plan=args.plan, helpers=_addresses(args.helper), cloud=cloud,
+                         tls_dir=args.tls, device=args.device, balance=args.balance,
+                         fallback=fallback, codec=args.codec, timeout_s=args.timeout)
+    with ChainPredictor(config) as chain:
+        names = chain.get_outputs()
+        outputs = chain.run(names, load_input_files(args.input))
+        run = chain.last_run()
+    np.savez(args.output, **dict(zip(names, outputs, strict=True)))
+    summary = ""
+    if run is not None:  # run() returned, so it recorded its run
+        where = f"through helper {run.helper}" if run.path == "chain" else run.path
+        fallback_note = f"; fell back: {run.fallback}" if run.fallback else ""
+        summary = f" ({run.total_ms:.1f} ms, ran {where}{fallback_note})"
+    print(f"wrote {args.output}: {', '.join(names)}{summary}")
     return 0

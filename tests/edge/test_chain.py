@@ -232,3 +232,27 @@ def test_chain_plan_cli_explains_every_hop(world: dict, tmp_path: Path) -> None:
                          .read_text())
     assert forward["next"]["model"] == "residual_dag.stage2"
     assert forward["next"]["endpoints"] == ["10.0.0.9:8001"]
+
+
+def test_chain_run_cli_answers_like_the_full_model(world: dict, tmp_path: Path) -> None:
+    feed = world["feeds"][0]
+    np.save(tmp_path / "x.npy", feed["x"])
+    helpers = ",".join(h.address for h in world["helpers"])
+
+    def chain_run(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "edgecut", "chain", "run", str(world["plan"]),
+             "--helper", helpers, "--cloud", world["cloud"].address, "--tls",
+             str(world["fleet"]), "--device", "device-0", "--timeout", str(TIMEOUT_S),
+             *extra], capture_output=True, text=True, timeout=120, check=False)
+
+    done = chain_run("--input", f"x={tmp_path / 'x.npy'}", "--output", str(tmp_path / "o.npz"))
+    assert done.returncode == 0, done.stderr
+    assert "ran through helper 127.0.0.1:" in done.stdout
+    with np.load(tmp_path / "o.npz") as answer:
+        for name, expected in zip(answer.files, world["expected"][0], strict=True):
+            np.testing.assert_allclose(answer[name], expected, rtol=1e-4, atol=1e-5)
+    refused = chain_run("--input", f"y={tmp_path / 'x.npy'}", "--output", str(tmp_path / "p.npz"))
+    assert refused.returncode != 0
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    assert "'y'" in refused.stderr
