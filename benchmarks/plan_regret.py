@@ -204,6 +204,22 @@ def _search(graph: Any, cuts: list[Any], params: Any) -> dict[str, Any]:
     return out
 
 
+def _probe(worker: Worker, port: int, tls: Path, attempts: int = 3) -> list[float]:
+    """Round trips of empty calls through the proxy. A probe right after a rate change once
+    got no answer within its 10 s (the endpoint still draining the 1 Mbit/s row's last
+    upload, most likely) and ended a 15-minute run: it is tried again before giving up."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return worker.call(cmd="probe", endpoint=f"127.0.0.1:{port}", tls_dir=str(tls),
+                               rounds=15)["rtt_ms"]
+        except RuntimeError as exc:
+            if attempt == attempts:
+                raise
+            _log(f"probe failed ({str(exc).splitlines()[0]}); trying again in 2 s")
+            time.sleep(2.0)
+    raise AssertionError("unreachable")
+
+
 def _subset(cuts: list[Any], must: set[int], limit: int) -> list[int]:
     ids = [c.id for c in cuts]
     if len(ids) <= limit:
@@ -399,8 +415,7 @@ def run_model(name: str, *, args: argparse.Namespace, speeds: list[float],
                 row_device, row_cloud, row_graph, totals = profiled(speed)
                 with Proxy(lambda a: link.device_exec() + a, target=f"{CLOUD_ADDRESS}:{PORT}",
                            one_way_ms=rtt / 2) as proxy:
-                    probe = device_w.call(cmd="probe", endpoint=f"127.0.0.1:{proxy.port}",
-                                          tls_dir=str(tls), rounds=15)["rtt_ms"]
+                    probe = _probe(device_w, proxy.port, tls)
                     call_ms = median(probe) - rtt
                     params = _params(device, mbps, rtt, call_ms)
                     planned = _planned(bench, row_device, row_cloud, correction, mbps, rtt,
