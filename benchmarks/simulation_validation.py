@@ -155,7 +155,8 @@ def time_model(spec: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         session.run(None, feed)
         gapped.append((time.perf_counter() - t0) * 1e3)
-    return {"back_to_back_ms": statistics.median(times), "gapped_ms": statistics.median(gapped)}
+    return {"back_to_back_ms": statistics.median(times), "gapped_ms": statistics.median(gapped),
+            "gapped_p95_ms": _percentile(gapped, 95)}
 
 
 def call_overhead(spec: dict[str, Any]) -> dict[str, Any]:
@@ -296,7 +297,7 @@ def _profile(wrap: Any, model: Path, shapes: dict[str, list[int]], inputs: dict[
                  str(out / f"{name}-model.json"), "--runs", "20", "--device-out",
                  str(with_model), *shape_args]), f"edgecut profile model ({name})")
     spec_file, timed_file = out / f"{name}-time.json", out / f"{name}-timed.json"
-    spec_file.write_text(json.dumps({"model": str(model), "inputs": inputs, "runs": 20,
+    spec_file.write_text(json.dumps({"model": str(model), "inputs": inputs, "runs": 40,
                                      "gap_s": 0.1, "threads": 1}))
     _check(wrap([sys.executable, str(Path(__file__).resolve()), "--time-model", str(spec_file),
                  "--worker-out", str(timed_file)]), f"timing the model ({name})")
@@ -307,22 +308,29 @@ def _profile(wrap: Any, model: Path, shapes: dict[str, list[int]], inputs: dict[
     factor = plain_ms / table_ms
     scaled = save_device(dc.replace(profiled, threads=1, per_node_ms={
         k: v * factor for k, v in profiled.per_node_ms.items()}), out / f"{name}-scaled.toml")
+    from edgecut.simulations.workload import cv_from_quantiles
+
     return with_model, scaled, {"per_node_sum_ms": table_ms, "plain_run_ms": plain_ms,
+                                "plain_run_p95_ms": timed["gapped_p95_ms"],
                                 "back_to_back_run_ms": timed["back_to_back_ms"],
-                                "scale": factor}
+                                "scale": factor,
+                                "service_cv": cv_from_quantiles(plain_ms,
+                                                                timed["gapped_p95_ms"])}
 
 
 def _simulate(model: Path, shapes: dict[str, list[int]], device: Path, cloud: Path,
-              network: Path, cut: int, rate: float, requests: int) -> dict[str, Any]:
+              network: Path, cut: int, rate: float, requests: int, device_cv: float = 0.0,
+              cloud_cv: float = 0.0) -> dict[str, Any]:
     from edgecut.simulations.run import prepare, run_strategy
     from edgecut.simulations.scenario import scenario_from_dict
 
     scenario = scenario_from_dict({
         "simulation": {"duration_s": 40 * requests / rate, "seed": 7, "sla_ms": 1000.0},
         "model": {"file": str(model), "input_shapes": shapes},
-        "cloud": {"profile": str(cloud), "replicas": 1, "max_batch_size": 1},
+        "cloud": {"profile": str(cloud), "replicas": 1, "max_batch_size": 1,
+                  "service_cv": cloud_cv},
         "devices": [{"name": "device", "count": 1, "profile": str(device),
-                     "network": str(network),
+                     "network": str(network), "service_cv": device_cv,
                      "arrival": {"process": "poisson", "rate_per_s": rate}}],
         "strategies": {"compare": [s for s, _ in STRATEGIES], "fixed_cut": cut}},
         label="validation.toml")
@@ -476,6 +484,11 @@ def _measure(conf: Configuration, here: Path, path: Path, shapes: dict[str, list
     # plain run, the round trip of a one-byte ModelInfer).
     sims = {label: _simulate(path, shapes, *files, cut, rate, requests)
             for label, files in inputs.items()}
+    # And corrected with each stage's service time drawn around its mean, the spread a
+    # lognormal fitted to the p50 and p95 of the plain runs timed in the same cgroup.
+    sims["spread"] = _simulate(path, shapes, *inputs["corrected"], cut, rate, requests,
+                               device_cv=device[2]["service_cv"],
+                               cloud_cv=cloud[2]["service_cv"])
     rows = []
     for strategy, mode in STRATEGIES:
         m = measured["strategies"][strategy]
@@ -499,7 +512,8 @@ def _measure(conf: Configuration, here: Path, path: Path, shapes: dict[str, list
         rows.append(row)
         _log(f"{conf.label} {strategy}: measured p50 {row['measured_p50_ms']:.1f} p95 "
              f"{row['measured_p95_ms']:.1f} ms; simulated (corrected) "
-             f"{row['corrected']['p50_ms']:.1f} / {row['corrected']['p95_ms']:.1f} ms")
+             f"{row['corrected']['p50_ms']:.1f} / {row['corrected']['p95_ms']:.1f} ms, "
+             f"with spread {row['spread']['p50_ms']:.1f} / {row['spread']['p95_ms']:.1f} ms")
     plot = _plot(conf, measured, sims, here)
     return {"model": conf.model, "cpu_share": conf.fraction, "link_mbps": conf.mbps,
             "cpu_limit": limited.how, "rate_per_s": rate, "load": load, "cut": cut,
@@ -525,10 +539,12 @@ def _plot(conf: Configuration, measured: dict[str, Any], sims: dict[str, Any],
         import numpy as np
     except ImportError:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True, sharey=True)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharex=True, sharey=True)
     colours = {"edge-only": "tab:blue", "cloud-only": "tab:orange", "fixed": "tab:green"}
     for ax, (title, source) in zip(axes, (("measured (testbed)", None),
-                                          ("simulated (corrected)", "corrected")), strict=True):
+                                          ("simulated (corrected)", "corrected"),
+                                          ("simulated (with service-time spread)", "spread")),
+                              strict=True):
         for strategy, _ in STRATEGIES:
             values = (measured["strategies"][strategy]["latencies_ms"] if source is None
                       else sims[source]["latencies_ms"][strategy])
@@ -552,9 +568,11 @@ def _print(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="simulated / measured latency on the testbed (sim: profiled | corrected)")
+    t = Table(title="simulated / measured latency on the testbed (sim: profiled | corrected | "
+                    "corrected with service-time spread)")
     for c in ("configuration", "strategy", "rate/s", "meas. p50", "meas. p95", "seq. p50",
-              "sim p50", "p50 ratio", "p95 ratio", "p50 ratio (corr.)", "p95 ratio (corr.)"):
+              "sim p50", "p50 ratio", "p95 ratio", "p50 ratio (corr.)", "p95 ratio (corr.)",
+              "cv dev/cloud", "p50 ratio (spread)", "p95 ratio (spread)"):
         t.add_column(c, justify="right")
     for conf in results["configurations"]:
         label = f"{conf['model']} {conf['cpu_share']:g} {conf['link_mbps']:g}M"
@@ -563,7 +581,10 @@ def _print(results: dict[str, Any]) -> None:
                       f"{r['measured_p50_ms']:.1f}", f"{r['measured_p95_ms']:.1f}",
                       f"{r['sequential_p50_ms']:.1f}", f"{r['corrected']['p50_ms']:.1f}",
                       f"{r['profiled']['ratio_p50']:.2f}", f"{r['profiled']['ratio_p95']:.2f}",
-                      f"{r['corrected']['ratio_p50']:.2f}", f"{r['corrected']['ratio_p95']:.2f}")
+                      f"{r['corrected']['ratio_p50']:.2f}", f"{r['corrected']['ratio_p95']:.2f}",
+                      f"{conf['device_profile']['service_cv']:.2f}/"
+                      f"{conf['cloud_profile']['service_cv']:.2f}",
+                      f"{r['spread']['ratio_p50']:.2f}", f"{r['spread']['ratio_p95']:.2f}")
     Console(width=160).print(t)
 
 
