@@ -11,12 +11,12 @@ Sections (`--sections correctness,scale,validation`):
   Pollaczek-Khinchine; M/D/c in the cloud (10,000 devices offloading to c = 1, 4 replicas
   without batching at utilisation 0.7) against Crommelin's exact M/D/c mean wait. ~200k
   requests each; simulated/theory ratios of the mean wait.
-- scale: 1M requests from 1k, 10k and 100k budget phones on an LTE trace (4 batched GPU
-  replicas), wall time of the vectorised engine (dads), of edgecut by ranks (`ranks.py`)
-  and of edgecut on the event engine, requests/s and events/s; and
-  SimPy running an M/M/1 queue of as many customers in the same run, before and after (the
-  faster counts; SimPy is the engine LEAF and most Python simulators build on), as the rate
-  ratio.
+- scale: the headline, 1M requests from 10k budget phones on an LTE trace (4 batched GPU
+  replicas, service-time spread cv 0.3 on the device, 0.15 in the cloud) on the vectorised
+  engine (dads), and SimPy running an M/M/1 queue of as many customers (SimPy is the engine
+  LEAF and most Python simulators build on), interleaved three times in this run: the ratio
+  of the medians. Then wall time of dads and of edgecut by ranks (`ranks.py`) at 1k, 10k and
+  100k devices, and edgecut on the event engine against SimPy on 100k requests (interleaved).
 - validation: the real system on this machine (an endpoint from `create_server` on
   loopback, a `Predictor` in local, split and offload mode, one request at a time) against
   the simulator given this machine's profile (`profile_device`, with the model's per-node
@@ -167,49 +167,94 @@ def simpy_mm1(customers: int) -> float | None:
     return time.perf_counter() - start
 
 
-def scale(requests: int, device_counts: list[int]) -> dict[str, Any]:
-    # SimPy runs before and after the simulator's runs, and the faster of the two counts: the
-    # machine's load drifts, and this keeps the drift out of the simulator's favour.
-    simpy_before = simpy_mm1(requests)
+def _phones(count: int, requests: int, service_cv: float = 0.0) -> Any:
+    duration = 600.0
+    examples = Path(__file__).resolve().parents[1] / "simulations" / "examples"
+    device = {"name": "phones", "count": count,
+              "profile": str(examples / "budget-phone.toml"), "network": "lte",
+              "bandwidth_trace": str(examples / "lte-commute.txt"),
+              "arrival": {"rate_per_s": requests / count / duration}}
+    cloud = {"profile": "gpu-server", "replicas": 4, "max_batch_size": 8,
+             "max_queue_delay_ms": 2.0}
+    if service_cv:
+        device["service_cv"] = service_cv
+        cloud["service_cv"] = service_cv / 2
+    return _scenario([device], cloud, duration, ["dads", "edgecut"])
+
+
+def _timed(s: Any, p: Any, strategy: str, engine: str) -> tuple[float, Any]:
+    start = time.perf_counter()
+    o = run_strategy(s, p, strategy, engine=engine)
+    return time.perf_counter() - start, o
+
+
+def scale(requests: int, device_counts: list[int], repeats: int = 3) -> dict[str, Any]:
+    """The headline (10,000 devices, `requests` requests, dads on the vectorised engine with
+    a service-time spread) and SimPy's M/M/1 of as many customers, run interleaved `repeats`
+    times in this run, each the median of its runs; then how wall time grows with the fleet,
+    and the event engine against SimPy on a tenth of the requests (interleaved likewise)."""
+    if simpy_mm1(10) is None:
+        _log("SimPy not installed (pip install 'edgecut[bench]'): no rate comparison")
+    headline_devices = 10_000
+    s = _phones(headline_devices, requests, service_cv=0.3)
+    p = prepare(s)
+    simpy_runs, ours, events_n = [], [], 0
+    for rep in range(repeats):
+        simpy_runs.append(simpy_mm1(requests))
+        wall, o = _timed(s, p, "dads", "auto")
+        ours.append(wall)
+        events_n = o.events
+        _log(f"headline run {rep + 1}: SimPy {simpy_runs[-1] or math.nan:.2f} s, edgecut "
+             f"{wall:.2f} s ({p.workload.size / wall:,.0f} requests/s)")
+    headline: dict[str, Any] = {
+        "devices": headline_devices, "requests": p.workload.size, "strategy": "dads",
+        "engine": "vectorised", "service_cv": 0.3, "wall_s_runs": ours,
+        "wall_s": statistics.median(ours), "events": events_n}
+    headline["requests_per_s"] = p.workload.size / headline["wall_s"]
+    if simpy_runs[0] is not None:
+        headline["simpy_mm1_s_runs"] = simpy_runs
+        headline["simpy_mm1_s"] = statistics.median(simpy_runs)
+        headline["simpy_mm1_customers_per_s"] = requests / headline["simpy_mm1_s"]
+        headline["vs_simpy_mm1"] = headline["requests_per_s"] / headline["simpy_mm1_customers_per_s"]
+        headline["vs_simpy_mm1_runs"] = [(p.workload.size / w) / (requests / q)
+                                         for w, q in zip(ours, simpy_runs, strict=True)]
+        _log(f"headline: {headline['vs_simpy_mm1']:.1f}x SimPy's M/M/1 rate (median of "
+             f"{repeats}; runs {', '.join(f'{r:.1f}' for r in headline['vs_simpy_mm1_runs'])})")
     rows = []
     for count in device_counts:
-        duration = 600.0
-        rate = requests / count / duration
-        examples = Path(__file__).resolve().parents[1] / "simulations" / "examples"
-        s = _scenario([{"name": "phones", "count": count,
-                        "profile": str(examples / "budget-phone.toml"), "network": "lte",
-                        "bandwidth_trace": str(examples / "lte-commute.txt"),
-                        "arrival": {"rate_per_s": rate}}],
-                      {"profile": "gpu-server", "replicas": 4, "max_batch_size": 8,
-                       "max_queue_delay_ms": 2.0}, duration, ["dads", "edgecut"])
+        s = _phones(count, requests, service_cv=0.3)
         start = time.perf_counter()
         p = prepare(s)
         prepare_s = time.perf_counter() - start
-        for strategy, engine in (("dads", "vectorised"), ("edgecut", "ranks"),
-                                 ("edgecut", "events")):
-            start = time.perf_counter()
-            o = run_strategy(s, p, strategy, engine="events" if engine == "events" else "auto")
-            wall = time.perf_counter() - start
+        for strategy, engine in (("dads", "vectorised"), ("edgecut", "ranks")):
+            wall, o = _timed(s, p, strategy, "auto")
             rows.append({"devices": count, "requests": p.workload.size, "strategy": strategy,
-                         "engine": engine,
-                         "prepare_s": prepare_s, "wall_s": wall,
+                         "engine": engine, "prepare_s": prepare_s, "wall_s": wall,
                          "requests_per_s": p.workload.size / wall, "events": o.events,
                          "events_per_s": o.events / wall})
-            _log(f"{count} devices, {p.workload.size} requests, {strategy} ({engine}): {wall:.2f} s "
-                 f"({p.workload.size / wall:,.0f} requests/s)")
-    simpy_after = simpy_mm1(requests)
-    simpy_s = None if simpy_before is None else min(simpy_before, simpy_after or simpy_before)
-    out: dict[str, Any] = {"rows": rows, "simpy_mm1_customers": requests, "simpy_mm1_s": simpy_s,
-                           "simpy_mm1_runs_s": [simpy_before, simpy_after]}
-    if simpy_s is not None:
-        simpy_rate = requests / simpy_s
-        out["simpy_mm1_customers_per_s"] = simpy_rate
-        for row in rows:
-            row["vs_simpy_mm1"] = row["requests_per_s"] / simpy_rate
-        _log(f"SimPy M/M/1, {requests} customers: {simpy_s:.2f} s ({simpy_rate:,.0f}/s)")
-    else:
-        _log("SimPy not installed (pip install 'edgecut[bench]'): no rate comparison")
-    return out
+            _log(f"{count} devices, {p.workload.size} requests, {strategy} ({engine}): "
+                 f"{wall:.2f} s ({p.workload.size / wall:,.0f} requests/s), prepare "
+                 f"{prepare_s:.2f} s")
+    # The event engine (a cell or the cloud's queue reports need it) on a tenth as many.
+    small = max(requests // 10, 1000)
+    s = _phones(headline_devices, small, service_cv=0.3)
+    p = prepare(s)
+    ev_runs, ev_simpy = [], []
+    for _ in range(repeats):
+        ev_simpy.append(simpy_mm1(p.workload.size))
+        wall, o = _timed(s, p, "edgecut", "events")
+        ev_runs.append(wall)
+    event_row: dict[str, Any] = {"devices": headline_devices, "requests": p.workload.size,
+                                 "strategy": "edgecut", "engine": "events",
+                                 "wall_s_runs": ev_runs, "wall_s": statistics.median(ev_runs),
+                                 "events": o.events}
+    event_row["requests_per_s"] = p.workload.size / event_row["wall_s"]
+    if ev_simpy[0] is not None:
+        event_row["simpy_mm1_s"] = statistics.median(ev_simpy)
+        event_row["vs_simpy_mm1"] = event_row["simpy_mm1_s"] / event_row["wall_s"]
+    _log(f"event engine, {p.workload.size} requests: {event_row['wall_s']:.2f} s, "
+         f"{event_row.get('vs_simpy_mm1', math.nan):.2f}x SimPy")
+    return {"headline": headline, "rows": rows, "events": event_row, "repeats": repeats}
 
 
 # --------------------------------------------------------------------------- validation
@@ -342,14 +387,16 @@ def _print(results: dict[str, Any]) -> None:
                       f"{r['theory_wait_ms']:.3f}", f"{r['ratio']:.4f}")
         console.print(t)
     if results.get("scale"):
-        t = Table(title="scale: wall time of 1M-request runs")
+        sc = results["scale"]
+        t = Table(title=f"scale: wall time (medians of {sc['repeats']} interleaved runs where "
+                        "marked *)")
         for c in ("devices", "requests", "strategy", "engine", "wall s", "requests/s",
-                  "events/s", "x SimPy M/M/1"):
+                  "x SimPy M/M/1"):
             t.add_column(c, justify="right")
-        for r in results["scale"]["rows"]:
-            t.add_row(str(r["devices"]), str(r["requests"]), r["strategy"], r["engine"],
+        for r, star in ([(sc["headline"], "*")] + [(r, "") for r in sc["rows"]]
+                        + [(sc["events"], "*")]):
+            t.add_row(str(r["devices"]), str(r["requests"]), r["strategy"], r["engine"] + star,
                       f"{r['wall_s']:.2f}", f"{r['requests_per_s']:,.0f}",
-                      f"{r['events_per_s']:,.0f}",
                       f"{r['vs_simpy_mm1']:.1f}" if "vs_simpy_mm1" in r else "-")
         console.print(t)
     if results.get("validation"):
