@@ -12,6 +12,16 @@ outputs a request may ask for) by what it answers, not by what the slice compute
 else (batching, instances, statistics, deduplication of retried ids) is the endpoint's as for
 any model: the wrapping is at the session, which every path runs through.
 
+The next hop's call carries on the incoming request's `id` and deadline, which the session
+reads from the scheduler's context of the run (edgecut.cloud.scheduler.current_run): a device's
+retried id is deduplicated, and named in the request logs, at every hop, and every hop answers
+within the device's deadline. The call's timeout is the shorter of `timeout_s` and the time
+the caller has left (gRPC's deadline of the incoming call; an HTTP call has none, so
+`timeout_s` alone); a deadline that passed while the slice ran fails the call with
+DeadlineExceededError (DEADLINE_EXCEEDED) without calling the next hop. A batch of several
+requests run together is sent on as one request with no id (an id names one request of one
+caller) and the earliest deadline among them.
+
 The next hop is called with the protocol's stubs and codecs directly (edgecut.cloud never
 imports the device runtime): tensors in `raw_input_contents`, encoded with `codec` when the
 next hop announced it in its ServerMetadata extensions, raw otherwise. A next hop that fails
@@ -31,6 +41,7 @@ import json
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +68,7 @@ from edgecut.protocol.codecs import (
 from edgecut.protocol.tls import channel_credentials
 
 from .loaded_model import LoadedModel, TensorSpec
+from .scheduler import current_run
 
 __all__ = ["FORWARD_FILE", "ForwardSpec", "ForwardingSession", "NextHop", "attach_forwarding",
            "load_forward_spec", "write_forward_spec"]
@@ -193,14 +205,14 @@ class NextHop:
     def close(self) -> None:
         self._channel.close()
 
-    def _negotiated_codec(self) -> str:
+    def _negotiated_codec(self, timeout_s: float) -> str:
         if self.spec.codec == "raw":
             return "raw"
         with self._lock:
             if self._codec is None:
                 try:
                     meta = self._stub.ServerMetadata(pb.ServerMetadataRequest(),
-                                                     timeout=self.spec.timeout_s)
+                                                     timeout=timeout_s)
                     known = set(meta.extensions)
                 except grpc.RpcError:
                     return "raw"  # asked again on the next call
@@ -208,11 +220,26 @@ class NextHop:
                 self._codec = self.spec.codec if wanted in known else "raw"
             return self._codec
 
-    def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str]
-              ) -> dict[str, np.ndarray]:
-        """The next hop's `outputs` for `inputs`; typed edgecut errors on failure."""
-        codec = self._negotiated_codec()
-        request = pb.ModelInferRequest(model_name=self.spec.next_model)
+    def infer(self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str], *,
+              request_id: str = "", deadline: float | None = None) -> dict[str, np.ndarray]:
+        """The next hop's `outputs` for `inputs`; typed edgecut errors on failure.
+
+        `request_id` goes on as the request's id; `deadline` (a time.monotonic() reading, the
+        caller's) bounds the call's timeout, `spec.timeout_s` otherwise: DeadlineExceededError
+        at once, the next hop not called, when it has passed already.
+        """
+        where = f"next hop {self.spec.next_model!r} on {','.join(self.spec.next_endpoints)}"
+        timeout_s, bound = self.spec.timeout_s, f"forward.json's timeout_s {self.spec.timeout_s:g} s"
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlineExceededError(
+                    f"{where} not called: the caller's deadline had passed {-left:.3g} s "
+                    f"before this hop's slice was done; give the call a longer deadline")
+            if left < timeout_s:
+                timeout_s, bound = left, f"the caller's deadline, {left:.3g} s left"
+        codec = self._negotiated_codec(timeout_s)
+        request = pb.ModelInferRequest(model_name=self.spec.next_model, id=request_id)
         for name, array in inputs.items():
             use = codec if codec not in ("fp16", "int8") or array.dtype == np.float32 else "zstd"
             enc = encode_tensor(np.asarray(array), use)
@@ -222,15 +249,16 @@ class NextHop:
             request.raw_input_contents.append(enc.data)
         for name in outputs:
             request.outputs.add(name=name)
-        where = f"next hop {self.spec.next_model!r} on {','.join(self.spec.next_endpoints)}"
+        if deadline is not None:  # the codec's question took some of the time left
+            timeout_s = min(timeout_s, max(0.0, deadline - time.monotonic()))
         try:
-            response = self._stub.ModelInfer(request, timeout=self.spec.timeout_s)
+            response = self._stub.ModelInfer(request, timeout=timeout_s)
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
             details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise DeadlineExceededError(f"{where}: no answer within "
-                                            f"{self.spec.timeout_s:g} s ({details})") from exc
+                raise DeadlineExceededError(f"{where}: no answer within {timeout_s:.3g} s "
+                                            f"({bound}; {details})") from exc
             raise CloudUnavailableError(f"{where} failed: {code.name}: {details}; the chain "
                                         f"cannot finish through this hop") from exc
         raw = response.raw_output_contents
@@ -250,7 +278,8 @@ class NextHop:
 class ForwardingSession:
     """A model's session that runs the slice, then the rest of the chain (module docstring).
 
-    `run` has InferenceSession's signature; other attributes are the wrapped session's.
+    `run` has InferenceSession's signature; other attributes are the wrapped session's. The
+    next hop's call takes its id and deadline from the scheduler's run (current_run).
     """
 
     __slots__ = ("_inner", "_next", "_spec")
@@ -270,7 +299,12 @@ class ForwardingSession:
         downstream = [n for n in self._spec.downstream if n in names]
         if downstream:
             sent = {n: values[n] for n in self._spec.sends}
-            answer.update(self._next.infer(sent, downstream))
+            run = current_run()
+            if run is None:  # not run by the scheduler (a warm-up): nothing to carry on
+                answer.update(self._next.infer(sent, downstream))
+            else:
+                answer.update(self._next.infer(sent, downstream, request_id=run.request_id,
+                                               deadline=run.deadline))
         return [answer[n] for n in names]
 
     def __getattr__(self, name: str) -> Any:

@@ -157,7 +157,8 @@ class InferLaneHandlers:
                 [inputs for _, inputs in ready], [o.name for o in outputs], slots,
                 timeouts_s=[calls[i].time_left_s for i, _ in ready],
                 cancelled=[functools.partial(server.call_cancelled, calls[i].call_id)
-                           for i, _ in ready])
+                           for i, _ in ready],
+                request_ids=[_text(calls[i].request_id) for i, _ in ready])
         except Exception as exc:
             queued, refused = 0, exc
         if refused is not None:

@@ -14,6 +14,12 @@ If a joined batch fails in the model (one caller's values it rejects) or its out
 split along the batch dimension, its requests are run again one by one: one device's bad
 request must not fail another's.
 
+Whom a session run is for is readable inside it, `current_run()` (a RunContext: the request's
+id and its call's deadline), set by whichever thread runs the batch around the session call.
+A served chain slice (edgecut.cloud.forwarding) reads it to call the next hop with the same id
+and within the caller's deadline; other sessions never look. A batch of several requests has
+no id (an id names one request) and the earliest deadline among them.
+
     >>> scheduler = Scheduler(overrides={"dyn_mlp": SchedulingPolicy(max_batch_size=8,
     ...                                                              dynamic_batching=True)})
     >>> result = scheduler.for_model(model).run({"x": x}, ["y"], timeout_s=5.0)  # doctest: +SKIP
@@ -29,6 +35,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -67,8 +74,10 @@ __all__ = [
     "BatchObservation",
     "BatchResult",
     "ModelScheduler",
+    "RunContext",
     "Scheduler",
     "SchedulerStatistics",
+    "current_run",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,6 +87,35 @@ _INITIAL_BATCH_S = 0.01
 _MAX_RETRY_AFTER_MS = 60_000
 # A caller waiting in ModelScheduler.run looks at least this often whether it was cancelled.
 _POLL_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """Whom a session run is for (module docstring): the request's `id` ("" when it has none,
+    or the run is a batch of several requests) and the `deadline` of its call, a
+    time.monotonic() reading (None: no deadline; a batch: the earliest of its requests')."""
+
+    request_id: str = ""
+    deadline: float | None = None
+
+
+# Set only around a session call the scheduler makes; None anywhere else (a warm-up run).
+_RUN_CONTEXT: ContextVar[RunContext | None] = ContextVar("edgecut_run_context", default=None)
+
+
+def current_run() -> RunContext | None:
+    """The RunContext of the session run this thread is inside, or None outside one."""
+    return _RUN_CONTEXT.get()
+
+
+def _run_context(items: Sequence[Pending[_Work]]) -> RunContext:
+    """The RunContext of a run of `items`: one request's id and deadline, or for several
+    no id and the earliest deadline."""
+    if len(items) == 1:
+        work = items[0].payload
+        return RunContext(work.request_id, work.call_deadline)
+    deadlines = [d for p in items if (d := p.payload.call_deadline) is not None]
+    return RunContext("", min(deadlines, default=None))
 
 
 class GroupedReceiver(Protocol):
@@ -111,6 +149,10 @@ class _Work:
     # `cancelled()` turns true (its caller went away). It fails when its batch is taken.
     deadline: float | None = None
     cancelled: Callable[[], bool] | None = field(default=None, repr=False)
+    # What the run says it is for (RunContext): the request's id, and its call's deadline as
+    # a time.monotonic() reading (not bounded by the queue timeout: that is `deadline`'s).
+    request_id: str = ""
+    call_deadline: float | None = None
 
 
 def _wake(work: _Work) -> None:
@@ -217,7 +259,7 @@ class ModelScheduler:
     def run(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], *,
             timeout_s: float | None = None,
             cancelled: Callable[[], bool] | None = None,
-            asked_timeout_s: float | None = None) -> BatchResult:
+            asked_timeout_s: float | None = None, request_id: str = "") -> BatchResult:
         """Queue a request and wait for its result (see the class docstring for who runs it).
 
         Raises OverloadedError (with `retry_after_ms`) when the queue is full,
@@ -225,13 +267,17 @@ class ModelScheduler:
         one the request asked for, `asked_timeout_s`, where the policy allows it), passes
         before the request's batch starts, CloudUnavailableError when `cancelled()` turns
         true first (the caller went away) or the scheduler closes, and whatever the run raised
-        for this request.
+        for this request. `request_id` and `timeout_s` are what the run says it is for
+        (current_run).
         """
+        call_deadline = None if timeout_s is None else time.monotonic() + timeout_s
         timeout_s = self._with_queue_timeout(timeout_s, asked_timeout_s)
         if self._policy.batching:
             return self._run_by_workers(inputs, output_names, timeout_s=timeout_s,
-                                        cancelled=cancelled)
-        item = self._enqueue(inputs, output_names)
+                                        cancelled=cancelled, request_id=request_id,
+                                        call_deadline=call_deadline)
+        item = self._enqueue(inputs, output_names, request_id=request_id,
+                             call_deadline=call_deadline)
         work = item.payload
         wake = work.wake
         assert wake is not None  # _enqueue gives run()'s requests an Event
@@ -273,8 +319,10 @@ class ModelScheduler:
 
     def _run_by_workers(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], *,
                         timeout_s: float | None,
-                        cancelled: Callable[[], bool] | None) -> BatchResult:
-        future = self.submit(inputs, output_names)
+                        cancelled: Callable[[], bool] | None, request_id: str,
+                        call_deadline: float | None) -> BatchResult:
+        future = self._submit(inputs, output_names, timeout_s=None, cancelled=None,
+                              request_id=request_id, call_deadline=call_deadline)
         deadline = None if timeout_s is None else self._clock() + timeout_s
         while True:
             wait = _POLL_S if deadline is None else min(_POLL_S, deadline - self._clock())
@@ -292,18 +340,30 @@ class ModelScheduler:
     def submit(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], *,
                timeout_s: float | None = None,
                cancelled: Callable[[], bool] | None = None,
-               asked_timeout_s: float | None = None) -> Future[BatchResult]:
+               asked_timeout_s: float | None = None,
+               request_id: str = "") -> Future[BatchResult]:
         """Queue a request; its Future gives a BatchResult or the run's error.
 
         Raises OverloadedError (with `retry_after_ms`) when the queue is full and
         CloudUnavailableError once the scheduler is closing. A request still queued when
         `timeout_s` (or the queue timeout, as in run()) passes, or when `cancelled()` turns
         true, is not run: its Future fails with DeadlineExceededError or CloudUnavailableError
-        as run() would raise.
+        as run() would raise. `request_id` and `timeout_s` are what the run says it is for
+        (current_run).
         """
-        timeout_s = self._with_queue_timeout(timeout_s, asked_timeout_s)
+        call_deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        return self._submit(inputs, output_names,
+                            timeout_s=self._with_queue_timeout(timeout_s, asked_timeout_s),
+                            cancelled=cancelled, request_id=request_id,
+                            call_deadline=call_deadline)
+
+    def _submit(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], *,
+                timeout_s: float | None, cancelled: Callable[[], bool] | None,
+                request_id: str, call_deadline: float | None) -> Future[BatchResult]:
+        """submit(), `timeout_s` bounded by the queue timeout already."""
         self._start_workers()
-        item = self._enqueue(inputs, output_names, future=_Submitted(self))
+        item = self._enqueue(inputs, output_names, future=_Submitted(self),
+                             request_id=request_id, call_deadline=call_deadline)
         if timeout_s is not None:
             item.payload.deadline = item.enqueued_at + timeout_s
         item.payload.cancelled = cancelled
@@ -312,7 +372,8 @@ class ModelScheduler:
     def submit_many(self, requests: Sequence[Mapping[str, np.ndarray]],
                     output_names: Sequence[str], receivers: Sequence[GroupedReceiver], *,
                     timeouts_s: Sequence[float | None],
-                    cancelled: Sequence[Callable[[], bool] | None]
+                    cancelled: Sequence[Callable[[], bool] | None],
+                    request_ids: Sequence[str] | None = None
                     ) -> tuple[int, OverloadedError | None]:
         """Queue requests that arrived together, in order, each answered through its
         receiver (GroupedReceiver) rather than a Future. Each is its own request in the
@@ -320,17 +381,21 @@ class ModelScheduler:
 
         Returns (how many were queued, None) or, when the queue filled up first, the
         OverloadedError the others get. Raises CloudUnavailableError once the scheduler is
-        closing. Request i has `timeouts_s[i]` and `cancelled[i]`, as `submit` has them.
+        closing. Request i has `timeouts_s[i]`, `cancelled[i]` and `request_ids[i]` (default
+        none), as `submit` has them.
         """
+        real_now = time.monotonic()
+        call_deadlines = [None if t is None else real_now + t for t in timeouts_s]
         if self._expiring:
             timeouts_s = [self._with_queue_timeout(t) for t in timeouts_s]
+        ids = request_ids if request_ids is not None else [""] * len(requests)
         self._start_workers()
         now = self._clock()
         names = tuple(output_names)
         items = []
         shapes: list[tuple[tuple[int, ...], np.dtype]] | None = None
-        for inputs, receiver, timeout_s, gone in zip(requests, receivers, timeouts_s, cancelled,
-                                                     strict=True):
+        for inputs, receiver, timeout_s, gone, request_id, call_deadline in zip(
+                requests, receivers, timeouts_s, cancelled, ids, call_deadlines, strict=True):
             # Requests that arrive together mostly share their shapes: keyed once, then.
             same = shapes is not None and [(a.shape, a.dtype) for a in inputs.values()] == shapes
             if not same:
@@ -339,7 +404,7 @@ class ModelScheduler:
                 nbytes = sum(a.nbytes for a in inputs.values())
             work = _Work(inputs=inputs, output_names=names, future=receiver,
                          deadline=None if timeout_s is None else now + timeout_s,
-                         cancelled=gone)
+                         cancelled=gone, request_id=request_id, call_deadline=call_deadline)
             items.append(Pending(key=key, rows=rows, nbytes=nbytes, enqueued_at=now,
                                  payload=work))
         with self._cond:
@@ -395,12 +460,14 @@ class ModelScheduler:
             )
 
     def _enqueue(self, inputs: Mapping[str, np.ndarray], output_names: Sequence[str], *,
-                 future: Future[BatchResult] | None = None) -> Pending[_Work]:
+                 future: Future[BatchResult] | None = None, request_id: str = "",
+                 call_deadline: float | None = None) -> Pending[_Work]:
         """Queue a request. Without `future` it is run()'s: a Future and a wake-up Event."""
         rows, key = batch_key(inputs, output_names, self._policy)
         work = _Work(inputs=inputs, output_names=tuple(output_names),
                      future=Future() if future is None else future,
-                     wake=threading.Event() if future is None else None)
+                     wake=threading.Event() if future is None else None,
+                     request_id=request_id, call_deadline=call_deadline)
         item = Pending(key=key, rows=rows, nbytes=sum(a.nbytes for a in inputs.values()),
                        enqueued_at=self._clock(), payload=work)
         with self._cond:
@@ -592,6 +659,8 @@ class ModelScheduler:
         names = live[0].payload.output_names
         compute_started = time.perf_counter()
         shares: list[list[np.ndarray]] | None = None
+        # Set, and reset, in this thread: a worker's or a run() caller's (see current_run).
+        context = _RUN_CONTEXT.set(_run_context(live))
         try:
             if len(live) == 1:
                 shares = [run_model(self._model, live[0].payload.inputs, names, session=session)]
@@ -607,6 +676,8 @@ class ModelScheduler:
             for p in live:
                 p.payload.future.set_exception(exc)
             return
+        finally:
+            _RUN_CONTEXT.reset(context)
         if shares is None:
             # The joined run failed or its outputs do not split: run each request alone.
             for p in live:
@@ -634,12 +705,15 @@ class ModelScheduler:
     def _run_alone(self, session: ort.InferenceSession, item: Pending[_Work],
                    started: float) -> None:
         compute_started = time.perf_counter()
+        context = _RUN_CONTEXT.set(_run_context((item,)))
         try:
             outputs = run_model(self._model, item.payload.inputs, item.payload.output_names,
                                 session=session)
         except Exception as exc:
             item.payload.future.set_exception(exc)
             return
+        finally:
+            _RUN_CONTEXT.reset(context)
         compute_s = time.perf_counter() - compute_started
         self._observe(item.rows, 1, compute_s)
         item.payload.future.set_result(BatchResult(

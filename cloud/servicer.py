@@ -233,7 +233,7 @@ class InferenceServicer(InferLaneHandlers, DedupHandlers, GRPCInferenceServiceSe
                     result = self._scheduler.for_model(model).run(
                         prepared.inputs, prepared.names, timeout_s=context.time_remaining(),
                         cancelled=lambda: not context.is_active(),
-                        asked_timeout_s=asked_timeout_s(request))
+                        asked_timeout_s=asked_timeout_s(request), request_id=request_id)
                     outcome = complete(prepared, model, result)
             finally:
                 self._leave()
@@ -293,7 +293,8 @@ class InferenceServicer(InferLaneHandlers, DedupHandlers, GRPCInferenceServiceSe
                 future = scheduler.submit(prepared.inputs, prepared.names,
                                           timeout_s=context.time_remaining(),
                                           cancelled=lambda: not context.is_active(),
-                                          asked_timeout_s=asked_timeout_s(request))
+                                          asked_timeout_s=asked_timeout_s(request),
+                                          request_id=request_id)
             except BaseException:
                 self._leave()
                 raise

@@ -3,7 +3,8 @@
 The plan is written by `write_chain_plan` and each stage installed by `deploy_stage`, as
 `edgecut chain plan` and `edgecut chain deploy` do; helpers and cloud are `python -m edgecut
 serve` processes. A helper is SIGKILLed under load: nothing may be lost (an untyped
-exception, a wrong answer, or an answer past the deadline).
+exception, a wrong answer, or an answer past the deadline). The cloud logs its requests as
+JSON lines: a run's request id must reach it through the helper.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     logs.mkdir()
     deploy_stage(plan_dir, root / "cloud-repo", 2)
     cloud = EndpointProcess(root / "cloud-repo", fleet, log_dir=logs, device="device-0",
-                            name="cloud", extra_args=["--frontend", "grpcio"])
+                            name="cloud", extra_args=["--frontend", "grpcio", "--log-requests",
+                                                      "--log-format", "json"])
     helpers: list[EndpointProcess] = []
     try:
         cloud.start()
@@ -110,6 +112,34 @@ def test_outputs_equal_the_full_model_over_both_helpers(world: dict, balance: st
             assert chain.last_run().path == "chain"
         used = [h.calls for h in chain.statistics().helpers]
     assert all(calls > 0 for calls in used) and sum(used) == len(world["feeds"])
+
+
+def _request_lines(log: Path) -> list[dict]:
+    lines = []
+    for text in log.read_text(errors="replace").splitlines():
+        if text.startswith("{"):
+            line = json.loads(text)
+            if line.get("logger") == "edgecut.cloud.requests":
+                lines.append(line)
+    return lines
+
+
+def test_a_runs_request_id_reaches_the_cloud_through_the_helper(world: dict) -> None:
+    with ChainPredictor(_config(world)) as chain:
+        chain.run(None, world["feeds"][0])
+        run = chain.last_run()
+    assert run.path == "chain" and run.request_id
+    deadline = time.monotonic() + 10.0
+    while True:
+        seen = [line for line in _request_lines(world["cloud"].log)
+                if line.get("id") == run.request_id]
+        if seen or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert len(seen) == 1, _request_lines(world["cloud"].log)[-5:]
+    assert seen[0]["status"] == "OK"
+    assert seen[0]["device"] in ("helper-1", "helper-2")  # the helper's call, not a fallback
+    assert seen[0]["model"] == load_plan(world["plan"]).stages[2].endpoint_model
 
 
 def _load(chain: ChainPredictor, world: dict, *, requests: int, threads: int,
