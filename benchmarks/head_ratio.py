@@ -62,7 +62,10 @@ def _models(work: Path, quick: bool) -> list[tuple[str, Path, dict[str, tuple[in
 def _session(part: Any) -> Any:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()  # a Predictor's: default threads, all optimisations
+    from edgecut.profiles.device_profiler import default_threads
+
+    options = ort.SessionOptions()  # a Predictor's: all optimisations, the CPUs it may use
+    options.intra_op_num_threads = default_threads()
     options.log_severity_level = 3
     return ort.InferenceSession(part.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
@@ -71,6 +74,7 @@ def measure_heads(model: Any, cuts: list[Any], feeds: dict[str, Any], *, rounds:
                   budget_s: float) -> list[float]:
     """Median ms of each cut's head, all heads interleaved round by round."""
     from edgecut.partitioner import split_model
+    from edgecut.profiles.timing import settled_ms
 
     runs = []
     for cut in cuts:
@@ -88,9 +92,7 @@ def measure_heads(model: Any, cuts: list[Any], feeds: dict[str, Any], *, rounds:
         for k in range(len(runs)):  # a rotating order: no head always follows the same one
             i = (k + r) % len(runs)
             session, feed = runs[i]
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            times[i].append((time.perf_counter() - t0) * 1e3)
+            times[i].append(settled_ms(lambda s=session, f=feed: s.run(None, f)))
     return [statistics.median(t) for t in times]
 
 

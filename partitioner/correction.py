@@ -19,6 +19,8 @@ must not make the plan move with timing noise, nor with the network, so:
    heads at the device profile's `threads`, tails at the cloud's, each capped at this
    machine's cores (a ratio timed at other threads corrects a shape the plan does not run;
    where the two differ the tails are judged against the whole model at the cloud's threads).
+   Each timed run is `settled_ms` (profiles/timing.py): the session timed before it must
+   not spin its threads into this one's time.
 3. For each part and round, the part's time over the whole model's (plain runs of one round:
    a burst of load hits both) against what the profile says that share should be: the
    empty run's share of the whole model's time plus the rest split by the part's share of
@@ -160,8 +162,10 @@ def apply_correction(candidates: Sequence[Any], correction: Correction) -> list[
 def _session(part: onnx.ModelProto, threads: int = 0) -> Any:
     import onnxruntime as ort
 
+    from edgecut.profiles.device_profiler import default_threads
+
     options = ort.SessionOptions()  # a Predictor's: all graph optimisations, its threads
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or default_threads()
     options.log_severity_level = 3
     return ort.InferenceSession(part.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
@@ -210,6 +214,7 @@ def measure_correction(
     the same rounds.
     """
     from edgecut.profiles.model_profiler import ProfilingSession, node_names
+    from edgecut.profiles.timing import settled_ms
 
     start = clock()
     anchors = anchor_cuts(candidates)
@@ -262,14 +267,11 @@ def measure_correction(
         if rounds >= MIN_ROUNDS and elapsed > budget_s:
             break
         profiled.run()
-        t0 = clock()
-        empty.run(None, empty_feed)
-        empty_ms.append((clock() - t0) * 1e3)
+        empty_ms.append(settled_ms(lambda: empty.run(None, empty_feed), clock=clock, timed=1))
         for k in range(len(parts)):
             part = parts[(k + rounds) % len(parts)]
-            t0 = clock()
-            part.session.run(None, part.feed)
-            part.times.append((clock() - t0) * 1e3)
+            part.times.append(settled_ms(lambda p=part: p.session.run(None, p.feed), clock=clock,
+                                         timed=1))
         rounds += 1
     tables, profiled_ms = profiled.finish(skip=1)
     per_round = [[table.get(names[i], 0.0) if i is not None else 0.0 for i in model_index]

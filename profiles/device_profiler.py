@@ -2,8 +2,11 @@
 
 Each operator class is timed on a tiny ONNX graph built with onnx.helper (four Convs, four
 MatMuls, an elementwise chain, four MaxPools, four LayerNorms, four Softmaxes) run through
-onnxruntime on the CPU with its default session options, as a Predictor runs (default
-threads: recorded as `threads`). A class's GFLOP/s is the graph's FLOPs, counted by
+onnxruntime on the CPU with a Predictor's session options: all defaults but the threads,
+which are the CPUs this process may use (`default_threads`: its affinity and cgroup CPU
+quota, as a Predictor with `intra_op_threads = 0` runs), recorded as `threads`. Every graph
+is timed settled (profiles/timing.py): the graph that ran before must not spin its threads
+into this one's time. A class's GFLOP/s is the graph's FLOPs, counted by
 `edgecut.profiles.opclass` (the same count the predictions use, so the calibration is
 consistent), over the median run time, the graph's launch costs taken off. Conv and gemm
 graphs run with onnxruntime's full graph optimisations, as a real model would; the others
@@ -18,7 +21,8 @@ stream at about 40: strided copies are not what bounds most nodes, and every nod
 PP-OCR classifier came out 4-5x too slow.)
 
 Launch costs: a graph of one Relu on 16 numbers and a chain of 33 such Relus, timed the same
-way: `run_overhead_ms` is one run less its node (the session call itself). Then
+way in a window of their own: `run_overhead_ms` is one run less its node (the session call
+itself). Then
 `edgecut.profiles.calibration` times a mobile-style reference network at two sizes and fits
 `node_overhead_ms` (each kernel's launch, thread-pool fork and join included) and the
 effective memory bandwidth to both runs: what real models pay around their kernels.
@@ -55,8 +59,10 @@ import onnxruntime as ort
 import psutil
 from onnx import TensorProto, helper, numpy_helper, shape_inference
 
+from edgecut.cpu_budget import read_cpu_budget
 from edgecut.profiles.opclass import classify_node, graph_shapes
 from edgecut.profiles.schema import DeviceProfile, PowerModel
+from edgecut.profiles.timing import settled_ms
 
 __all__ = ["MachineSpeed", "ProgressCallback", "default_threads", "measure_class_throughput",
            "measure_machine", "profile_device"]
@@ -158,6 +164,7 @@ def _session(model: onnx.ModelProto, optimise: bool) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimise
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.intra_op_num_threads = default_threads()
     options.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
@@ -172,12 +179,14 @@ def _feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def _interleaved_ms(runs: list[tuple[ort.InferenceSession, dict[str, np.ndarray]]], seconds: float,
-                    min_rounds: int = 5) -> list[float]:
+                    min_rounds: int = 5, settle: bool = False) -> list[float]:
     """Median ms per run of each session, all timed round by round in one window.
 
     Two warm-up runs each, then rounds that run every session once, in an order rotated each
     round, for about `seconds` (at least `min_rounds` rounds): on a shared machine a burst
     of load hits every graph alike instead of one class, so the figures keep their ratios.
+    With `settle`, each visit is `settled_ms` (profiles/timing.py), for graphs of a few
+    microseconds, whose time the previous session's spinning threads would otherwise be.
     """
     for session, feeds in runs:
         for _ in range(2):
@@ -189,6 +198,9 @@ def _interleaved_ms(runs: list[tuple[ort.InferenceSession, dict[str, np.ndarray]
         for k in range(len(runs)):
             i = (k + rounds) % len(runs)
             session, feeds = runs[i]
+            if settle:
+                times[i].append(settled_ms(lambda s=session, f=feeds: s.run(None, f)))
+                continue
             start = time.perf_counter()
             session.run(None, feeds)
             times[i].append((time.perf_counter() - start) * 1e3)
@@ -219,12 +231,14 @@ def measure_machine(*, quick: bool = False, progress: ProgressCallback | None = 
     if progress:
         progress("building the benchmark graphs", 0, 1)
     runs = [(_session(m, optimise=c in ("conv", "gemm")), _feeds(m)) for c, m in classes.items()]
-    runs += [(_session(_overhead_models(n), optimise=False), tiny) for n in (1, LAUNCH_CHAIN)]
     runs += [(_session(m, optimise=True), _feeds(m)) for m in reference]
+    launch = [(_session(_overhead_models(n), optimise=False), tiny) for n in (1, LAUNCH_CHAIN)]
     if progress:
         progress("timing the benchmark graphs, interleaved", 0, 1)
-    ms = _interleaved_ms(runs, 1.5 if quick else 12.0)
-    one, many = ms[len(classes)], ms[len(classes) + 1]
+    ms = _interleaved_ms(runs, 1.5 if quick else 11.0, settle=True)
+    # The launch graphs in a window of their own: timed between the heavy graphs, even
+    # settled, a one-node run measured 2-10x the 5 us it takes in a Predictor.
+    one, many = _interleaved_ms(launch, 0.3 if quick else 1.0, settle=True)
     small_ms = max(0.0, (many - one) / (LAUNCH_CHAIN - 1))
     run_ms = max(0.0, one - small_ms)
     gflops: dict[str, float] = {}
@@ -239,7 +253,7 @@ def measure_machine(*, quick: bool = False, progress: ProgressCallback | None = 
                            default_gflops=gflops["elementwise"], memory_gbps=memory_gbps,
                            power=PowerModel(idle_w=0, compute_w=0, transmit_w=0, receive_w=0),
                            run_overhead_ms=run_ms, small_node_overhead_ms=small_ms)
-    node_ms, fitted_gbps = fit_to_reference(stream, reference, ms[len(classes) + 2:])
+    node_ms, fitted_gbps = fit_to_reference(stream, reference, ms[len(classes):])
     return MachineSpeed(gflops_by_class=gflops, memory_gbps=fitted_gbps, run_overhead_ms=run_ms,
                         node_overhead_ms=node_ms, small_node_overhead_ms=small_ms)
 
@@ -252,9 +266,11 @@ def measure_class_throughput(*, quick: bool = False,
 
 
 def default_threads() -> int:
-    """The intra-op threads onnxruntime uses with default session options: one per physical
-    core (what a Predictor with `intra_op_threads = 0` gets)."""
-    return int(psutil.cpu_count(logical=False) or psutil.cpu_count() or 1)
+    """The intra-op threads a Predictor with `intra_op_threads = 0` runs: the CPUs this
+    process may use, its affinity and cgroup CPU quota (edgecut.cpu_budget). onnxruntime's
+    own default, one per physical core, ignores both; the profile's sessions run this
+    count and the profile records it."""
+    return read_cpu_budget().cpus
 
 
 def _read_int(path: Path) -> int | None:
