@@ -13,8 +13,9 @@
 `--helper PROFILE@LINK` is one more hop after the device, in order: a device profile (a
 catalogue name or a .toml) and the link that reaches it from the hop before (a catalogue
 network, a .toml, or up=MBPS,down=MBPS,rtt=MS). `--network` stays the link to the cloud.
-`--explain` prints every hop's compute and memory and every link's transfer, then the chain
-against the best single cut and device-only, costed alike. `chain deploy` installs one
+`--explain` prints every hop's compute, serving CPU (taking the request, calling the next hop,
+(de)serialising its tensors) and memory and every link's transfer, then the chain against
+the best single cut and device-only, costed alike. `chain deploy` installs one
 stage in a repository that `edgecut serve` serves: its slice, and unless it is the last
 stage, where to forward (`--next`: the next stage's endpoint(s); `--tls`/`--device`: the
 folder and certificate this hop presents there). `chain run` is one inference from the
@@ -66,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # argparse has no
                    help="concrete shape for an input with symbolic dimensions (repeatable)")
     p.add_argument("--name", help="endpoint model name (default: the file's stem)")
     p.add_argument("--explain", action="store_true",
-                   help="print every hop's compute, transfer and memory")
+                   help="print every hop's compute, serving CPU, transfer and memory")
     p.add_argument("--json", action="store_true", help="with --explain: JSON instead")
     p.add_argument("--out", type=Path, metavar="DIR", help="plan folder to write")
     p.set_defaults(func=_cmd_plan)
@@ -171,9 +172,11 @@ def _print_explain(rows: list[dict[str, Any]], summary: dict[str, Any], cuts: An
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"chain at cuts {list(cuts)}: every hop and link, per request")
-    for column in ("hop / link", "profile", "nodes", "compute ms", "memory MiB", "up KiB",
-                   "down KiB", "transfer ms", "rtt ms", ""):
+    table = Table(title=f"chain at cuts {list(cuts)}: every hop and link, per request",
+                  caption="serve ms: a hop's CPU for being served, calling the next hop and "
+                          "(de)serialising what it receives and sends")
+    for column in ("hop / link", "profile", "nodes", "compute ms", "serve ms", "memory MiB",
+                   "up KiB", "down KiB", "transfer ms", "rtt ms", ""):
         table.add_column(column, justify="left" if column in ("hop / link", "profile", "")
                          else "right")
     for r in rows:
@@ -181,11 +184,11 @@ def _print_explain(rows: list[dict[str, Any]], summary: dict[str, Any], cuts: An
             limit = r["memory_limit_bytes"]
             mark = "" if r["fits"] else "over memory"
             table.add_row(r["name"], r["profile"], str(r["nodes"]), f"{r['compute_ms']:.3f}",
-                          f"{r['memory_bytes'] / 2**20:.2f}"
+                          f"{r['serve_ms']:.3f}", f"{r['memory_bytes'] / 2**20:.2f}"
                           + ("" if limit is None else f" / {limit / 2**20:.0f}"),
                           "", "", "", "", mark)
         else:
-            table.add_row(f"  → {r['name']}", "", "", "", "", f"{r['up_bytes'] / 1024:.1f}",
+            table.add_row(f"  → {r['name']}", "", "", "", "", "", f"{r['up_bytes'] / 1024:.1f}",
                           f"{r['down_bytes'] / 1024:.1f}", f"{r['up_ms'] + r['down_ms']:.3f}",
                           f"{r['rtt_ms']:.1f}", "" if r["used"] else "unused")
     Console().print(table)

@@ -6,17 +6,28 @@ the nodes at positions [p_{j-1}, p_j) (p_0 = 0, p_k = N). What crosses link i (h
 i + 1) depends on p_i alone: every tensor made before p_i (graph inputs included) that a node
 at p_i or later reads goes up, whichever earlier hop made it (a helper forwards what it
 received and the next hops need); every graph output made at p_i or later comes back down.
-So the chain's cost splits into terms of one segment or one position, and the best cuts are an
-exact dynamic programme over positions, O(k N^2):
 
-    latency    = sum_j compute_j(p_{j-1}, p_j) + sum_{i: p_i < N} (up_i + rtt_i + down_i)
-    bottleneck = max(compute_j, up_i, down_i)   (the slowest stage of a pipelined stream;
+Every hop after the device is a served hop (an `edgecut serve` endpoint): per request it
+takes a ModelInfer (parses it, decodes its tensors, schedules it), runs its slice, calls the
+next hop if link j is used, and answers. That CPU is charged to the hop as `serve_j`:
+
+    serve_j = [j >= 1 and p_{j-1} < N] * (serve_ms_j + (up_bytes_{j-1} + down_bytes_{j-1}) / ser_j)
+            + [j < k - 1 and p_j < N]  * (call_ms_j  + (up_bytes_j + down_bytes_j) / ser_j)
+
+(`Hop.serve_ms`, `Hop.call_ms`, `ser_j` = `Hop.serialise_mbps`; raw bytes; the device pays
+only the second line: it calls but is not served). serve_j depends on hop j's two boundaries
+alone, like its compute, so the chain's cost splits into terms of one segment or one
+position, and the best cuts are an exact dynamic programme over positions, O(k N^2):
+
+    stage_j    = compute_j(p_{j-1}, p_j) + serve_j(p_{j-1}, p_j)
+    latency    = sum_j stage_j + sum_{i: p_i < N} (up_i + rtt_i + down_i)
+    bottleneck = max(stage_j, up_i, down_i)     (the slowest stage of a pipelined stream;
                                                  round trips delay requests, not the rate)
 
 `objective="throughput"` minimises the bottleneck first (a min-max programme), then the
 latency among the cuts that reach it (the same programme, restricted to terms within it):
 both exact. A link is used only when something runs beyond it (p_i < N); an empty helper
-(p_i == p_{i+1} < N) relays what it receives, paying its link but no compute.
+(p_i == p_{i+1} < N) relays what it receives, paying its link and its serving but no compute.
 
 Memory: hop j's segment must fit `Hop.memory_bytes`: its weights plus the peak of live
 activations while it runs. A tensor is live at step s when it is available (made at or before
@@ -65,6 +76,7 @@ __all__ = [
     "LinkCost",
     "best_chain",
     "estimate_chain",
+    "estimate_serve_ms",
     "segment_memory_bytes",
 ]
 
@@ -79,7 +91,12 @@ class Hop:
     """One machine of the chain: its time per CostGraph node and its memory limit (None: none).
 
     `run_overhead_ms` is paid once per request by a hop that runs anything (a session run,
-    and for a served hop its queue).
+    and for a served hop its queue). The serving terms (module docstring) are CPU the hop
+    spends per request whether or not it runs anything: `serve_ms` when a request reaches it
+    (every hop but the device: taking the ModelInfer and answering it), `call_ms` when it
+    calls the next hop (the client side of that gRPC call), and `serialise_mbps` the rate at
+    which it (de)serialises the raw bytes it receives, answers, sends on and gets back (inf:
+    free). The defaults (0, 0, inf) charge nothing; `chain_plan` fills them from profiles.
     """
 
     name: str
@@ -87,6 +104,9 @@ class Hop:
     memory_bytes: int | None = None
     run_overhead_ms: float = 0.0
     kind: str = "helper"  # "device", "helper" or "cloud": where plan.json says it runs
+    serve_ms: float = 0.0
+    call_ms: float = 0.0
+    serialise_mbps: float = math.inf
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "node_ms", tuple(float(x) for x in self.node_ms))
@@ -94,8 +114,12 @@ class Hop:
                     for i, x in enumerate(self.node_ms) if not (math.isfinite(x) and x >= 0)]
         if self.memory_bytes is not None and self.memory_bytes < 0:
             problems.append(f"memory_bytes must be >= 0 or None, got {self.memory_bytes}")
-        if not (math.isfinite(self.run_overhead_ms) and self.run_overhead_ms >= 0):
-            problems.append(f"run_overhead_ms must be finite and >= 0, got {self.run_overhead_ms}")
+        for key in ("run_overhead_ms", "serve_ms", "call_ms"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                problems.append(f"{key} must be finite and >= 0, got {value}")
+        if not self.serialise_mbps > 0:
+            problems.append(f"serialise_mbps must be > 0 (inf: free), got {self.serialise_mbps}")
         if self.kind not in ("device", "helper", "cloud"):
             problems.append(f"kind must be 'device', 'helper' or 'cloud', got {self.kind!r}")
         if problems:
@@ -127,17 +151,35 @@ class Link:
         if problems:
             raise UserInputError(f"link {self.name!r}: " + "; ".join(problems))
 
-    def up_ms(self, nbytes: int) -> float:
+    def up_ms(self, nbytes: float) -> float:
         return transfer_ms(nbytes, self.encode_mbps) + transfer_ms(
             nbytes / self.compression_ratio, self.uplink_mbps)
 
-    def down_ms(self, nbytes: int) -> float:
+    def down_ms(self, nbytes: float) -> float:
         return transfer_ms(nbytes, self.downlink_mbps)
+
+
+def estimate_serve_ms(hop: Hop, received: tuple[int, int] | None, sent: tuple[int, int] | None) -> float:
+    """Hop `hop`'s serving CPU per request (module docstring): `received` is (up, down) raw
+    bytes of the link that reaches it when a request comes in over it, `sent` those of the link
+    to the next hop when it calls it; None where that link is unused or missing."""
+    total = 0.0
+    nbytes = 0
+    if received is not None:
+        total += hop.serve_ms
+        nbytes += received[0] + received[1]
+    if sent is not None:
+        total += hop.call_ms
+        nbytes += sent[0] + sent[1]
+    return total + transfer_ms(nbytes, hop.serialise_mbps)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HopCost:
-    """What one hop does per request: positions [start, end) of the order."""
+    """What one hop does per request: positions [start, end) of the order.
+
+    `serve_ms` is its serving CPU (module docstring) and `serialised_bytes` the raw bytes it
+    (de)serialises; `stage_ms` = compute + serving, its stage of a pipelined stream."""
 
     name: str
     start: int
@@ -145,10 +187,16 @@ class HopCost:
     compute_ms: float
     memory_bytes: int
     fits: bool
+    serve_ms: float = 0.0
+    serialised_bytes: int = 0
 
     @property
     def nodes(self) -> int:
         return self.end - self.start
+
+    @property
+    def stage_ms(self) -> float:
+        return self.compute_ms + self.serve_ms
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,7 +237,9 @@ class ChainCost:
             "cuts": list(self.cuts), "latency_ms": round(self.latency_ms, 9),
             "bottleneck_ms": round(self.bottleneck_ms, 9),
             "hops": [{"name": h.name, "start": h.start, "end": h.end, "nodes": h.nodes,
-                      "compute_ms": round(h.compute_ms, 9), "memory_bytes": h.memory_bytes,
+                      "compute_ms": round(h.compute_ms, 9), "serve_ms": round(h.serve_ms, 9),
+                      "serialised_bytes": h.serialised_bytes,
+                      "stage_ms": round(h.stage_ms, 9), "memory_bytes": h.memory_bytes,
                       "fits": h.fits} for h in self.hops],
             "links": [{"name": c.name, "used": c.used, "up_bytes": c.up_bytes,
                        "down_bytes": c.down_bytes, "up_ms": round(c.up_ms, 9),
@@ -297,11 +347,34 @@ class _Model:
         self.t = _Tables(graph)
         self.prefix = [[0.0, *list(itertools.accumulate(h.node_ms[v] for v in graph.order))]
                        for h in hops]
+        k, n = len(self.hops), self.t.n
+        self.serve_in = [[estimate_serve_ms(h, self._boundary(p), None) if j >= 1 else 0.0
+                          for p in range(n + 1)] for j, h in enumerate(self.hops)]
+        self.serve_out = [[estimate_serve_ms(h, None, self._boundary(p)) if j < k - 1 else 0.0
+                           for p in range(n + 1)] for j, h in enumerate(self.hops)]
 
     def compute(self, j: int, a: int, b: int) -> float:
         if a == b:
             return 0.0
         return self.prefix[j][b] - self.prefix[j][a] + self.hops[j].run_overhead_ms
+
+    def _boundary(self, p: int) -> tuple[int, int] | None:
+        return None if p >= self.t.n else (self.t.cross[p], self.t.down[p])
+
+    def serve(self, j: int, a: int, b: int) -> float:
+        """Hop j's serving CPU with its segment [a, b): served over link j - 1 when a < N
+        (j >= 1), calling over link j when b < N (j < k - 1). A sum of a term of a and a
+        term of b (the bytes are charged at one rate), tabulated once."""
+        return self.serve_in[j][a] + self.serve_out[j][b]
+
+    def stage(self, j: int, a: int, b: int) -> float:
+        """Hop j's time per request on [a, b): compute and serving."""
+        return self.compute(j, a, b) + self.serve(j, a, b)
+
+    def serialised(self, j: int, a: int, b: int) -> int:
+        received = self._boundary(a) if j >= 1 else None
+        sent = self._boundary(b) if j < len(self.hops) - 1 else None
+        return sum(sum(x) for x in (received, sent) if x is not None)
 
     def fits(self, j: int, a: int, b: int) -> bool:
         limit = self.hops[j].memory_bytes
@@ -319,6 +392,8 @@ class _Model:
         bounds = [0, *cuts, n]
         hops = tuple(HopCost(name=h.name, start=bounds[j], end=bounds[j + 1],
                              compute_ms=self.compute(j, bounds[j], bounds[j + 1]),
+                             serve_ms=self.serve(j, bounds[j], bounds[j + 1]),
+                             serialised_bytes=self.serialised(j, bounds[j], bounds[j + 1]),
                              memory_bytes=self.t.memory_row(bounds[j])[bounds[j + 1] - bounds[j]],
                              fits=self.fits(j, bounds[j], bounds[j + 1]))
                      for j, h in enumerate(self.hops))
@@ -330,10 +405,10 @@ class _Model:
                                   up_bytes=self.t.cross[cuts[i]] if used else 0,
                                   down_bytes=self.t.down[cuts[i]] if used else 0,
                                   up_ms=up, down_ms=down, rtt_ms=rtt))
-        latency = sum(h.compute_ms for h in hops) + sum(c.up_ms + c.down_ms + c.rtt_ms
-                                                         for c in links)
-        bottleneck = max([h.compute_ms for h in hops] + [x for c in links
-                                                         for x in (c.up_ms, c.down_ms)])
+        latency = sum(h.stage_ms for h in hops) + sum(c.up_ms + c.down_ms + c.rtt_ms
+                                                       for c in links)
+        bottleneck = max([h.stage_ms for h in hops] + [x for c in links
+                                                       for x in (c.up_ms, c.down_ms)])
         return ChainCost(cuts=tuple(cuts), hops=hops, links=tuple(links), latency_ms=latency,
                          bottleneck_ms=bottleneck)
 
@@ -429,7 +504,7 @@ def _dp_run(model: _Model, *, bottleneck: bool, limit: float) -> tuple[float, tu
     combine = max if bottleneck else (lambda a, b: a + b)
     inf = math.inf
     # best[p]: the least value of hops 0..j with hop j ending at p; back[j][p]: its start.
-    best = [model.compute(0, 0, p) if model.fits(0, 0, p) and model.compute(0, 0, p) <= limit
+    best = [model.stage(0, 0, p) if model.fits(0, 0, p) and model.stage(0, 0, p) <= limit
             else inf for p in range(n + 1)]
     back: list[list[int]] = [[0] * (n + 1)]
     for j in range(1, k):
@@ -446,7 +521,7 @@ def _dp_run(model: _Model, *, bottleneck: bool, limit: float) -> tuple[float, tu
             for q in range(p + 1):
                 if best[q] == inf or link_value[q] == inf:
                     continue
-                c = model.compute(j, q, p)
+                c = model.stage(j, q, p)
                 if c > limit or not model.fits(j, q, p):
                     continue
                 value = combine(combine(best[q], link_value[q]), c)

@@ -11,7 +11,10 @@ so the sets nest and are down-sets; v's compute telescopes into a charge c_i(v) 
 for being in D_i; each layer carries the single cut's tensor gadget (`search/mincut.py`) for
 what crosses link i, and an output made outside D_i comes down it. Round trips (a fixed
 charge while anything runs past link i) are exact by trying each count of used links, D_i = V
-forced for the rest: at most k min-cuts. Capacities are rounded to 1e-6 ms.
+forced for the rest: at most k min-cuts. The serving terms fit the same way: a used link's
+bytes are (de)serialised at both its ends (a per-tensor charge on its gadget), and the fixed
+`call_ms` and `serve_ms` of its two ends come with its round trip. Capacities are rounded
+to 1e-6 ms.
 
 Example:
     >>> from edgecut.partitioner.costgraph import chain_costgraph
@@ -40,7 +43,9 @@ from edgecut.partitioner.chain import (
     _key,
     _Model,
     _round,
+    estimate_serve_ms,
 )
+from edgecut.partitioner.cost import transfer_ms
 from edgecut.partitioner.costgraph import CostGraph
 
 __all__ = ["MAX_DOWNSET_NODES", "best_nested_downsets", "cost_of_parts", "min_cut_chain",
@@ -61,22 +66,14 @@ def cost_of_parts(graph: CostGraph, hops: Sequence[Hop], links: Sequence[Link],
     label = {v: j for j, part in enumerate(parts) for v in part}
     k = len(hops)
     n = len(graph.nodes)
-    hop_costs = []
-    for j, part in enumerate(parts):
-        order = [v for v in graph.order if v in part]
-        compute = sum(hops[j].node_ms[v] for v in order) + (hops[j].run_overhead_ms if order else 0)
-        memory = _memory_of(graph, label, j, order)
-        limit = hops[j].memory_bytes
-        if limit is not None and memory > limit:
-            return None
-        hop_costs.append(HopCost(name=hops[j].name, start=0, end=len(order), compute_ms=compute,
-                                 memory_bytes=memory, fits=True))
     link_costs = []
+    carried: list[tuple[int, int] | None] = []  # (up, down) bytes of each used link
     for i in range(k - 1):
         beyond = {v for v in range(n) if label[v] > i}
         if not beyond:
             link_costs.append(LinkCost(name=links[i].name, used=False, up_bytes=0, down_bytes=0,
                                        up_ms=0.0, down_ms=0.0, rtt_ms=0.0))
+            carried.append(None)
             continue
         up = sum(t.bytes for t in graph.tensors
                  if (t.producer is None or label[t.producer] <= i)
@@ -86,9 +83,25 @@ def cost_of_parts(graph: CostGraph, hops: Sequence[Hop], links: Sequence[Link],
         link_costs.append(LinkCost(name=links[i].name, used=True, up_bytes=up, down_bytes=down,
                                    up_ms=links[i].up_ms(up), down_ms=links[i].down_ms(down),
                                    rtt_ms=links[i].rtt_ms))
-    latency = sum(h.compute_ms for h in hop_costs) + sum(c.up_ms + c.down_ms + c.rtt_ms
-                                                         for c in link_costs)
-    bottleneck = max([h.compute_ms for h in hop_costs]
+        carried.append((up, down))
+    hop_costs = []
+    for j, part in enumerate(parts):
+        order = [v for v in graph.order if v in part]
+        compute = sum(hops[j].node_ms[v] for v in order) + (hops[j].run_overhead_ms if order else 0)
+        memory = _memory_of(graph, label, j, order)
+        limit = hops[j].memory_bytes
+        if limit is not None and memory > limit:
+            return None
+        received = carried[j - 1] if j >= 1 else None  # a request reaches hop j
+        sent = carried[j] if j < k - 1 else None  # hop j calls hop j + 1
+        hop_costs.append(HopCost(
+            name=hops[j].name, start=0, end=len(order), compute_ms=compute,
+            serve_ms=estimate_serve_ms(hops[j], received, sent),
+            serialised_bytes=sum(sum(x) for x in (received, sent) if x is not None),
+            memory_bytes=memory, fits=True))
+    latency = sum(h.stage_ms for h in hop_costs) + sum(c.up_ms + c.down_ms + c.rtt_ms
+                                                       for c in link_costs)
+    bottleneck = max([h.stage_ms for h in hop_costs]
                      + [x for c in link_costs for x in (c.up_ms, c.down_ms)])
     return ChainCost(cuts=(), hops=tuple(hop_costs), links=tuple(link_costs),
                      latency_ms=latency, bottleneck_ms=bottleneck)
@@ -225,16 +238,22 @@ def min_cut_chain(graph: CostGraph, hops: Sequence[Hop], links: Sequence[Link],
                     edge((v, i), (u, i), inf)
             if i >= used:
                 continue
+            # Both ends of a used link (de)serialise what it carries, per raw byte.
+            def ends(nbytes: int, i: int = i) -> float:
+                return (transfer_ms(nbytes, hops[i].serialise_mbps)
+                        + transfer_ms(nbytes, hops[i + 1].serialise_mbps))
+
             for ti, t in enumerate(graph.tensors):
                 if t.consumers:
-                    up = links[i].up_ms(t.bytes)
+                    up = links[i].up_ms(t.bytes) + ends(t.bytes)
                     maker: object = "s" if t.producer is None else (t.producer, i)
                     edge(maker, ("x", ti, i), up)
                     for c in t.consumers:
                         edge(("x", ti, i), (c, i), inf)
                 if t.is_graph_output and t.producer is not None:
-                    edge("s", (t.producer, i), links[i].down_ms(t.bytes))
-        constant += sum(hops[-1].node_ms) + sum(links[i].rtt_ms for i in range(used))
+                    edge("s", (t.producer, i), links[i].down_ms(t.bytes) + ends(t.bytes))
+        constant += sum(hops[-1].node_ms) + sum(links[i].rtt_ms + hops[i].call_ms
+                                                + hops[i + 1].serve_ms for i in range(used))
         value, (source, _) = nx.minimum_cut(g, "s", "t")
         sets = tuple(frozenset(v for v in range(n) if (v, i) in source) for i in range(k - 1))
         cost = cost_of_parts(graph, hops, links, _parts(sets, n))

@@ -4,6 +4,10 @@ The shell around `edgecut.partitioner.chain`: per-node times of every hop from i
 (`planner.node_times`: a measured table for this very file, else the calibration), one link
 per hop after the device (the link that reaches it; the cloud's is `network`, as in a
 single-cut plan), each hop's memory from its profile (`memory_mib`; the cloud unlimited).
+Each hop's serving CPU (`edgecut.partitioner.chain`, module docstring) comes from its
+profile too: `serve_ms` and `serialise_mbps` where the profile gives them, else this class
+of machine's figures scaled to the profile's `memory_gbps` (`serve_ms_of`,
+`serialise_mbps_of`); a call to the next hop costs `CALL_SHARE` of `serve_ms`.
 The same run costs the best single cut (device and cloud over `network`) and device-only
 with the same figures, so the chain is compared with them in one table.
 
@@ -36,7 +40,7 @@ from edgecut.partitioner.chain_extract import chain_slices, verify_chain
 from edgecut.partitioner.costgraph import CostGraph, costgraph_from_model
 from edgecut.partitioner.cuts import cut_from_device_set, list_cuts
 from edgecut.partitioner.graph import analyse_graph
-from edgecut.partitioner.planner import cost_parameters, node_times
+from edgecut.partitioner.planner import REFERENCE_MEMORY_GBPS, cost_parameters, node_times
 from edgecut.partitioner.shapes import (
     concrete_input_shapes,
     resolve_tensors,
@@ -45,7 +49,52 @@ from edgecut.partitioner.shapes import (
 )
 from edgecut.profiles.schema import CloudProfile, DeviceProfile, NetworkProfile
 
-__all__ = ["ChainPlanned", "plan_chain", "write_chain_plan"]
+__all__ = ["CALL_SHARE", "SERIALISE_MBPS", "SERVE_MS", "ChainPlanned", "plan_chain",
+           "serialise_mbps_of", "serve_ms_of", "write_chain_plan"]
+
+# The serving figures of a hop whose profile does not give them, measured on this project's
+# 2-core x86 VM (the class of `REFERENCE_MEMORY_GBPS`, catalogue laptop.toml), `edgecut
+# serve` over grpcio with TLS:
+# - SERVE_MS: benchmarks/results/http_vs_grpc-2026-12-02-a.json, 16 floats in and 4 out:
+#   0.70 ms of server CPU per request from one client, 0.53 ms from 16; their middle.
+# - CALL_SHARE: the same run, one client: 937 req/s is 1.07 ms a call, 0.70 of it the server's
+#   CPU, so the client's side of a call is at most 0.37 ms: about half the server's.
+# - SERIALISE_MBPS: one 4 MiB ModelInfer goes from an edgecut client to `edgecut serve` at
+#   500-720 MB/s (serving-full-2026-11-25-b to -26-k.json, channel, edgecut/default_malloc),
+#   the client's serialisation and the server's parsing together: about 1 GB/s at each end.
+# A slower machine pays more, in proportion to its memory bandwidth (as the codec in
+# planner.cost_parameters); a faster one pays the same (Python and grpcio, not the memory,
+# set the pace there).
+SERVE_MS = 0.6
+CALL_SHARE = 0.5
+SERIALISE_MBPS = 8000.0
+
+
+def serve_ms_of(profile: DeviceProfile) -> float:
+    """The fixed CPU of one request through an endpoint on this device (ms).
+
+    Example:
+        >>> from edgecut.profiles import load_device
+        >>> round(serve_ms_of(load_device("raspberry-pi-4")), 3), serve_ms_of(load_device("laptop"))
+        (3.188, 0.6)
+    """
+    if profile.serve_ms is not None:
+        return float(profile.serve_ms)
+    return SERVE_MS * max(1.0, REFERENCE_MEMORY_GBPS / profile.memory_gbps)
+
+
+def serialise_mbps_of(profile: DeviceProfile) -> float:
+    """The rate at which this device (de)serialises tensors it receives or sends (Mbps).
+
+    Example:
+        >>> from edgecut.profiles import load_device
+        >>> pi, gpu = load_device("raspberry-pi-4"), load_device("gpu-server")
+        >>> round(serialise_mbps_of(pi)), serialise_mbps_of(gpu)
+        (1506, 8000.0)
+    """
+    if profile.serialise_mbps is not None:
+        return float(profile.serialise_mbps)
+    return SERIALISE_MBPS * min(1.0, profile.memory_gbps / REFERENCE_MEMORY_GBPS)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,7 +119,8 @@ class ChainPlanned:
         cost = self.result.cost
         for j, h in enumerate(cost.hops):
             rows.append({"kind": "hop", "name": h.name, "profile": self.profiles[j],
-                         "nodes": h.nodes, "compute_ms": h.compute_ms,
+                         "nodes": h.nodes, "compute_ms": h.compute_ms, "serve_ms": h.serve_ms,
+                         "serialised_bytes": h.serialised_bytes, "stage_ms": h.stage_ms,
                          "memory_bytes": h.memory_bytes, "memory_limit_bytes":
                          self.hops[j].memory_bytes, "fits": h.fits})
             if j < len(cost.links):
@@ -145,8 +195,11 @@ def plan_chain(
             limit = int(device_memory_bytes)
         overhead = profiles[j].run_overhead_ms + (cloud.queue_ms if kinds[j] == "cloud"
                                                   and cloud is not None else 0.0)
+        serve = serve_ms_of(profiles[j])
         return Hop(name=names[j], kind=kinds[j], memory_bytes=limit, run_overhead_ms=overhead,
-                   node_ms=tuple(tables[j][node.name] for node in graph.nodes))
+                   node_ms=tuple(tables[j][node.name] for node in graph.nodes),
+                   serve_ms=serve, call_ms=CALL_SHARE * serve,
+                   serialise_mbps=serialise_mbps_of(profiles[j]))
 
     hops = [hop(j) for j in range(len(profiles))]
     if cuts is None:

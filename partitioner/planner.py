@@ -355,8 +355,19 @@ def _components(cost: CutCost) -> dict[str, Any]:
 
 
 def profile_digest(profile: Any) -> str:
-    """sha256 of a profile's canonical JSON (its dataclass fields): names what a plan used."""
-    text = json.dumps(dataclasses.asdict(profile), sort_keys=True, default=str)
+    """sha256 of a profile's canonical JSON (its dataclass fields): names what a plan used.
+
+    Fields of `DIGEST_OMITS_WHEN_UNSET` count only where set, so adding them left every
+    earlier digest as it was."""
+    from edgecut.profiles.schema import DIGEST_OMITS_WHEN_UNSET
+
+    def canonical(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: canonical(v) for k, v in value.items()
+                    if not (k in DIGEST_OMITS_WHEN_UNSET and v is None)}
+        return value
+
+    text = json.dumps(canonical(dataclasses.asdict(profile)), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

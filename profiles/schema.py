@@ -28,6 +28,7 @@ from edgecut.errors import BadProfileError
 
 __all__ = [
     "COMPUTE_CLASSES",
+    "DIGEST_OMITS_WHEN_UNSET",
     "OPERATOR_CLASSES",
     "CloudProfile",
     "DeviceClass",
@@ -196,9 +197,17 @@ DEVICE_FIELDS = (
     FieldSpec("run_overhead_ms", "number", ">=0", required=False),
     FieldSpec("node_overhead_ms", "number", ">=0", required=False),
     FieldSpec("small_node_overhead_ms", "number", ">=0", required=False),
+    FieldSpec("serve_ms", "number", ">=0", required=False),
+    FieldSpec("serialise_mbps", "number", ">0", required=False),
     FieldSpec("per_node_model_sha256", "str", required=False),
     FieldSpec("source", "str", required=False),
 )
+
+
+# Fields added after plans began recording profile digests (planner.profile_digest): left out
+# of a digest while unset, so that the digest of a profile that does not set them, and every
+# plan written from it, stays what it was.
+DIGEST_OMITS_WHEN_UNSET = ("serve_ms", "serialise_mbps")
 
 
 # [device.runtime]: the device runtime's thresholds for this device (edge/config.py); a plan
@@ -255,6 +264,12 @@ class DeviceProfile:
     kernel (paid per node, per body node of If/Loop/Scan), `small_node_overhead_ms` that of
     a kernel too small for the thread pool (`opclass.SMALL_KERNEL_BYTES`); 0 where not
     measured.
+    `serve_ms` and `serialise_mbps` are what this device spends as a served hop of a chain
+    (placement 4; `edgecut.partitioner.chain_plan`): `serve_ms` the fixed CPU one request
+    costs its `edgecut serve` endpoint (parse the ModelInfer, schedule it, answer), and
+    `serialise_mbps` the rate at which it (de)serialises the tensors it receives and sends
+    (raw bytes, Mbps). None (the default): `chain_plan.serve_ms_of` / `serialise_mbps_of`,
+    this class of machine's measured figures (0.6 ms, 8000 Mbps) scaled to `memory_gbps`.
     Treat the dict fields as read-only.
 
     Example:
@@ -280,6 +295,8 @@ class DeviceProfile:
     node_overhead_ms: float = 0.0
     small_node_overhead_ms: float = 0.0
     runtime: dict[str, float] = field(default_factory=dict)
+    serve_ms: float | None = None
+    serialise_mbps: float | None = None
 
     def __post_init__(self) -> None:
         values = {f: getattr(self, f) for f in self.__slots__}
@@ -432,7 +449,7 @@ class CloudProfile:
 
         `reference` is required with `speedup`: the loaded `self.reference` device, or the edge
         device when `self.reference` is None. Compute and memory speed scale by `speedup`; a
-        per-node table shrinks by it.
+        per-node table and the fixed overheads shrink by it (`serve_ms` too, where given).
         """
         if self.device is not None:
             return self.device
@@ -450,6 +467,9 @@ class CloudProfile:
             run_overhead_ms=reference.run_overhead_ms / k,
             node_overhead_ms=reference.node_overhead_ms / k,
             small_node_overhead_ms=reference.small_node_overhead_ms / k,
+            serve_ms=None if reference.serve_ms is None else reference.serve_ms / k,
+            serialise_mbps=None if reference.serialise_mbps is None
+            else reference.serialise_mbps * k,
             source=f"{reference.name} x {k:g}",
         )
 

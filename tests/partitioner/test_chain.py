@@ -3,9 +3,11 @@ DAGs, memory limits, throughput, and the slices of real models chained equal the
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import importlib
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,9 +51,12 @@ def random_chain(draw: Any, graph: CostGraph, hops: int) -> tuple[list[Hop], lis
     ms = st.one_of(st.just(0.0), st.floats(0.01, 50, allow_nan=False))
     memory = st.one_of(st.none(), st.integers(0, 6_000_000))
     kinds = ["device", *["helper"] * (hops - 2), "cloud"][:hops]
+    serialise = st.one_of(st.just(math.inf), st.floats(1, 5000, allow_nan=False))
     made = [Hop(name=f"h{j}", kind=kinds[j], node_ms=tuple(draw(ms) for _ in range(n)),
                 memory_bytes=None if j == hops - 1 else draw(memory),
-                run_overhead_ms=draw(st.floats(0, 3))) for j in range(hops)]
+                run_overhead_ms=draw(st.floats(0, 3)), serve_ms=draw(st.floats(0, 5)),
+                call_ms=draw(st.floats(0, 5)), serialise_mbps=draw(serialise))
+            for j in range(hops)]
     speed = st.floats(0.5, 2000, allow_nan=False)
     links = [Link(name=f"l{i}", uplink_mbps=draw(speed), downlink_mbps=draw(speed),
                   rtt_ms=draw(st.floats(0, 50)), compression_ratio=draw(st.floats(1, 3)))
@@ -105,12 +110,14 @@ def test_tables_equal_the_set_based_cost_at_every_tuple(problem: Any) -> None:
     for cuts in itertools.islice(itertools.combinations_with_replacement(range(n + 1),
                                                                          len(hops) - 1), 60):
         fast = model.cost(cuts)
-        unlimited = [Hop(name=h.name, node_ms=h.node_ms, run_overhead_ms=h.run_overhead_ms)
-                     for h in hops]
+        unlimited = [dataclasses.replace(h, memory_bytes=None) for h in hops]
         slow = cost_of_parts(graph, unlimited, links, position_sets(graph, cuts))
         assert slow is not None
         assert math.isclose(fast.latency_ms, slow.latency_ms, rel_tol=REL, abs_tol=1e-9)
         assert math.isclose(fast.bottleneck_ms, slow.bottleneck_ms, rel_tol=REL, abs_tol=1e-9)
+        for f, s in zip(fast.hops, slow.hops, strict=True):
+            assert math.isclose(f.serve_ms, s.serve_ms, rel_tol=REL, abs_tol=1e-9)
+            assert f.serialised_bytes == s.serialised_bytes
         assert [h.memory_bytes for h in fast.hops] == [h.memory_bytes for h in slow.hops]
         assert [(c.up_bytes, c.down_bytes) for c in fast.links] == \
                [(c.up_bytes, c.down_bytes) for c in slow.links]
@@ -120,8 +127,8 @@ def test_tables_equal_the_set_based_cost_at_every_tuple(problem: Any) -> None:
 @given(problems(max_nodes=6))
 def test_down_sets_are_never_worse_than_positions(problem: Any) -> None:
     graph, hops, links = problem
-    hops = [Hop(name=h.name, node_ms=h.node_ms, run_overhead_ms=h.run_overhead_ms)
-            for h in hops]  # memory follows the run order, which differs for down-sets
+    # memory follows the run order, which differs for down-sets
+    hops = [dataclasses.replace(h, memory_bytes=None) for h in hops]
     if len(hops) > 3:
         hops, links = hops[:3], links[:2]
     dp = _value(graph, hops, links, "latency", "dp")
@@ -223,7 +230,7 @@ def test_slices_of_the_trained_text_detector_chain_to_the_full_model() -> None:
 @given(problems(max_nodes=7))
 def test_layered_min_cut_equals_nested_down_sets(problem: Any) -> None:
     graph, hops, links = problem
-    hops = [Hop(name=h.name, node_ms=h.node_ms, run_overhead_ms=0.0) for h in hops][:3]
+    hops = [dataclasses.replace(h, memory_bytes=None, run_overhead_ms=0.0) for h in hops][:3]
     links = links[: len(hops) - 1]
     downset = _value(graph, hops, links, "latency", "downset")
     mincut = best_chain(graph, hops, links, solver="mincut")
@@ -239,3 +246,135 @@ def test_min_cut_refuses_memory_limits() -> None:
     hops = [Hop(name="d", node_ms=(1,), memory_bytes=10), Hop(name="c", node_ms=(1,))]
     with pytest.raises(UserInputError, match="without memory limits"):
         best_chain(g, hops, [Link(name="l", uplink_mbps=1, downlink_mbps=1)], solver="mincut")
+
+
+# --------------------------------------------------------------------------- serving
+
+def _served_world(helper_serving: dict[str, float]) -> tuple[CostGraph, list[Hop], list[Link]]:
+    """2 nodes; input, middle and output 1000 bytes each (1 ms at 8 Mbps). The device is slow,
+    the helper fast at n0, the cloud fast at n1."""
+    g = chain_costgraph(device_ms=[1, 1], cloud_ms=[1, 1], tensor_bytes=[1000, 1000, 1000])
+    hops = [Hop(name="device", kind="device", node_ms=(30, 30)),
+            Hop(name="helper", node_ms=(2, 30), **helper_serving),
+            Hop(name="cloud", kind="cloud", node_ms=(10, 2))]
+    links = [Link(name="lan", uplink_mbps=8, downlink_mbps=8),
+             Link(name="wan", uplink_mbps=8, downlink_mbps=8, rtt_ms=10)]
+    return g, hops, links
+
+
+def test_a_helpers_serving_cost_makes_the_single_cut_win() -> None:
+    # Without serving, cuts (0, 1): lan 1 + 1, helper n0 2, wan 1 + 1 + rtt 10, cloud n1 2 = 18;
+    # the best single cut (0): wan 1 + 1 + 10, cloud 10 + 2 = 24.
+    g, hops, links = _served_world({})
+    single = best_chain(g, [hops[0], hops[2]], [links[1]])
+    assert single.cuts == (0,) and math.isclose(single.cost.latency_ms, 24)
+    free = best_chain(g, hops, links)
+    assert free.cuts == (0, 1) and math.isclose(free.cost.latency_ms, 18)
+    # Served: 4 ms to take the request, 3 to call the cloud, and 4000 bytes (lan's up and down,
+    # wan's up and down) at 8 Mbps = 4 ms: (0, 1) costs 18 + 11 = 29 > 24. Relaying at (0, 0)
+    # costs 26 + 11 = 37, running both nodes at (0, 2) 34 + 4 + 2 (lan's bytes only) = 40.
+    g, hops, links = _served_world({"serve_ms": 4, "call_ms": 3, "serialise_mbps": 8})
+    served = best_chain(g, hops, links)
+    assert served.cuts == (0, 1) and math.isclose(served.cost.latency_ms, 29)
+    helper = served.cost.hops[1]
+    assert math.isclose(helper.serve_ms, 11) and helper.serialised_bytes == 4000
+    assert math.isclose(helper.stage_ms, 13) and math.isclose(served.cost.bottleneck_ms, 13)
+    assert served.cost.latency_ms > single.cost.latency_ms
+    assert math.isclose(estimate_chain(g, hops, links, (0, 0)).latency_ms, 37)
+    assert math.isclose(estimate_chain(g, hops, links, (0, 2)).latency_ms, 40)
+    shown = served.cost.to_json()["hops"][1]  # type: ignore[index]
+    assert (shown["serve_ms"], shown["serialised_bytes"], shown["stage_ms"]) == (11, 4000, 13)
+
+
+def test_serving_is_charged_only_where_a_request_arrives_or_leaves() -> None:
+    g, hops, links = _served_world({"serve_ms": 4, "call_ms": 3, "serialise_mbps": 8})
+    hops[0] = dataclasses.replace(hops[0], call_ms=1.5, serialise_mbps=16)
+    hops[2] = dataclasses.replace(hops[2], serve_ms=0.5, serialise_mbps=8000)
+    at = estimate_chain(g, hops, links, (0, 2))  # the chain ends at the helper
+    assert [h.serve_ms for h in at.hops] == [1.5 + 1.0, 4 + 2.0, 0.0]
+    assert [h.serialised_bytes for h in at.hops] == [2000, 2000, 0]
+    alone = estimate_chain(g, hops, links, (2, 2))  # device only: nobody is served or called
+    assert [h.serve_ms for h in alone.hops] == [0.0, 0.0, 0.0]
+    assert math.isclose(alone.latency_ms, 60)
+    with pytest.raises(UserInputError, match="serve_ms must be finite and >= 0"):
+        Hop(name="h", node_ms=(1,), serve_ms=-1)
+    with pytest.raises(UserInputError, match="serialise_mbps must be > 0"):
+        Hop(name="h", node_ms=(1,), serialise_mbps=0)
+
+
+def test_throughput_counts_a_hops_serving_in_its_stage() -> None:
+    # Two hops, 10 ms a node each: unserved, the even split (2,) has stages of 20 and 20.
+    # With 12 ms of serving on the second: (2,) has stages 20 and 32, (3,) 30 and 22: (3,).
+    g = chain_costgraph(device_ms=[1] * 4, cloud_ms=[1] * 4, tensor_bytes=[8] * 5)
+    hops = [Hop(name="h0", node_ms=(10, 10, 10, 10)),
+            Hop(name="h1", node_ms=(10, 10, 10, 10), serve_ms=12)]
+    links = [Link(name="lan", uplink_mbps=1000, downlink_mbps=1000, rtt_ms=100)]
+    free = best_chain(g, [hops[0], dataclasses.replace(hops[1], serve_ms=0)], links,
+                      objective="throughput")
+    assert free.cuts == (2,) and math.isclose(free.cost.bottleneck_ms, 20)
+    served = best_chain(g, hops, links, objective="throughput")
+    assert served.cuts == (3,) and math.isclose(served.cost.bottleneck_ms, 30)
+    assert math.isclose(served.cost.hops[1].stage_ms, 22)
+    assert math.isclose(estimate_chain(g, hops, links, (2,)).bottleneck_ms, 32)
+
+
+def test_profile_serving_fields_load_save_and_leave_digests_alone(tmp_path: Path) -> None:
+    from edgecut.errors import BadProfileError
+    from edgecut.partitioner.chain_plan import serialise_mbps_of, serve_ms_of
+    from edgecut.partitioner.planner import profile_digest
+    from edgecut.profiles import load_device, save_device
+
+    pi = load_device("raspberry-pi-4")
+    assert pi.serve_ms is None and pi.serialise_mbps is None
+    # 0.6 ms and 8000 Mbps on the reference machine (memory_gbps 17), slower in proportion
+    assert math.isclose(serve_ms_of(pi), 0.6 * 17 / 3.2)
+    assert math.isclose(serialise_mbps_of(pi), 8000 * 3.2 / 17)
+    given = dataclasses.replace(pi, serve_ms=2.5, serialise_mbps=900.0)
+    back = load_device(save_device(given, tmp_path / "pi.toml"))
+    assert back == given and (serve_ms_of(back), serialise_mbps_of(back)) == (2.5, 900.0)
+    assert "serve_ms" not in (save_device(pi, tmp_path / "plain.toml")).read_text()
+    assert profile_digest(given) != profile_digest(pi)
+    # An unset field is not in the digest: the digest is the one plans recorded before it.
+    import hashlib
+    import json
+
+    old = {k: v for k, v in dataclasses.asdict(pi).items()
+           if k not in ("serve_ms", "serialise_mbps")}
+    assert profile_digest(pi) == hashlib.sha256(
+        json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()
+    bad = tmp_path / "bad.toml"
+    bad.write_text(save_device(given, tmp_path / "g.toml").read_text()
+                   .replace("serialise_mbps = 900.0", "serialise_mbps = 0"))
+    with pytest.raises(BadProfileError, match=r"device\.serialise_mbps must be > 0, got 0"):
+        load_device(bad)
+
+
+def test_plan_chain_charges_each_hop_its_profiles_serving(tmp_path: Path) -> None:
+    import onnx
+
+    from edgecut.partitioner.chain_plan import CALL_SHARE, plan_chain
+    from edgecut.profiles import load_device, load_network
+    from edgecut.profiles.schema import CloudProfile
+    from edgecut.zoo import ZOO
+
+    path = tmp_path / "m.onnx"
+    onnx.save(ZOO["dynamic_cnn"](), str(path))
+    shapes = {onnx.load(str(path)).graph.input[0].name: (1, 3, 32, 32)}
+    device, jetson = load_device("raspberry-pi-4"), load_device("jetson-nano")
+    wifi, lte = load_network("wifi"), load_network("lte")
+    cloud = CloudProfile(name="c", device=load_device("gpu-server"))
+
+    def plan(helper: Any) -> Any:
+        return plan_chain(path, device=device, network=lte, cloud=cloud,
+                          helpers=[(helper, wifi)], input_shapes=shapes, cuts=[0, 0])
+
+    slow = dataclasses.replace(jetson, serve_ms=40.0, serialise_mbps=10_000.0)
+    quick, costly = plan(jetson), plan(slow)
+    assert costly.hops[1].serve_ms == 40.0 and costly.hops[1].call_ms == 40.0 * CALL_SHARE
+    assert costly.hops[1].serialise_mbps == 10_000.0
+    helper = costly.result.cost.hops[1]
+    assert helper.nodes == 0 and helper.serve_ms > 40.0 + 20.0  # a relay still serves
+    assert costly.result.cost.latency_ms > quick.result.cost.latency_ms + 50.0
+    # The single cut skips the helper: its figures do not change it.
+    assert costly.single_cut.cost.latency_ms == quick.single_cut.cost.latency_ms
+    assert costly.explain()[2]["serve_ms"] == helper.serve_ms
