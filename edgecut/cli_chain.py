@@ -158,6 +158,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                               "cuts": list(planned.result.cuts)}, indent=1))
         else:
             _print_explain(planned.explain(), planned.summary(), planned.result.cuts)
+        key = "latency_ms" if args.objective == "latency" else "bottleneck_ms"
+        chain, single = planned.result.cost, planned.single_cut.cost
+        if len(planned.hops) > 2 and getattr(single, key) < getattr(chain, key):
+            where = ("all on the device" if not single.links or not single.links[0].used
+                     else f"device and cloud, cut {list(single.cuts)}")
+            say(f"note: the best single cut ({where}) beats this chain on {args.objective}: "
+                f"{key} {getattr(single, key):.1f} against {getattr(chain, key):.1f}; its "
+                "helpers cost more than they save")
     if args.out is not None:
         plan = write_chain_plan(planned, args.out, name=args.name)
         stages = ", ".join(f"{s['index']}:{s['where']}({s['nodes']} nodes)"

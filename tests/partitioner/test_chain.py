@@ -378,3 +378,35 @@ def test_plan_chain_charges_each_hop_its_profiles_serving(tmp_path: Path) -> Non
     # The single cut skips the helper: its figures do not change it.
     assert costly.single_cut.cost.latency_ms == quick.single_cut.cost.latency_ms
     assert costly.explain()[2]["serve_ms"] == helper.serve_ms
+
+
+def test_chain_plan_explain_shows_serving_and_says_when_the_single_cut_wins(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import onnx
+
+    from edgecut.cli import main
+    from edgecut.profiles import load_device, save_device
+    from edgecut.zoo import ZOO
+
+    path = tmp_path / "m.onnx"
+    onnx.save(ZOO["dynamic_cnn"](), str(path))
+    costly = save_device(dataclasses.replace(load_device("jetson-nano"), serve_ms=500.0),
+                         tmp_path / "costly.toml")
+    common = ["chain", "plan", str(path), "--device", "raspberry-pi-4", "--network", "lte",
+              "--input-shape", f"{onnx.load(str(path)).graph.input[0].name}=1x3x32x32",
+              "--explain", "--cuts", "0,0"]
+    assert main([*common, "--helper", f"{costly}@wifi", "--json"]) == 0
+    captured = capsys.readouterr()
+    shown = json.loads(captured.out)
+    helper = next(r for r in shown["hops"] if r["name"] == "helper1")
+    # a relay: no compute, served (500 ms), calling the cloud (250 ms), bytes both ways
+    assert helper["nodes"] == 0 and helper["serve_ms"] > 750.0
+    assert helper["stage_ms"] == helper["serve_ms"] and helper["serialised_bytes"] > 0
+    assert "note: the best single cut" in captured.err and "helpers cost more" in captured.err
+    assert shown["summary"]["single_cut"]["latency_ms"] < shown["summary"]["chain"]["latency_ms"]
+    monkeypatch.setenv("COLUMNS", "160")  # rich's width off a terminal
+    assert main([*common, "--helper", "jetson-nano@wifi"]) == 0
+    table = capsys.readouterr().out
+    assert "serve ms" in table and "helper1" in table
