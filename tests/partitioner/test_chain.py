@@ -83,7 +83,8 @@ def _value(graph: CostGraph, hops: list[Hop], links: list[Link], objective: str,
 
 
 @pytest.mark.parametrize("name", ["edgecut.partitioner.chain", "edgecut.partitioner.chain_downsets",
-                                  "edgecut.partitioner.chain_extract"])
+                                  "edgecut.partitioner.chain_extract",
+                                  "edgecut.partitioner.chain_plan"])
 def test_docstring_examples_run(name: str) -> None:
     assert doctest.testmod(importlib.import_module(name)).failed == 0
 
