@@ -307,6 +307,11 @@ class ForwardingSession:
                                                deadline=run.deadline))
         return [answer[n] for n in names]
 
+    def sibling(self, inner: Any) -> ForwardingSession:
+        """Another instance's session of the same slice, forwarding over the same next hop
+        (a scheduler with a session per instance makes these)."""
+        return ForwardingSession(inner, self._spec, self._next)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 

@@ -231,9 +231,12 @@ class ModelScheduler:
             if threads is None:
                 threads = intra_op_threads or intra_op_threads_for(
                     read_cpu_budget(), instances=self._policy.instance_count)
-            # Tracked like the model's own session, so their runs reach ModelStatistics.
-            sessions += [self._tracked(create_session(model.path, intra_op_threads=threads))
-                         for _ in range(self._policy.instance_count - 1)]
+            # Tracked like the model's own session, so their runs reach ModelStatistics; a
+            # chain stage's forward as its own does (cloud/forwarding.py's sibling).
+            sibling = getattr(model.session, "sibling", None)
+            for _ in range(self._policy.instance_count - 1):
+                extra = create_session(model.path, intra_op_threads=threads)
+                sessions.append(self._tracked(sibling(extra) if sibling else extra))
         # One entry per instance: taking one is taking the instance, its session with it.
         self._free_sessions = [sessions[i % len(sessions)]
                                for i in range(self._policy.instance_count)]

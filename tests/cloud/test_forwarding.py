@@ -453,3 +453,21 @@ def test_a_deadline_passed_already_does_not_call_the_next_hop(fleet: Path) -> No
             hop.infer(y, ["z"], request_id="late-1")  # called: nobody there
     finally:
         hop.close()
+
+
+def test_every_instance_of_a_stage_forwards_with_sessions_of_their_own(
+        hop_repos: tuple[Path, Path], fleet: Path, last_hop: EndpointServer) -> None:
+    """separate_sessions gives each instance a session of its own: each must forward as the
+    model's own does, else a run on a second instance lacks the next hop's outputs."""
+    _forward_all(hop_repos[0], last_hop.address, fleet)
+    two = SchedulingPolicy(instance_count=2)
+    with create_server(hop_repos[0], tls_dir=fleet, mutual_tls=True, workers=8,
+                       frontend="grpcio", scheduling={"hop": two}, separate_sessions=True
+                       ) as server, CloudClient(server.address, tls_dir=fleet, device=DEVICE,
+                                                timeout_s=HOP_TIMEOUT_S) as client:
+        xs = [_x(seed) for seed in range(24)]
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(
+                lambda x: client.infer("hop", {"x": x}, outputs=["z"]).outputs["z"], xs))
+    for x, z in zip(xs, results, strict=True):
+        np.testing.assert_allclose(z, 2 * (x + 1), rtol=1e-6)
