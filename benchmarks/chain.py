@@ -209,6 +209,7 @@ def _profiles(model_path: Path, shapes: dict[str, list[int]], device_fraction: f
               helper_fraction: float, wan_ms: float) -> dict[str, Any]:
     """Hops timed by this machine's own per-node table (onnxruntime's profiler, one core),
     scaled by each hop's share of a core; the LAN is loopback, the WAN has `wan_ms` each way."""
+    from edgecut.partitioner.chain_plan import serialise_mbps_of, serve_ms_of
     from edgecut.profiles import load_device
     from edgecut.profiles.model_profiler import attach_model_profile, profile_model
     from edgecut.profiles.schema import CloudProfile, NetworkProfile
@@ -223,9 +224,13 @@ def _profiles(model_path: Path, shapes: dict[str, list[int]], device_fraction: f
         n: ms * factor for n, ms in measured.per_node_ms.items()})
 
     def scaled(name: str, fraction: float) -> Any:
+        # A hop on a share of a core spends its serving CPU (chain_plan's figures for this
+        # machine) at that share too: its requests' handling stretches like its compute.
         return dataclasses.replace(measured, name=name,
                                    per_node_ms={n: ms / fraction
-                                                for n, ms in measured.per_node_ms.items()})
+                                                for n, ms in measured.per_node_ms.items()},
+                                   serve_ms=serve_ms_of(measured) / fraction,
+                                   serialise_mbps=serialise_mbps_of(measured) * fraction)
 
     lan = NetworkProfile(name="lan", uplink_mbps=4000.0, downlink_mbps=4000.0, rtt_ms=0.5)
     wan = NetworkProfile(name="wan", uplink_mbps=4000.0, downlink_mbps=4000.0,
