@@ -2,7 +2,8 @@
 
     edgecut chain plan MODEL.onnx --device pi4 --helper jetson-nano@wifi [--helper …]
                        --network lte [--cloud gpu-server | --no-cloud]
-                       [--objective latency|throughput] [--cuts 4,15] [--explain [--json]]
+                       [--objective latency|throughput] [--solver dp|mincut] [--cuts 4,15]
+                       [--explain [--json]]
                        --out DIR
     edgecut chain deploy DIR --stage 1 --repository REPO [--next HOST:PORT …]
                        [--tls TLS --device NAME] [--codec raw|zstd|…]
@@ -15,7 +16,9 @@ catalogue name or a .toml) and the link that reaches it from the hop before (a c
 network, a .toml, or up=MBPS,down=MBPS,rtt=MS). `--network` stays the link to the cloud.
 `--explain` prints every hop's compute, serving CPU (taking the request, calling the next hop,
 (de)serialising its tensors) and memory and every link's transfer, then the chain against
-the best single cut and device-only, costed alike. `chain deploy` installs one
+the best single cut and device-only, costed alike. `--solver mincut` (latency) cuts any nested
+down-sets of the graph, not only prefixes of its default order, then checks memory.
+`chain deploy` installs one
 stage in a repository that `edgecut serve` serves: its slice, and unless it is the last
 stage, where to forward (`--next`: the next stage's endpoint(s); `--tls`/`--device`: the
 folder and certificate this hop presents there). `chain run` is one inference from the
@@ -58,6 +61,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # argparse has no
                    help="the cloud: catalogue device name or .toml (default gpu-server)")
     p.add_argument("--no-cloud", action="store_true", help="the chain ends at the last helper")
     p.add_argument("--objective", choices=("latency", "throughput"), default="latency")
+    p.add_argument("--solver", choices=("dp", "mincut"), default="dp",
+                   help="dp: the best cuts of the default topological order; mincut: the best "
+                        "nested down-sets, any DAG cuts (latency only; memory checked after)")
     p.add_argument("--cuts", metavar="P1,P2,…",
                    help="write these cut positions of the topological order instead of "
                         "choosing (one per link)")
@@ -149,6 +155,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     planned = plan_chain(args.model, device=device, network=network,  # type: ignore[arg-type]
                          cloud=cloud, helpers=helpers, objective=args.objective,
                          input_shapes=shapes, device_memory_bytes=memory, cuts=cuts,
+                         solver=args.solver,
                          cloud_reference=load_device(cloud.reference)
                          if cloud is not None and cloud.reference else None)
     say = (lambda text: print(text, file=sys.stderr)) if args.json else print
@@ -171,7 +178,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         stages = ", ".join(f"{s['index']}:{s['where']}({s['nodes']} nodes)"
                            for s in plan["stages"])
         say(f"wrote {args.out}/plan.json: model {plan['model']['name']!r}, cuts "
-            f"{plan['chain']['cuts']}, stages {stages}; chain max abs diff "
+            f"{plan['chain']['cuts']}"
+            + (" of a reordered order" if "order" in plan["chain"] else "")
+            + f", stages {stages}; chain max abs diff "
             f"{plan['chain']['max_abs_diff']:.3g}")
     return 0
 

@@ -49,7 +49,7 @@ from edgecut.partitioner.cost import transfer_ms
 from edgecut.partitioner.costgraph import CostGraph
 
 __all__ = ["MAX_DOWNSET_NODES", "best_nested_downsets", "cost_of_parts", "min_cut_chain",
-           "position_sets"]
+           "order_of_sets", "position_sets"]
 
 MAX_DOWNSET_NODES = 12
 
@@ -57,6 +57,32 @@ def position_sets(graph: CostGraph, cuts: Sequence[int]) -> list[frozenset[int]]
     """The node set of each hop for cuts along the order."""
     bounds = [0, *cuts, len(graph.order)]
     return [frozenset(graph.order[bounds[j]:bounds[j + 1]]) for j in range(len(bounds) - 1)]
+
+
+def order_of_sets(graph: CostGraph, sets: Sequence[frozenset[int]]
+                  ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A topological order of which nested down-sets D_1 ⊆ ... ⊆ D_{k-1} are prefixes, and
+    the cut positions along it (their sizes): D_1's nodes in the graph's order, then
+    D_2 \\ D_1's, ..., then the rest. Each block is valid in the graph's relative order
+    because every set is a down-set. Prefixes of the graph's order give the order itself.
+
+    Example:
+        >>> from edgecut.partitioner.costgraph import CostGraph, CostNode, CostTensor
+        >>> g = CostGraph(nodes=[CostNode(index=i, name=n, device_ms=1, cloud_ms=1)
+        ...                      for i, n in enumerate("abc")], order=(0, 1, 2),
+        ...               tensors=[CostTensor(name="x", bytes=4, producer=None, consumers=(0, 1))])
+        >>> order_of_sets(g, [frozenset({1})])
+        ((1, 0, 2), (1,))
+    """
+    placed: set[int] = set()
+    order: list[int] = []
+    for d in (*sets, frozenset(range(len(graph.nodes)))):
+        if not placed <= d or not graph.is_down_set(d):
+            raise UserInputError("chain device sets must be nested down-sets of the graph, "
+                                 f"got {[sorted(s) for s in sets]}")
+        order += [v for v in graph.order if v in d and v not in placed]
+        placed |= d
+    return tuple(order), tuple(len(d) for d in sets)
 
 
 def cost_of_parts(graph: CostGraph, hops: Sequence[Hop], links: Sequence[Link],

@@ -1,6 +1,8 @@
 """The slices of a chain: the nodes between two cuts of the topological order, as models.
 
-Slice [a, b) runs the nodes at positions a..b-1 of `GraphInfo.order`. Its inputs are what it
+Slice [a, b) runs the nodes at positions a..b-1 of `GraphInfo.order`, or of another
+topological order given (`order=`: nested down-sets that are no prefixes of the default one,
+as the min-cut chain solver finds, are prefixes of such an order). Its inputs are what it
 *receives*: every tensor made before a (graph inputs included) that a node at a or later
 reads, so a slice also carries what it does not use itself but a later hop does (a skip
 connection over a helper). Its outputs are what it *sends* (every tensor made before b and
@@ -26,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -38,7 +41,8 @@ from edgecut.partitioner.graph import GraphInfo, analyse_graph
 from edgecut.partitioner.runtime import compare_outputs, run_model, tolerance_for
 from edgecut.partitioner.shapes import TensorInfo, resolve_tensors, run_on_samples
 
-__all__ = ["Slice", "chain_slices", "run_chain_locally", "slice_boundaries", "verify_chain"]
+__all__ = ["Slice", "along", "chain_slices", "run_chain_locally", "slice_boundaries",
+           "verify_chain"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,11 +80,33 @@ def slice_boundaries(graph: GraphInfo, position: int) -> tuple[str, ...]:
     return tuple(sorted(crossing))
 
 
+def along(graph: GraphInfo, order: Sequence[int]) -> GraphInfo:
+    """`graph` cut along another topological order of its placed nodes (indices into
+    `model.graph.node`); its other fields do not depend on the order. UnknownCutError when
+    `order` is not one."""
+    order = tuple(int(i) for i in order)
+    if sorted(order) != sorted(graph.order):
+        raise UnknownCutError(f"a chain order must list each of the model's {len(graph.order)} "
+                              "placed nodes once")
+    at = {node: k for k, node in enumerate(order)}
+    for node in order:
+        for name in graph.node_inputs[node]:
+            p = graph.producer.get(name)
+            if p in at and at[p] > at[node]:
+                raise UnknownCutError(f"a chain order must be topological: node {node} reads "
+                                      f"{name!r}, made later by node {p}")
+    return dataclasses.replace(graph, order=order)
+
+
 def chain_slices(model: onnx.ModelProto, cuts: Sequence[int], *,
                  graph: GraphInfo | None = None,
-                 tensors: Mapping[str, TensorInfo] | None = None) -> list[Slice]:
-    """The len(cuts) + 1 slices of `model` at non-decreasing positions `cuts` of the order."""
+                 tensors: Mapping[str, TensorInfo] | None = None,
+                 order: Sequence[int] | None = None) -> list[Slice]:
+    """The len(cuts) + 1 slices of `model` at non-decreasing positions `cuts` of the order:
+    `order` (indices into `model.graph.node`, topological) when given, else `graph.order`."""
     info = graph if graph is not None else analyse_graph(model)
+    if order is not None:
+        info = along(info, order)
     n = len(info.order)
     cuts = tuple(int(c) for c in cuts)
     if any(not 0 <= c <= n for c in cuts) or list(cuts) != sorted(cuts):

@@ -25,6 +25,7 @@ before anything is written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -35,8 +36,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgecut.errors import UserInputError
 from edgecut.partitioner.chain import ChainCost, ChainResult, Hop, Link, best_chain, estimate_chain
-from edgecut.partitioner.chain_extract import chain_slices, verify_chain
+from edgecut.partitioner.chain_extract import along, chain_slices, verify_chain
 from edgecut.partitioner.costgraph import CostGraph, costgraph_from_model
 from edgecut.partitioner.cuts import cut_from_device_set, list_cuts
 from edgecut.partitioner.graph import analyse_graph
@@ -49,8 +51,10 @@ from edgecut.partitioner.shapes import (
 )
 from edgecut.profiles.schema import CloudProfile, DeviceProfile, NetworkProfile
 
-__all__ = ["CALL_SHARE", "SERIALISE_MBPS", "SERVE_MS", "ChainPlanned", "plan_chain",
-           "serialise_mbps_of", "serve_ms_of", "write_chain_plan"]
+__all__ = ["CALL_SHARE", "PLAN_SOLVERS", "SERIALISE_MBPS", "SERVE_MS", "ChainPlanned",
+           "plan_chain", "serialise_mbps_of", "serve_ms_of", "write_chain_plan"]
+
+PLAN_SOLVERS = ("dp", "mincut")
 
 # The serving figures of a hop whose profile does not give them, measured on this project's
 # 2-core x86 VM (the class of `REFERENCE_MEMORY_GBPS`, catalogue laptop.toml), `edgecut
@@ -112,6 +116,8 @@ class ChainPlanned:
     single_cut: ChainResult  # device + cloud over `network`, the same cost model
     device_only: ChainCost
     input_values: Mapping[str, np.ndarray] = field(default_factory=dict, compare=False)
+    # The order `result.cuts` are positions of (CostGraph node indices), None: `graph.order`.
+    order: tuple[int, ...] | None = None
 
     def explain(self) -> list[dict[str, Any]]:
         """One row per hop and per link of the chosen chain (`edgecut chain plan --explain`)."""
@@ -159,14 +165,25 @@ def plan_chain(
     cloud_reference: DeviceProfile | None = None,
     device_memory_bytes: int | None = None,
     cuts: Sequence[int] | None = None,
+    solver: str = "dp",
 ) -> ChainPlanned:
     """Cost the chain device -> helpers -> cloud and choose its cuts (module docstring).
 
     `cloud=None` ends the chain at the last helper (a local cluster with no cloud); then
     `network` is not used. `device_memory_bytes` overrides the device profile's memory.
     `cuts` (k - 1 positions of the order) are costed and kept instead of chosen, as
-    `edgecut plan --cut` writes given cuts.
+    `edgecut plan --cut` writes given cuts. `solver` "dp" cuts the default order; "mincut"
+    (latency only) takes any nested down-sets, memory checked afterwards, and cuts along an
+    order of which they are prefixes (`ChainPlanned.order`).
     """
+    if solver not in PLAN_SOLVERS:
+        raise UserInputError(f"solver must be one of {', '.join(PLAN_SOLVERS)}, got {solver!r}")
+    if solver == "mincut" and objective != "latency":
+        raise UserInputError("--solver mincut minimises latency only; use --solver dp for "
+                             f"--objective {objective}")
+    if solver != "dp" and cuts is not None:
+        raise UserInputError("--cuts are positions of the default order: they go with "
+                             "--solver dp")
     from edgecut.partitioner.plan import load_model
 
     path = Path(model_path)
@@ -202,7 +219,10 @@ def plan_chain(
                    serialise_mbps=serialise_mbps_of(profiles[j]))
 
     hops = [hop(j) for j in range(len(profiles))]
-    if cuts is None:
+    order = None
+    if solver == "mincut":
+        result, order = _min_cut(graph, hops, links)
+    elif cuts is None:
         result = best_chain(graph, hops, links, objective=objective)
     else:
         given = estimate_chain(graph, hops, links, cuts)
@@ -219,7 +239,25 @@ def plan_chain(
         profiles=tuple(p.name for p in profiles[:-1]) + (
             (cloud.name,) if cloud is not None else (profiles[-1].name,)),
         result=result, single_cut=single, device_only=device_only,
-        input_values=dict(input_values or {}))
+        input_values=dict(input_values or {}), order=order)
+
+
+def _min_cut(graph: CostGraph, hops: Sequence[Hop], links: Sequence[Link]
+             ) -> tuple[ChainResult, tuple[int, ...] | None]:
+    """The min-cut chain (no memory limits), its memory checked, as positions of an order."""
+    from edgecut.partitioner.chain_downsets import _parts, cost_of_parts, order_of_sets
+
+    free = [dataclasses.replace(h, memory_bytes=None) for h in hops]
+    found = best_chain(graph, free, links, objective="latency", solver="mincut")
+    assert found.device_sets is not None
+    cost = cost_of_parts(graph, hops, links, _parts(found.device_sets, len(graph.nodes)))
+    if cost is None:
+        raise UserInputError("the min-cut chain (which ignores memory limits) does not fit a "
+                             "hop's memory; use --solver dp")
+    order, cuts = order_of_sets(graph, found.device_sets)
+    result = ChainResult(cuts=cuts, cost=dataclasses.replace(cost, cuts=cuts), solver="mincut",
+                         objective="latency", device_sets=found.device_sets)
+    return result, (None if order == tuple(graph.order) else order)
 
 
 def write_chain_plan(planned: ChainPlanned, out_dir: str | os.PathLike[str], *,
@@ -229,6 +267,9 @@ def write_chain_plan(planned: ChainPlanned, out_dir: str | os.PathLike[str], *,
 
     model = load_model(planned.model_path)
     info = analyse_graph(model)
+    # Cost node v is model node info.order[v]; the chain is cut along `cut_info.order`.
+    cut_info = info if planned.order is None else along(
+        info, [info.order[v] for v in planned.order])
     shapes = planned.input_shapes
     values = planned.input_values or None
     tensors = resolve_tensors(model, shapes, values=values)
@@ -237,14 +278,15 @@ def write_chain_plan(planned: ChainPlanned, out_dir: str | os.PathLike[str], *,
     device_end = cuts[0] if cuts else n
 
     listed = list_cuts(model, shapes, graph=info, tensors=tensors)
-    device_cut = cut_from_device_set(model, info.order[:device_end], shapes,
+    device_cut = cut_from_device_set(model, cut_info.order[:device_end], shapes,
                                      cut_id=len(listed), graph=info, tensors=tensors)
-    same = next((c for c in listed if c.position == device_end
+    prefix = set(info.order[:device_end]) == set(cut_info.order[:device_end])
+    same = next((c for c in listed if prefix and c.position == device_end
                  and c.crossing == device_cut.crossing), None)
     extra = [] if same is not None else [device_cut]
     skip_id = same.id if same is not None else device_cut.id
 
-    slices = chain_slices(model, cuts, graph=info, tensors=tensors)
+    slices = chain_slices(model, cuts, graph=cut_info, tensors=tensors)
     for j, s in enumerate(slices):
         if s.model is not None:
             check_model(s.model, f"{planned.model_path}: chain slice {j}")
@@ -279,6 +321,7 @@ def write_chain_plan(planned: ChainPlanned, out_dir: str | os.PathLike[str], *,
     plan["stages"] = stages
     plan["chain"] = {
         "objective": planned.objective, "solver": planned.result.solver, "cuts": list(cuts),
+        **({} if planned.order is None else {"order": list(cut_info.order)}),
         "skip_cut": skip_id, "max_abs_diff": diff, "predicted": cost.to_json(),
         "single_cut": planned.single_cut.cost.to_json(),
         "device_only": planned.device_only.to_json(),
