@@ -381,8 +381,8 @@ def slow_iterations(ops_repo: Path) -> Callable[[float], int]:
     """iterations(seconds): how many Loop rounds make `slow` run about that long here, timed
     with the intra-op threads the endpoint gives it (edgecut.cpu_budget): one thread
     runs its small rounds 1.5-3x faster than onnxruntime's default of one per core."""
-    from edgecut.cpu_budget import intra_op_threads_for, read_cpu_budget
     from edgecut.cloud.model_config import DEFAULT_CPU_INSTANCES
+    from edgecut.cpu_budget import intra_op_threads_for, read_cpu_budget
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads_for(read_cpu_budget(),
