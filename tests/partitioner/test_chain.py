@@ -411,3 +411,149 @@ def test_chain_plan_explain_shows_serving_and_says_when_the_single_cut_wins(
     assert main([*common, "--helper", "jetson-nano@wifi"]) == 0
     table = capsys.readouterr().out
     assert "serve ms" in table and "helper1" in table
+
+
+# --------------------------------------------------------------------------- min-cut plans
+
+@settings(max_examples=60, deadline=None)
+@given(problems(max_nodes=7))
+def test_min_cut_sets_are_prefixes_of_the_order_they_give(problem: Any) -> None:
+    from edgecut.partitioner.chain_downsets import order_of_sets
+
+    graph, hops, links = problem
+    hops = [dataclasses.replace(h, memory_bytes=None) for h in hops]
+    found = best_chain(graph, hops, links[: len(hops) - 1], solver="mincut")
+    assert found.device_sets is not None
+    order, cuts = order_of_sets(graph, found.device_sets)
+    reordered = CostGraph(nodes=graph.nodes, tensors=graph.tensors, order=order)  # checks it
+    assert sorted(order) == list(range(len(graph.nodes)))
+    assert all(reordered.position[u] < reordered.position[v]
+               for v in range(len(graph.nodes)) for u in graph.predecessors[v])
+    assert [frozenset(order[:c]) for c in cuts] == list(found.device_sets)
+    assert position_sets(reordered, cuts)[0] == (found.device_sets[0] if cuts
+                                                 else frozenset(range(len(graph.nodes))))
+    # The positions along the new order cost what the sets cost.
+    along = estimate_chain(reordered, hops, links[: len(hops) - 1], cuts)
+    assert math.isclose(along.latency_ms, found.cost.latency_ms, rel_tol=1e-6, abs_tol=1e-6)
+
+
+def test_order_of_sets_refuses_sets_that_are_not_nested_down_sets() -> None:
+    from edgecut.partitioner.chain_downsets import order_of_sets
+
+    g = chain_costgraph(device_ms=[1, 1, 1], cloud_ms=[1, 1, 1], tensor_bytes=[8, 8, 8, 8])
+    assert order_of_sets(g, [frozenset({0}), frozenset({0, 1})]) == ((0, 1, 2), (1, 2))
+    with pytest.raises(UserInputError, match="nested down-sets"):
+        order_of_sets(g, [frozenset({1})])  # reads node 0
+    with pytest.raises(UserInputError, match="nested down-sets"):
+        order_of_sets(g, [frozenset({0, 1}), frozenset({0})])
+
+
+def side_branch_model() -> Any:
+    """Two branches, the heavy one listed first: Expand(z) -> MatMul (2048 x 256 x 256) ->
+    ReduceSum -> MatMul, from a small input; and MatMul(x, Wa), a wide input made small. Over
+    slow links the device should only narrow x: a down-set that is no prefix of the order."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def w(name: str, *shape: int) -> Any:
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.05).astype(np.float32),
+                                       name)
+
+    inits = [w("Wm", 256, 256), w("Wr", 256, 16), w("Wa", 16384, 16),
+             numpy_helper.from_array(np.array([2048, 256], np.int64), "shape"),
+             numpy_helper.from_array(np.array([0], np.int64), "axes")]
+    nodes = [helper.make_node("Expand", ["z", "shape"], ["e"], name="expand"),
+             helper.make_node("MatMul", ["e", "Wm"], ["m"], name="heavy"),
+             helper.make_node("ReduceSum", ["m", "axes"], ["r"], name="reduce", keepdims=1),
+             helper.make_node("MatMul", ["r", "Wr"], ["b"], name="narrow_b"),
+             helper.make_node("MatMul", ["x", "Wa"], ["a"], name="narrow_a"),
+             helper.make_node("Add", ["a", "b"], ["y"], name="join")]
+    graph = helper.make_graph(
+        nodes, "side_branch",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16384]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.checker.check_model(model)
+    return model
+
+
+SLOW = "up=10,down=10,rtt=1"
+
+
+def test_chain_slices_follow_a_given_order_and_refuse_a_wrong_one() -> None:
+    from edgecut.errors import UnknownCutError
+    from edgecut.partitioner.chain_extract import chain_slices, verify_chain
+    from edgecut.partitioner.graph import analyse_graph
+
+    model = side_branch_model()
+    assert analyse_graph(model).order == (0, 1, 2, 3, 4, 5)
+    slices = chain_slices(model, (1, 3), order=(4, 0, 1, 2, 3, 5))
+    assert slices[0].receives == ("x", "z") and slices[0].sends == ("a", "z")
+    assert [n.name for n in slices[0].model.graph.node] == ["narrow_a"]
+    assert verify_chain(model, [s.model for s in slices], seed=0) <= 1e-3
+    with pytest.raises(UnknownCutError, match="topological"):
+        chain_slices(model, (1,), order=(1, 0, 2, 3, 4, 5))
+    with pytest.raises(UnknownCutError, match="once"):
+        chain_slices(model, (1,), order=(0, 1, 2, 3, 4))
+
+
+def test_chain_plan_mincut_writes_a_reordered_plan_that_verifies_and_deploys(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import onnx
+
+    from edgecut.chain_deploy import deploy_stage
+    from edgecut.cli import main
+    from edgecut.cloud.forwarding import FORWARD_FILE
+    from edgecut.edge.plan import load_plan
+    from edgecut.partitioner.chain_extract import chain_slices, verify_chain
+
+    path = tmp_path / "m.onnx"
+    model = side_branch_model()
+    onnx.save(model, str(path))
+    common = ["chain", "plan", str(path), "--device", "raspberry-pi-4",
+              "--helper", f"jetson-nano@{SLOW}", "--network", SLOW]
+    assert main([*common, "--out", str(tmp_path / "dp")]) == 0
+    assert main([*common, "--solver", "mincut", "--out", str(tmp_path / "mc")]) == 0
+    assert "of a reordered order" in capsys.readouterr().out
+    dp = json.loads((tmp_path / "dp" / "plan.json").read_text())["chain"]
+    mc = json.loads((tmp_path / "mc" / "plan.json").read_text())["chain"]
+    assert "order" not in dp and dp["solver"] == "dp"
+    # The device narrows x (node 4, listed after the heavy branch): no prefix of the order.
+    assert mc["solver"] == "mincut" and mc["order"][: mc["cuts"][0]] == [4]
+    assert mc["predicted"]["latency_ms"] < dp["predicted"]["latency_ms"] / 2
+    # The recorded order and cuts slice the model again into the chain written.
+    again = chain_slices(model, mc["cuts"], order=mc["order"])
+    assert verify_chain(model, [s.model for s in again], seed=1) <= 1e-3
+    plan = load_plan(tmp_path / "mc")
+    assert [s.nodes for s in plan.stages if s.nodes] == [1, 5]
+    assert [onnx.load(str(plan.path(s.model))).graph.node[0].name
+            for s in plan.stages if s.nodes] == ["narrow_a", "expand"]
+    assert tuple(again[0].sends) == plan.stages[0].sends == ("a", "z")
+    deployed = deploy_stage(tmp_path / "mc", tmp_path / "cloud", len(plan.stages) - 1)
+    assert {d.name for d in deployed} >= {"m", f"m.stage{len(plan.stages) - 1}"}
+    deploy_stage(tmp_path / "mc", tmp_path / "helper", 1, next_endpoints=["127.0.0.1:9"])
+    assert (tmp_path / "helper" / "m.stage1" / FORWARD_FILE).is_file()
+
+
+def test_chain_plan_mincut_says_what_it_cannot_do(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import onnx
+
+    from edgecut.cli import main
+
+    path = tmp_path / "m.onnx"
+    onnx.save(side_branch_model(), str(path))
+    common = ["chain", "plan", str(path), "--device", "raspberry-pi-4", "--network", SLOW,
+              "--solver", "mincut", "--explain"]
+    for extra, message in ((["--objective", "throughput"], "latency only"),
+                           (["--cuts", "1"], "go with --solver dp"),
+                           (["--device-memory-mib", "0.01"], "does not fit a hop's memory")):
+        assert main([*common, *extra]) != 0
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1
