@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
@@ -70,10 +71,20 @@ class OutputChoice:
         return self.binary.get(name, self.default_binary)
 
 
+def _loads(data: bytes) -> Any:
+    """JSON through orjson (10x the standard library's speed on tensors of numbers); what
+    orjson refuses but the standard library reads (NaN and Infinity literals) goes to the
+    standard library, whose message a body that is no JSON gets."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
 def parse_json_object(data: bytes | memoryview, what: str) -> dict[str, Any]:
     """`data` as a JSON object; ProtocolError naming `what` when it is none."""
     try:
-        value = json.loads(bytes(data)) if len(data) else {}
+        value = _loads(bytes(data)) if len(data) else {}
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):

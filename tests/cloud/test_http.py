@@ -510,6 +510,20 @@ def test_json_conversion_round_trip() -> None:
         infer_request_message(b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], '
                               b'"data": [1], "parameters": {"binary_data_size": 4}}]}', None,
                               model_name="m", model_version="")
+    # What the fast parser refuses but the standard library reads is read as before (NaN
+    # literals into FP32); an integer past 64 bits is refused for INT64 with the input named.
+    message, _ = infer_request_message(b'{"inputs": [{"name": "a", "datatype": "FP32", '
+                                       b'"shape": [2], "data": [NaN, 1]}]}', None,
+                                       model_name="m", model_version="")
+    values = np.frombuffer(pb.ModelInferRequest.FromString(message).raw_input_contents[0],
+                           np.float32)
+    assert np.isnan(values[0]) and values[1] == 1
+    with pytest.raises(ProtocolError, match="input 'a': INT64 'data'"):
+        infer_request_message(b'{"inputs": [{"name": "a", "datatype": "INT64", "shape": [1], '
+                              b'"data": [18446744073709551616]}]}', None,
+                              model_name="m", model_version="")
+    with pytest.raises(ProtocolError, match="is not valid JSON"):
+        infer_request_message(b'{"inputs": [', None, model_name="m", model_version="")
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
