@@ -23,6 +23,23 @@ def test_grouped_conv_counts_input_channels_per_group() -> None:
     assert classify_node(node, shapes).flops == 2 * (2 * 8 * 7 * 7) * 1 * 9
 
 
+def test_a_conv_with_fewer_filters_than_a_block_does_a_blocks_work() -> None:
+    """MLAS computes CONV_FILTER_BLOCK filters at a time (measured: 8 filters ran at 46 % of
+    16 filters' rate); depthwise and grouped convolutions are counted as they are."""
+    from edgecut.profiles.opclass import CONV_FILTER_BLOCK
+
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    narrow = {"x": (1, 16, 8, 8), "w": (8, 16, 3, 3), "y": (1, 8, 8, 8)}
+    full = {"x": (1, 16, 8, 8), "w": (CONV_FILTER_BLOCK, 16, 3, 3),
+            "y": (1, CONV_FILTER_BLOCK, 8, 8)}
+    assert classify_node(node, narrow).flops == classify_node(node, full).flops
+    wide = {"x": (1, 16, 8, 8), "w": (24, 16, 3, 3), "y": (1, 24, 8, 8)}
+    assert classify_node(node, wide).flops == 2 * (24 * 8 * 8) * 16 * 9
+    depthwise = helper.make_node("Conv", ["x", "w"], ["y"], group=8, pads=[1, 1, 1, 1])
+    shapes = {"x": (1, 8, 8, 8), "w": (8, 1, 3, 3), "y": (1, 8, 8, 8)}
+    assert classify_node(depthwise, shapes).flops == 2 * (8 * 8 * 8) * 9
+
+
 def test_conv_transpose_flops() -> None:
     node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2])
     shapes = {"x": (1, 4, 5, 5), "w": (4, 6, 2, 2), "y": (1, 6, 10, 10)}
