@@ -286,3 +286,55 @@ def test_chain_run_cli_answers_like_the_full_model(world: dict, tmp_path: Path) 
     assert refused.returncode != 0
     assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
     assert "'y'" in refused.stderr
+
+
+def test_a_min_cut_chain_cut_along_a_reordered_order_answers_like_the_full_model(
+        tmp_path: Path) -> None:
+    """`--solver mincut`'s device set is no prefix of the default order: the plan records the
+    order it was cut along, and served over a real helper and cloud it equals the full model."""
+    from tests.partitioner.test_chain import SLOW, side_branch_model
+
+    fleet = tmp_path / "tls"
+    init_ca(fleet)
+    for name in ("device-0", "helper-1"):
+        issue_device_certificate(fleet, name)
+    model_path = tmp_path / "m.onnx"
+    onnx.save(side_branch_model(), str(model_path))
+    planned = plan_chain(model_path, device=load_device("raspberry-pi-4"),
+                         network=load_network(SLOW), cloud=load_cloud("gpu-server"),
+                         helpers=[(load_device("jetson-nano"), load_network(SLOW))],
+                         solver="mincut")
+    plan_dir = tmp_path / "plan"
+    written = write_chain_plan(planned, plan_dir)
+    assert written["chain"]["order"][:written["chain"]["cuts"][0]] == [4]
+    deploy_stage(plan_dir, tmp_path / "cloud-repo", 2)
+    cloud = EndpointProcess(tmp_path / "cloud-repo", fleet, log_dir=tmp_path, device="device-0",
+                            name="cloud", extra_args=["--frontend", "grpcio"])
+    helper = None
+    try:
+        cloud.start()
+        deploy_stage(plan_dir, tmp_path / "helper-repo", 1, next_endpoints=[cloud.address],
+                     tls_dir=fleet, device="helper-1")
+        helper = EndpointProcess(tmp_path / "helper-repo", fleet, log_dir=tmp_path,
+                                 device="device-0", name="helper-1",
+                                 extra_args=["--frontend", "grpcio"])
+        helper.start()
+        import onnxruntime as ort
+
+        full = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        rng = np.random.default_rng(3)
+        config = ChainConfig(plan=plan_dir, helpers=(helper.address,), cloud=(cloud.address,),
+                             tls_dir=fleet, device="device-0", timeout_s=TIMEOUT_S,
+                             fallback="none")
+        with ChainPredictor(config) as chain:
+            for _ in range(3):
+                feed = {"x": rng.standard_normal((1, 16384)).astype(np.float32),
+                        "z": rng.standard_normal((1, 256)).astype(np.float32)}
+                got = chain.run(None, feed)
+                np.testing.assert_allclose(got[0], full.run(None, feed)[0], rtol=1e-4,
+                                           atol=1e-4)
+                assert chain.last_run().path == "chain"
+    finally:
+        if helper is not None:
+            helper.stop()
+        cloud.stop()
