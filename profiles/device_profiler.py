@@ -185,8 +185,9 @@ def _interleaved_ms(runs: list[tuple[ort.InferenceSession, dict[str, np.ndarray]
     Two warm-up runs each, then rounds that run every session once, in an order rotated each
     round, for about `seconds` (at least `min_rounds` rounds): on a shared machine a burst
     of load hits every graph alike instead of one class, so the figures keep their ratios.
-    With `settle`, each visit is `settled_ms` (profiles/timing.py), for graphs of a few
-    microseconds, whose time the previous session's spinning threads would otherwise be.
+    With `settle`, each visit is `settled_ms` (profiles/timing.py): the previous session's
+    spinning threads must not be in this one's time (a graph of a few microseconds would be
+    timed at several times what it takes).
     """
     for session, feeds in runs:
         for _ in range(2):
