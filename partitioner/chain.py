@@ -78,6 +78,7 @@ __all__ = [
     "estimate_chain",
     "estimate_serve_ms",
     "segment_memory_bytes",
+    "serialised_bytes",
 ]
 
 CHAIN_OBJECTIVES: tuple[str, ...] = ("latency", "throughput")
@@ -163,15 +164,15 @@ def estimate_serve_ms(hop: Hop, received: tuple[int, int] | None, sent: tuple[in
     """Hop `hop`'s serving CPU per request (module docstring): `received` is (up, down) raw
     bytes of the link that reaches it when a request comes in over it, `sent` those of the link
     to the next hop when it calls it; None where that link is unused or missing."""
-    total = 0.0
-    nbytes = 0
-    if received is not None:
-        total += hop.serve_ms
-        nbytes += received[0] + received[1]
-    if sent is not None:
-        total += hop.call_ms
-        nbytes += sent[0] + sent[1]
-    return total + transfer_ms(nbytes, hop.serialise_mbps)
+    served = hop.serve_ms if received is not None else 0.0
+    calling = hop.call_ms if sent is not None else 0.0
+    return served + calling + transfer_ms(serialised_bytes(received, sent), hop.serialise_mbps)
+
+
+def serialised_bytes(received: tuple[int, int] | None, sent: tuple[int, int] | None) -> int:
+    """The raw bytes a hop (de)serialises per request: both directions of the links it is
+    served over (`received`) and calls over (`sent`), None where that link is not used."""
+    return sum(sum(x) for x in (received, sent) if x is not None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -374,7 +375,7 @@ class _Model:
     def serialised(self, j: int, a: int, b: int) -> int:
         received = self._boundary(a) if j >= 1 else None
         sent = self._boundary(b) if j < len(self.hops) - 1 else None
-        return sum(sum(x) for x in (received, sent) if x is not None)
+        return serialised_bytes(received, sent)
 
     def fits(self, j: int, a: int, b: int) -> bool:
         limit = self.hops[j].memory_bytes

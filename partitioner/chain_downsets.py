@@ -44,6 +44,7 @@ from edgecut.partitioner.chain import (
     _Model,
     _round,
     estimate_serve_ms,
+    serialised_bytes,
 )
 from edgecut.partitioner.cost import transfer_ms
 from edgecut.partitioner.costgraph import CostGraph
@@ -123,7 +124,7 @@ def cost_of_parts(graph: CostGraph, hops: Sequence[Hop], links: Sequence[Link],
         hop_costs.append(HopCost(
             name=hops[j].name, start=0, end=len(order), compute_ms=compute,
             serve_ms=estimate_serve_ms(hops[j], received, sent),
-            serialised_bytes=sum(sum(x) for x in (received, sent) if x is not None),
+            serialised_bytes=serialised_bytes(received, sent),
             memory_bytes=memory, fits=True))
     latency = sum(h.stage_ms for h in hop_costs) + sum(c.up_ms + c.down_ms + c.rtt_ms
                                                        for c in link_costs)
