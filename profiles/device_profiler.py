@@ -179,15 +179,15 @@ def _feeds(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def _interleaved_ms(runs: list[tuple[ort.InferenceSession, dict[str, np.ndarray]]], seconds: float,
-                    min_rounds: int = 5, settle: bool = False) -> list[float]:
+                    min_rounds: int = 5) -> list[float]:
     """Median ms per run of each session, all timed round by round in one window.
 
-    Two warm-up runs each, then rounds that run every session once, in an order rotated each
-    round, for about `seconds` (at least `min_rounds` rounds): on a shared machine a burst
-    of load hits every graph alike instead of one class, so the figures keep their ratios.
-    With `settle`, each visit is `settled_ms` (profiles/timing.py): the previous session's
-    spinning threads must not be in this one's time (a graph of a few microseconds would be
-    timed at several times what it takes).
+    Two warm-up runs each, then rounds that visit every session once, in an order rotated
+    each round, for about `seconds` (at least `min_rounds` rounds): on a shared machine a
+    burst of load hits every graph alike instead of one class, so the figures keep their
+    ratios. Each visit is `settled_ms` (profiles/timing.py): the previous session's spinning
+    threads must not be in this one's time (a graph of a few microseconds would be timed at
+    several times what it takes).
     """
     for session, feeds in runs:
         for _ in range(2):
@@ -199,12 +199,7 @@ def _interleaved_ms(runs: list[tuple[ort.InferenceSession, dict[str, np.ndarray]
         for k in range(len(runs)):
             i = (k + rounds) % len(runs)
             session, feeds = runs[i]
-            if settle:
-                times[i].append(settled_ms(lambda s=session, f=feeds: s.run(None, f)))
-                continue
-            start = time.perf_counter()
-            session.run(None, feeds)
-            times[i].append((time.perf_counter() - start) * 1e3)
+            times[i].append(settled_ms(lambda s=session, f=feeds: s.run(None, f)))
         rounds += 1
     return [statistics.median(t) for t in times]
 
@@ -236,10 +231,10 @@ def measure_machine(*, quick: bool = False, progress: ProgressCallback | None = 
     launch = [(_session(_overhead_models(n), optimise=False), tiny) for n in (1, LAUNCH_CHAIN)]
     if progress:
         progress("timing the benchmark graphs, interleaved", 0, 1)
-    ms = _interleaved_ms(runs, 1.5 if quick else 11.0, settle=True)
+    ms = _interleaved_ms(runs, 1.5 if quick else 11.0)
     # The launch graphs in a window of their own: timed between the heavy graphs, even
     # settled, a one-node run measured 2-10x the 5 us it takes in a Predictor.
-    one, many = _interleaved_ms(launch, 0.3 if quick else 1.0, settle=True)
+    one, many = _interleaved_ms(launch, 0.3 if quick else 1.0)
     small_ms = max(0.0, (many - one) / (LAUNCH_CHAIN - 1))
     run_ms = max(0.0, one - small_ms)
     gflops: dict[str, float] = {}
