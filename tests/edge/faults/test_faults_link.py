@@ -130,3 +130,65 @@ def test_the_cut_follows_the_link_down_and_back(kind: str, endpoint_factory: Cal
         print(f"{kind} {loop.device}: fast {_phase(loop.outcomes, marks['fast'], marks['slow'])}; "
               f"slow {_phase(loop.outcomes, marks['slow'], marks['fast_again'])}; fast again "
               f"{_phase(loop.outcomes, marks['fast_again'], marks['end'])}")
+
+
+def test_probes_sized_for_a_link_that_fell_neither_congest_it_nor_open_the_breaker(
+        shared_endpoint: EndpointProcess, fault_fleet) -> None:
+    """The link falls from 100 to 1 Mbit/s while the estimate still says 100. A probe sized
+    for 100 Mbit/s (1.25 MB here) would hold the link for ~9 s, the device's requests
+    queued behind it, and time out. The scout finds the fall first; the cloud answered, so
+    the breaker stays closed, and the estimate comes down to the link's own rate."""
+    from edgecut.edge.breaker import CircuitBreaker
+    from edgecut.edge.client import CloudClient
+    from edgecut.edge.monitors import LinkEstimator
+    from edgecut.edge.prober import Prober
+
+    opened: list[str] = []
+    with ThrottleProxy(shared_endpoint.address, up_mbps=SLOW_MBPS, down_mbps=SLOW_MBPS) as proxy, \
+            CloudClient(proxy.address, tls_dir=fault_fleet, device=DEVICES[4]) as client:
+        client.probe_uplink(0, timeout_s=10.0)  # connected before the estimate is seeded
+        link = LinkEstimator()
+        for _ in range(3):  # what the link measured while it was fast
+            link.observe_rtt(1.0)
+            link.observe_call(up_bytes=1_250_000, down_bytes=0, rpc_ms=101.0, server_ms=0.0)
+        assert link.uplink_mbps() > 50
+        breaker = CircuitBreaker(failures=1, reset_s=5.0)
+        prober = Prober(client, breaker, link, interval_s=0.5, max_share=0.2, tick_s=3600.0,
+                        on_open=opened.append, on_close=lambda reason: None)
+        estimates = []
+        try:
+            for _ in range(8):  # each probe is sized by the estimate the last one left
+                prober.probe_link()
+                estimates.append(link.uplink_mbps())
+                if estimates[-1] < 5:
+                    break
+        finally:
+            prober.stop()
+    assert breaker.state == "closed" and not opened, opened
+    assert estimates[-1] < 5, estimates
+    assert prober.probe_bytes < 1_250_000, prober.probe_bytes  # the large probe never went
+
+
+def test_an_uplink_probe_out_of_time_is_a_bound_on_the_link_not_a_failure(
+        shared_endpoint: EndpointProcess, fault_fleet) -> None:
+    """Where the scout passed and the link fell after it, the large probe runs out of time:
+    it is a sample at the rate it proves at most (1.25 MB in 1.4 s: ~7 Mbit/s), not an error."""
+    from edgecut.edge.breaker import CircuitBreaker
+    from edgecut.edge.client import CloudClient
+    from edgecut.edge.monitors import LinkEstimator
+    from edgecut.edge.prober import Prober
+
+    with ThrottleProxy(shared_endpoint.address, up_mbps=SLOW_MBPS, down_mbps=SLOW_MBPS) as proxy, \
+            CloudClient(proxy.address, tls_dir=fault_fleet, device=DEVICES[5]) as client:
+        client.probe_uplink(0, timeout_s=10.0)
+        link = LinkEstimator()
+        link.observe_rtt(1.0)
+        breaker = CircuitBreaker(failures=1, reset_s=5.0)
+        prober = Prober(client, breaker, link, interval_s=0.5, max_share=0.2, tick_s=3600.0,
+                        on_open=lambda reason: None, on_close=lambda reason: None)
+        try:
+            crossed_as_expected = prober._send(1_250_000, 100.0, 1.0)
+        finally:
+            prober.stop()
+    assert not crossed_as_expected and breaker.state == "closed"
+    assert 5 < link.uplink_mbps() < 8, link.uplink_mbps()
