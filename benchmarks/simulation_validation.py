@@ -38,6 +38,10 @@ offload on `--workers` threads, since their calls overlap in the network and the
 heads then share the CPU, where the simulator queues them). Every Predictor runs one
 onnxruntime thread (`intra_op_threads=1`), as the endpoint does.
 
+A fourth run adds the spread (a lognormal fitted to the plain runs' p50 and p95) and the
+busy slowdown (the back-to-back run time over the time after a pause, both in the cgroup):
+a request that waits for the device is served at the back-to-back time.
+
 The rate is `--load` (0.3) over the slowest stage any strategy has in the simulator's table.
 Prints the table, writes JSON (default benchmarks/results/simulation-validation-DATE.json) and
 one PNG per configuration with the measured and simulated latency CDFs side by side. Needs
@@ -314,13 +318,15 @@ def _profile(wrap: Any, model: Path, shapes: dict[str, list[int]], inputs: dict[
                                 "plain_run_p95_ms": timed["gapped_p95_ms"],
                                 "back_to_back_run_ms": timed["back_to_back_ms"],
                                 "scale": factor,
+                                # back to back over after a pause: the simulator's busy_slowdown
+                                "busy_slowdown": max(1.0, timed["back_to_back_ms"] / plain_ms),
                                 "service_cv": cv_from_quantiles(plain_ms,
                                                                 timed["gapped_p95_ms"])}
 
 
 def _simulate(model: Path, shapes: dict[str, list[int]], device: Path, cloud: Path,
               network: Path, cut: int, rate: float, requests: int, device_cv: float = 0.0,
-              cloud_cv: float = 0.0) -> dict[str, Any]:
+              cloud_cv: float = 0.0, busy_slowdown: float = 1.0) -> dict[str, Any]:
     from edgecut.simulations.run import prepare, run_strategy
     from edgecut.simulations.scenario import scenario_from_dict
 
@@ -331,6 +337,7 @@ def _simulate(model: Path, shapes: dict[str, list[int]], device: Path, cloud: Pa
                   "service_cv": cloud_cv},
         "devices": [{"name": "device", "count": 1, "profile": str(device),
                      "network": str(network), "service_cv": device_cv,
+                     "busy_slowdown": busy_slowdown,
                      "arrival": {"process": "poisson", "rate_per_s": rate}}],
         "strategies": {"compare": [s for s, _ in STRATEGIES], "fixed_cut": cut}},
         label="validation.toml")
@@ -489,6 +496,12 @@ def _measure(conf: Configuration, here: Path, path: Path, shapes: dict[str, list
     sims["spread"] = _simulate(path, shapes, *inputs["corrected"], cut, rate, requests,
                                device_cv=device[2]["service_cv"],
                                cloud_cv=cloud[2]["service_cv"])
+    # And with that spread, a request that waited for the device served at the back-to-back
+    # time, one that found it idle at the time after a pause (both timed in the cgroup).
+    sims["busy"] = _simulate(path, shapes, *inputs["corrected"], cut, rate, requests,
+                             device_cv=device[2]["service_cv"],
+                             cloud_cv=cloud[2]["service_cv"],
+                             busy_slowdown=device[2]["busy_slowdown"])
     rows = []
     for strategy, mode in STRATEGIES:
         m = measured["strategies"][strategy]
@@ -513,7 +526,8 @@ def _measure(conf: Configuration, here: Path, path: Path, shapes: dict[str, list
         _log(f"{conf.label} {strategy}: measured p50 {row['measured_p50_ms']:.1f} p95 "
              f"{row['measured_p95_ms']:.1f} ms; simulated (corrected) "
              f"{row['corrected']['p50_ms']:.1f} / {row['corrected']['p95_ms']:.1f} ms, "
-             f"with spread {row['spread']['p50_ms']:.1f} / {row['spread']['p95_ms']:.1f} ms")
+             f"with spread {row['spread']['p50_ms']:.1f} / {row['spread']['p95_ms']:.1f} ms, "
+             f"and busy slowdown {row['busy']['p50_ms']:.1f} / {row['busy']['p95_ms']:.1f} ms")
     plot = _plot(conf, measured, sims, here)
     return {"model": conf.model, "cpu_share": conf.fraction, "link_mbps": conf.mbps,
             "cpu_limit": limited.how, "rate_per_s": rate, "load": load, "cut": cut,
@@ -539,11 +553,12 @@ def _plot(conf: Configuration, measured: dict[str, Any], sims: dict[str, Any],
         import numpy as np
     except ImportError:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4), sharex=True, sharey=True)
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4), sharex=True, sharey=True)
     colours = {"edge-only": "tab:blue", "cloud-only": "tab:orange", "fixed": "tab:green"}
     for ax, (title, source) in zip(axes, (("measured (testbed)", None),
                                           ("simulated (corrected)", "corrected"),
-                                          ("simulated (with service-time spread)", "spread")),
+                                          ("simulated (with service-time spread)", "spread"),
+                                          ("simulated (spread, busy slowdown)", "busy")),
                               strict=True):
         for strategy, _ in STRATEGIES:
             values = (measured["strategies"][strategy]["latencies_ms"] if source is None
@@ -569,10 +584,11 @@ def _print(results: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title="simulated / measured latency on the testbed (sim: profiled | corrected | "
-                    "corrected with service-time spread)")
+                    "corrected with service-time spread | and the busy slowdown)")
     for c in ("configuration", "strategy", "rate/s", "meas. p50", "meas. p95", "seq. p50",
               "sim p50", "p50 ratio", "p95 ratio", "p50 ratio (corr.)", "p95 ratio (corr.)",
-              "cv dev/cloud", "p50 ratio (spread)", "p95 ratio (spread)"):
+              "cv dev/cloud", "p50 ratio (spread)", "p95 ratio (spread)", "busy",
+              "p50 ratio (busy)", "p95 ratio (busy)"):
         t.add_column(c, justify="right")
     for conf in results["configurations"]:
         label = f"{conf['model']} {conf['cpu_share']:g} {conf['link_mbps']:g}M"
@@ -584,8 +600,10 @@ def _print(results: dict[str, Any]) -> None:
                       f"{r['corrected']['ratio_p50']:.2f}", f"{r['corrected']['ratio_p95']:.2f}",
                       f"{conf['device_profile']['service_cv']:.2f}/"
                       f"{conf['cloud_profile']['service_cv']:.2f}",
-                      f"{r['spread']['ratio_p50']:.2f}", f"{r['spread']['ratio_p95']:.2f}")
-    Console(width=160).print(t)
+                      f"{r['spread']['ratio_p50']:.2f}", f"{r['spread']['ratio_p95']:.2f}",
+                      f"{conf['device_profile']['busy_slowdown']:.2f}",
+                      f"{r['busy']['ratio_p50']:.2f}", f"{r['busy']['ratio_p95']:.2f}")
+    Console(width=200).print(t)
 
 
 def main(argv: list[str] | None = None) -> int:

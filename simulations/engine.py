@@ -20,6 +20,7 @@ transfer and the decoding to come back. An edge-only request is done when its he
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from bisect import bisect_right
@@ -32,7 +33,7 @@ import numpy as np
 
 from edgecut.simulations.adaptive import choose_cut, recent_median, worth_switching
 from edgecut.simulations.costs import CutTable
-from edgecut.simulations.queues import Batches, cloud_batches, fifo
+from edgecut.simulations.queues import Batches, cloud_batches, fifo, fifo_busy
 from edgecut.simulations.scenario import CloudSpec, EdgecutSettings
 from edgecut.simulations.strategies import Services
 from edgecut.simulations.workload import Workload
@@ -67,7 +68,16 @@ def run_static(workload: Workload, services: Services, cloud: CloudSpec,
     n = workload.size
     say = progress or (lambda _s, _d, _t: None)
     say("device", 0, 4)
-    head_start, head_end = fifo(workload.device, workload.arrival_s, services.device_ms / 1000.0)
+    if workload.busy_slowdown is None:
+        head_start, head_end = fifo(workload.device, workload.arrival_s,
+                                    services.device_ms / 1000.0)
+    else:
+        idle_s = services.device_ms / 1000.0
+        head_start, head_end, waited = fifo_busy(workload.device, workload.arrival_s, idle_s,
+                                                 idle_s * workload.busy_slowdown)
+        slow = np.where(waited, workload.busy_slowdown, 1.0)
+        services = dataclasses.replace(services, device_ms=services.device_ms * slow,
+                                       compute_ms=services.compute_ms * slow)
     nan = np.full(n, math.nan)
     up_start, up_end, arrive, c_start, c_end = (nan.copy() for _ in range(5))
     rows = np.flatnonzero(services.uses_cloud)
@@ -211,6 +221,7 @@ def run_events(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequenc
     half_rtt = (workload.rtt_ms / 2000.0).tolist()
     dev_f = [1.0] * n if workload.device_factor is None else workload.device_factor.tolist()
     cloud_f = [1.0] * n if workload.cloud_factor is None else workload.cloud_factor.tolist()
+    busy_f = [1.0] * n if workload.busy_slowdown is None else workload.busy_slowdown.tolist()
     per_group = [(t.device_ms.tolist(), t.encode_ms.tolist(), t.up_wire_bytes.tolist(),
                   t.down_bytes.tolist(), t.cloud_ms.tolist(), t.decode_ms.tolist(),
                   t.uses_cloud.tolist(), tail_ids[g].tolist()) for g, t in enumerate(tables)]
@@ -247,7 +258,7 @@ def run_events(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequenc
     on_uplink = policy.on_uplink
     on_response = policy.on_response
 
-    def start_head(i: int, now: float) -> None:
+    def start_head(i: int, now: float, waited: bool) -> None:
         nonlocal seq
         k = decide(i, now)
         d_ms, enc, upw, downs, clms, decs, usec, tl = per_group[group[i]]
@@ -255,7 +266,7 @@ def run_events(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequenc
         cut[i] = k
         used = usec[k]
         uses[i] = used
-        f = dev_f[i]
+        f = dev_f[i] * busy_f[i] if waited else dev_f[i]
         comp_ms[i] = d_ms[k] * f
         dev_ms[i] = (d_ms[k] + enc[regime][k]) * f
         dec_ms[i] = decs[k]
@@ -326,7 +337,7 @@ def run_events(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequenc
                 dev_queue.setdefault(d, deque()).append(i)
             else:
                 dev_busy[d] = True
-                start_head(i, now)
+                start_head(i, now, False)
             if nxt % report_every == 0:
                 say("requests arrived", nxt, n)
         elif kind == _HEAD:
@@ -343,7 +354,7 @@ def run_events(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequenc
             d = device[i]
             q = dev_queue.get(d)
             if q:
-                start_head(q.popleft(), now)
+                start_head(q.popleft(), now, True)
             else:
                 dev_busy[d] = False
         elif kind == _UPLINK:

@@ -75,6 +75,8 @@ def run_ranks(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequence
     grp = workload.group[order]
     up = workload.uplink_mbps[order]
     spread = (np.ones(n) if workload.device_factor is None else workload.device_factor[order])
+    busy = (np.ones(n) if workload.busy_slowdown is None else workload.busy_slowdown[order])
+    charged = np.ones(n)  # the busy slowdown where a request waited for its device, else 1
     regime = (up >= RAW_ABOVE_MBPS).astype(np.int64)
     ga = _group_arrays(tables, settings.hysteresis)
     d_count = workload.device_count
@@ -138,6 +140,7 @@ def run_ranks(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequence
         p = first[d] + r
         g = grp[p]
         t = np.maximum(arr[p], head_free[d])
+        charged[p] = np.where(head_free[d] > arr[p], busy[p], 1.0)
         while True:  # the samples of earlier messages sent by t, oldest first
             idx = applied[d]
             can = (idx < p) & (ue[np.minimum(idx, n - 1)] <= t)
@@ -172,7 +175,7 @@ def run_ranks(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequence
         cut[p] = k
         reg = regime[p]
         hs[p] = t
-        end = t + (dev_ms[g, k] + enc[reg, g, k]) * spread[p] / 1000.0
+        end = t + (dev_ms[g, k] + enc[reg, g, k]) * spread[p] * charged[p] / 1000.0
         he[p] = end
         head_free[d] = end
         cloud_used = uses[g, k]
@@ -198,6 +201,7 @@ def run_ranks(workload: Workload, tables: Sequence[CutTable], tail_ids: Sequence
     decode = pad([t.decode_ms for t in tables])[group, k]
     tails = np.stack([np.pad(ti, (0, width - len(ti)), constant_values=-1) for ti in tail_ids])
     dev_f = np.ones(n) if workload.device_factor is None else workload.device_factor
+    dev_f = dev_f * charged[back]
     cloud_f = np.ones(n) if workload.cloud_factor is None else workload.cloud_factor
     services = Services(
         cut=k, device_ms=(dev_ms[group, k] + enc[reg, group, k]) * dev_f,

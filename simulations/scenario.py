@@ -144,6 +144,7 @@ class DeviceGroup:
     radio_tail_w: float | None = None
     battery_wh: float | None = None
     service_cv: float = 0.0
+    busy_slowdown: float = 1.0  # device time of a request that waited / one that found it idle
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -406,7 +407,8 @@ def _device(c: _Checker, raw: object, i: int, base: Path) -> DeviceGroup | None:
         c.add(f"devices[{i}]", f"must be a table, got {raw!r}")
         return None
     allowed = ["name", "count", "profile", "network", "arrival", "bandwidth_trace", "rtt_ms",
-               "cell", "radio_tail_ms", "radio_tail_w", "battery_wh", "service_cv"]
+               "cell", "radio_tail_ms", "radio_tail_w", "battery_wh", "service_cv",
+               "busy_slowdown"]
     c.unknown(raw, allowed, prefix)
     name = c.string(raw, "name", prefix, default=f"devices{i}", required=True)
     count = c.integer(raw, "count", prefix, default=1, required=True)
@@ -456,7 +458,8 @@ def _device(c: _Checker, raw: object, i: int, base: Path) -> DeviceGroup | None:
         radio_tail_ms=c.number(raw, "radio_tail_ms", prefix, default=0.0, minimum=0),
         radio_tail_w=c.number(raw, "radio_tail_w", prefix, minimum=0),
         battery_wh=c.number(raw, "battery_wh", prefix, positive=True),
-        service_cv=c.number(raw, "service_cv", prefix, default=0.0, minimum=0))
+        service_cv=c.number(raw, "service_cv", prefix, default=0.0, minimum=0),
+        busy_slowdown=c.number(raw, "busy_slowdown", prefix, default=1.0, minimum=1))
 
 
 def _strategies(c: _Checker, data: Mapping[str, Any]) -> StrategySpec:

@@ -53,6 +53,7 @@ class Workload:
     device_count: int
     device_factor: np.ndarray | None = None   # per request: its device time / the mean
     cloud_factor: np.ndarray | None = None    # per request: its cloud time / the mean
+    busy_slowdown: np.ndarray | None = None   # per request: its device time if it waited
 
     @property
     def size(self) -> int:
@@ -156,13 +157,14 @@ def draw_workload(scenario: Scenario, networks: Sequence[NetworkProfile],
                                    class_rng(scenario.simulation.seed, group.name + "/service"))
         factor = np.ones(n) if spread is None else spread
         parts.append((times, offset + local, np.full(n, g), link, up, down, rtts, escalate,
-                      factor))
+                      factor, np.full(n, group.busy_slowdown)))
         offsets.append(offset)
         offset += group.count
         link_offset += links
-    columns = [np.concatenate([p[i] for p in parts]) for i in range(9)]
+    columns = [np.concatenate([p[i] for p in parts]) for i in range(10)]
     order = np.argsort(columns[0], kind="stable")
-    times, device, group_ix, link, up, down, rtts, escalate, factor = (c[order] for c in columns)
+    times, device, group_ix, link, up, down, rtts, escalate, factor, busy = (
+        c[order] for c in columns)
     any_spread = any(g.service_cv > 0 for g in scenario.devices)
     cloud_factor = lognormal_factors(scenario.cloud.service_cv, len(times),
                                      class_rng(scenario.simulation.seed, "cloud/service"))
@@ -172,4 +174,5 @@ def draw_workload(scenario: Scenario, networks: Sequence[NetworkProfile],
                     rtt_ms=rtts.astype(float), escalate=escalate.astype(bool),
                     device_offsets=tuple(offsets), device_count=offset,
                     device_factor=factor.astype(float) if any_spread else None,
-                    cloud_factor=cloud_factor)
+                    cloud_factor=cloud_factor,
+                    busy_slowdown=busy.astype(float) if np.any(busy != 1.0) else None)
