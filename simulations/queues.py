@@ -79,13 +79,14 @@ def fifo_busy(key: np.ndarray, ready: np.ndarray, idle_service: np.ndarray,
     A request waited if it started more than `tolerance` after it was ready (`fifo`'s
     float error is ~1e-7 of the time span; a microsecond in seconds is far above it).
 
-    Back-to-back runs on a CPU-limited device are slower than runs after a pause (the quota
-    is spent, the caches are cold for the next input): measured 1.4-1.7x on this testbed's
-    cgroups. Whether a request waits depends on the service times before it, so this is a
-    fixed point: serve the ones known to wait at the busy time, recompute, until the set
-    stops growing. Longer services only delay later starts, so the set grows monotonically
-    and the loop ends (in a few rounds: each adds the requests that the busy times just
-    pushed behind their predecessors).
+    Back-to-back runs on a CPU-limited device are slower than runs after a pause (the
+    quota is spent, the caches are cold for the next input): on the validation testbed's
+    cgroups the second of two runs after a pause took 1.2-1.5x the first. Whether a request
+    waits depends on the service times before it, so this is a fixed point: serve the ones
+    known to wait at the busy time, recompute, until the set stops growing. Longer services
+    only delay later starts, so the set grows monotonically and the loop ends (in a few
+    rounds: each adds the requests that the busy times just pushed behind their
+    predecessors).
     """
     waited = np.zeros(len(ready), dtype=bool)
     while True:

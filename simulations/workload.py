@@ -53,7 +53,7 @@ class Workload:
     device_count: int
     device_factor: np.ndarray | None = None   # per request: its device time / the mean
     cloud_factor: np.ndarray | None = None    # per request: its cloud time / the mean
-    busy_slowdown: np.ndarray | None = None   # per request: its device time if it waited
+    busy_slowdown: np.ndarray | None = None   # per request: its device time's factor if waiting
 
     @property
     def size(self) -> int:
