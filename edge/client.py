@@ -332,7 +332,8 @@ class CloudClient:
         remaining = timeout - (time.perf_counter() - start)
         connected = self.connected()
         rpc_start = time.perf_counter()
-        response = self._call(self._infer, payload, remaining, f"ModelInfer {model!r}")
+        response = self._call(self._infer, payload, remaining, f"ModelInfer {model!r}",
+                              asked_s=timeout)
         rpc_ms = (time.perf_counter() - rpc_start) * 1e3
 
         decode_start = time.perf_counter()
@@ -376,8 +377,9 @@ class CloudClient:
         return {n: decoded[n] for n in outputs}
 
     def _call(self, method: grpc.UnaryUnaryMultiCallable, request: object,
-              timeout_s: float | None, what: str) -> Any:
-        """The one place gRPC errors become edgecut errors."""
+              timeout_s: float | None, what: str, *, asked_s: float | None = None) -> Any:
+        """The one place gRPC errors become edgecut errors. `asked_s`: the caller's whole
+        timeout, which errors name, where `timeout_s` is what was left of it for the call."""
         if self._closed:
             raise EdgecutError(f"{what}: the client for {self.endpoint} is closed; "
                                f"create a new CloudClient")
@@ -392,7 +394,8 @@ class CloudClient:
         except grpc.RpcError as exc:
             with self._lock:
                 self._failures += 1
-            raise _translate(exc, what, self.endpoint, timeout) from exc
+            raise _translate(exc, what, self.endpoint,
+                             timeout if asked_s is None else asked_s) from exc
 
 
 def _translate(exc: grpc.RpcError, what: str, endpoint: str, timeout_s: float) -> EdgecutError:
