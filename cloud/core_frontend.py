@@ -4,16 +4,21 @@ without gRPC's C++ library: what `pip install` gives where the native transport 
 grpcio's grpc.server passes every call through its thread pool, and the pool thread then
 waits twice: for the request message, and (a batched model) for its batch. CoreFrontend
 drives gRPC's completion queue itself from one thread, as frontend.cc does in C++, and hands
-each call to NativeServer as it arrives with its whole request: ModelInfer goes to the
-servicer's deferred handler (infer_later) and is answered by the model worker that ran its
-batch, with no thread waiting per call. The other methods run on the executor as over the
-native transport.
+each call to NativeServer as it arrives with its whole request, with no thread waiting per
+call. The other methods run on the executor as over the native transport.
+
+ModelInfer takes the infer lane as over the native transport (cloud/infer_lane.py): a plain
+call (cloud/plain_infer.py) is read here, and the plain calls that arrived together (all
+that the completion queue held when it was next empty) go to the servicer in groups, whose
+answers one run gave are written and sent in one call (finish_infers). Python's per-call
+work (parsing into protobuf, a Future, a response message, the accounting) is then done once
+per group or run, not once per call. Calls that are not plain go to the deferred handler
+(infer_later), answered by the model worker that ran their batch.
 
 It has the interface of edgecut.cloud._frontend.Frontend that NativeServer uses (start,
-stop, finish, write, cancelled, watch_done, port, lane_calls, refused_calls), without the
-infer lane (that reads requests in C++). cygrpc is grpcio's internal API, the one its own
-servers are written on; grpcio is pinned in pyproject.toml and tests/cloud run every
-transport test over this one too.
+stop, finish, finish_infers, write, cancelled, watch_done, port, lane_calls, refused_calls).
+cygrpc is grpcio's internal API, the one its own servers are written on; grpcio is pinned in
+pyproject.toml and tests/cloud run every transport test over this one too.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 import grpc
 from grpc._cython import cygrpc
 
+from .plain_infer import ResponseWriter, read_plain_infer
 from .threads import name_this_thread, yield_to_models
 
 # What this transport takes from grpcio's internal Cython layer. It is not grpcio's public
@@ -45,6 +51,7 @@ def core_available() -> bool:
 logger = logging.getLogger(__name__)
 
 _FLAGS = 0
+_OK = grpc.StatusCode.OK.value[0]
 # A call refused at the open-call limit gets this retry hint, as over the native transport.
 RETRY_AFTER_MS_AT_LIMIT = "50"
 # Calls asked for ahead of their arrival (frontend.cc's accept_depth).
@@ -52,6 +59,9 @@ ACCEPT_DEPTH = 64
 # No deadline: gRPC reports one this far away or more.
 _NO_DEADLINE_S = 1e8
 _POLL_S = 0.2
+# Plain calls passed on in one group at most: a burst larger than this is passed in parts,
+# so the first calls of it are not held back by the reading of the last.
+LANE_GROUP_MAX = 64
 _NEW, _READ, _CLOSED, _SENT, _SHUTDOWN = range(5)
 
 
@@ -97,7 +107,11 @@ class CoreFrontend:
 
     def __init__(self, address: str, credentials: grpc.ServerCredentials | None, *,
                  max_message_bytes: int, max_open_calls: int,
-                 channel_args: Sequence[tuple[str, int | str]] = ()) -> None:
+                 channel_args: Sequence[tuple[str, int | str]] = (),
+                 client_certificates: bool = True) -> None:
+        # client_certificates: whether clients present certificates (mutual TLS); without,
+        # no call has a peer name to read from its auth context.
+        self._client_certificates = client_certificates
         self._cq = cygrpc.CompletionQueue()
         options = (("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
@@ -118,15 +132,24 @@ class CoreFrontend:
         self._dispatch: Callable[..., None] | None = None
         self._shutdown = threading.Event()
         self._stopping = False
-
-    lane_calls = 0  # no infer lane here
+        self._infer_method = ""  # "": no infer lane
+        self._infer_excluded: frozenset[bytes] = frozenset()
+        # Plain calls read since the last group went, by what lets calls share a group.
+        self._lane: dict[tuple, list[tuple]] = {}
+        self._lane_waiting = 0
+        self.lane_calls = 0
 
     @property
     def refused_calls(self) -> int:
         return self._refused
 
     def enable_infer_lane(self, method: str, excluded: Sequence[str]) -> None:
-        pass  # every ModelInfer goes to the deferred handler
+        """Take the plain calls of `method` through the infer lane (module docstring), except
+        those to `excluded` models. Before start()."""
+        if self._thread is not None:
+            raise RuntimeError("enable_infer_lane comes before start()")
+        self._infer_method = method
+        self._infer_excluded = frozenset(name.encode() for name in excluded)
 
     def start(self, dispatch: Callable[..., None]) -> None:
         self._dispatch = dispatch
@@ -194,6 +217,51 @@ class CoreFrontend:
                 call.final_started = True
                 self._send(call, list(ops))
 
+    def finish_infers(self, call_ids: Sequence[int], request_ids: Sequence[bytes],
+                      rows: Sequence[int], model_name: str, model_version: str,
+                      outputs: list[tuple[str, str, tuple[int, ...], Any]],
+                      queue_ms: Sequence[float], compute_ms: Sequence[float],
+                      keep: Sequence[bool]) -> int | tuple[int, list[bytes | None]]:
+        """Answer infer-lane calls from one run, as frontend.cc's finish_infers: `outputs`
+        holds (name, datatype, inner shape, buffer) per output, each buffer C-contiguous
+        with the rows of every call in turn; call i gets the next rows[i] of them, and its
+        `queue_ms` and `compute_ms` where given. Returns how many calls were still open;
+        with `keep`, also the answers' bytes of the calls it marks (None for the others)."""
+        count = len(call_ids)
+        if len(request_ids) != count or len(rows) != count:
+            raise ValueError("finish_infers: call_ids, request_ids and rows differ in length")
+        timed = bool(queue_ms) or bool(compute_ms)
+        if timed and (len(queue_ms) != count or len(compute_ms) != count):
+            raise ValueError("finish_infers: queue_ms and compute_ms need one entry per call")
+        if keep and len(keep) != count:
+            raise ValueError("finish_infers: keep needs one entry per call")
+        if any(n < 0 for n in rows):
+            raise ValueError("finish_infers: negative rows")
+        writer = ResponseWriter(model_name, model_version, outputs)
+        if writer.rows_held() != sum(rows):
+            raise ValueError(f"finish_infers: the outputs do not hold {sum(rows)} rows each")
+        answered = 0
+        kept: list[bytes | None] = []
+        for i, call_id in enumerate(call_ids):
+            payload = writer.response(request_ids[i], rows[i],
+                                      queue_ms=queue_ms[i] if timed else None,
+                                      compute_ms=compute_ms[i] if timed else None)
+            if keep:
+                kept.append(payload if keep[i] else None)
+            call = self._calls.get(call_id)
+            if call is None:
+                continue
+            with call.lock:
+                if call.final is not None or call.closed:
+                    continue
+                call.final = (cygrpc.SendStatusFromServerOperation((), _OK, b"", _FLAGS),
+                              cygrpc.SendMessageOperation(payload, _FLAGS))
+                if not call.sending:
+                    call.final_started = True
+                    self._send(call, list(call.final))
+            answered += 1
+        return (answered, kept) if keep else answered
+
     def _send(self, call: _Call, ops: list) -> None:
         """Start one batch of sends (under call.lock); its completion sends what waits."""
         if not call.metadata_sent:
@@ -210,8 +278,11 @@ class CoreFrontend:
         yield_to_models()
         queue_timeout = cygrpc.CompletionType.queue_timeout
         while True:
-            event = self._cq.poll(time.time() + _POLL_S)
+            # With plain calls waiting, only a look: once nothing more has arrived, they go.
+            event = self._cq.poll(0.0 if self._lane_waiting else time.time() + _POLL_S)
             if event.completion_type == queue_timeout:
+                if self._lane_waiting:
+                    self._pass_lane()
                 continue
             kind, call = event.tag
             try:
@@ -229,6 +300,8 @@ class CoreFrontend:
             except Exception:
                 logger.exception("gRPC event %s failed", kind)
             event = None  # before the next poll: it may hold the last reference to a call
+            if self._lane_waiting >= LANE_GROUP_MAX:
+                self._pass_lane()
 
     def _arrived(self, event: Any) -> None:
         if not event.success:  # the server is shutting down
@@ -263,19 +336,46 @@ class CoreFrontend:
             return
         left = call.deadline - time.time()
         time_left_s = None if left > _NO_DEADLINE_S else max(0.0, left)
-        metadata = [tuple(m) for m in call.metadata]
-        auth = cygrpc.auth_context(call.call)
-        names = auth.get(b"x509_common_name") or auth.get("x509_common_name") if auth else None
-        peer = None
-        if names:
-            name = names[0]
-            peer = name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+        peer = _peer_name(call.call) if self._client_certificates else None
+        if call.method == self._infer_method:
+            plain = read_plain_infer(payload)
+            if plain is not None and plain.model_name not in self._infer_excluded:
+                self._take_lane_call(call, plain, payload, peer, time_left_s)
+                return
         address = call.call.peer()
         if isinstance(address, bytes):
             address = address.decode("utf-8", "replace")
+        metadata = [tuple(m) for m in call.metadata]
         assert self._dispatch is not None
         self._dispatch([(call.id, call.method, payload, metadata, peer, time_left_s, address)],
                        ())
+
+    def _take_lane_call(self, call: _Call, plain: Any, payload: bytes, peer: str | None,
+                        time_left_s: float | None) -> None:
+        """Keep a plain call for the next group (frontend.cc's lane_key says which share)."""
+        address = None
+        if plain.id:  # only a call with a request id needs its address (deduplication)
+            address = call.call.peer()
+            if isinstance(address, bytes):
+                address = address.decode("utf-8", "replace")
+        key = (plain.model_name, plain.model_version, peer, plain.inputs, plain.outputs)
+        entry = (call.id, plain.id, time_left_s, payload, plain.offsets, address)
+        self._lane.setdefault(key, []).append(entry)
+        self._lane_waiting += 1
+        self.lane_calls += 1
+
+    def _pass_lane(self) -> None:
+        """Pass the plain calls read since the last group on, one group per key, in the
+        tuples frontend.cc's lane_groups makes."""
+        groups = [(name, version, peer, list(inputs), list(outputs), calls)
+                  for (name, version, peer, inputs, outputs), calls in self._lane.items()]
+        self._lane = {}
+        self._lane_waiting = 0
+        assert self._dispatch is not None
+        try:
+            self._dispatch((), (), groups)
+        except Exception:  # NativeServer answers the calls of a failed group; this thread stays
+            logger.exception("passing %d infer-lane groups failed", len(groups))
 
     def _sent(self, call: _Call) -> None:
         with call.lock:
@@ -296,3 +396,13 @@ class CoreFrontend:
             self._calls.pop(call.id, None)
         if watched and self._dispatch is not None:
             self._dispatch((), [call.id])
+
+
+def _peer_name(call: Any) -> str | None:
+    """The client certificate's common name under mutual TLS, else None."""
+    auth = cygrpc.auth_context(call)
+    names = auth.get(b"x509_common_name") or auth.get("x509_common_name") if auth else None
+    if not names:
+        return None
+    name = names[0]
+    return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)

@@ -391,7 +391,8 @@ class NativeServer:
             self._frontend = CoreFrontend(address, credentials,
                                           max_message_bytes=self._max_message_bytes,
                                           max_open_calls=self._max_open_calls,
-                                          channel_args=[*window, *self._channel_args])
+                                          channel_args=[*window, *self._channel_args],
+                                          client_certificates=tls_dir is not None and mutual)
         except RuntimeError:
             return 0
         return int(self._frontend.port)

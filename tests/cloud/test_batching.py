@@ -687,7 +687,7 @@ def test_a_request_may_not_lengthen_the_queue_timeout_nor_set_one_unless_allowed
 
 def test_queue_timeout_from_config_over_both_transports(tmp_path: Path, frontend: str) -> None:
     """config.pbtxt's default_queue_policy as Triton reads it: tritonclient's plain request
-    (the native transport's lane) fails DEADLINE_EXCEEDED at the default timeout; one that
+    (the infer lane) fails DEADLINE_EXCEEDED at the default timeout; one that
     asks for a shorter `timeout` (the per-call path) at its own."""
     (tmp_path / "m" / "1").mkdir(parents=True)
     onnx.save(wide_mlp(), str(tmp_path / "m" / "1" / "model.onnx"))
@@ -708,4 +708,4 @@ def test_queue_timeout_from_config_over_both_transports(tmp_path: Path, frontend
                 info.value.message())
         statistics = client.get_inference_statistics("m", as_json=True)
         assert statistics["model_stats"][0]["inference_stats"]["fail"]["count"] == "2"
-        assert server.lane_calls == (1 if frontend == "native" else 0)  # the plain one
+        assert server.lane_calls == (0 if frontend == "grpcio" else 1)  # the plain one

@@ -3,7 +3,7 @@ first one's answer without a second model run; different callers, other requests
 requests without an id are never merged.
 
 The pure part first (RequestDeduplicator with a clock of its own), then real endpoints over
-mutual TLS on each transport, on the native infer lane (plain calls) and the per-call path
+mutual TLS on each transport, on the infer lane (plain calls) and the per-call path
 (calls with parameters), the model runs counted in ModelStatistics' execution_count.
 """
 
@@ -138,8 +138,8 @@ def stubs(server: EndpointServer, two_devices: Any
 
 @pytest.fixture(params=["plain", "with-parameters"])
 def path(request: pytest.FixtureRequest) -> str:
-    """A plain call (the native transport's infer lane) or one with a parameter (its
-    per-call path); over grpcio both take the one path there is."""
+    """A plain call (the infer lane of the native and core transports) or one with a
+    parameter (their per-call path); over grpcio both take the one path there is."""
     return str(request.param)
 
 
@@ -185,7 +185,7 @@ def test_the_same_id_sent_twice_runs_once(server: EndpointServer,
     assert first.id == request.id
     assert _executions(server) == runs + 1
     assert _deduplicated(server) == repeats + 1
-    took_lane = server.frontend == "native" and path == "plain"
+    took_lane = server.frontend in ("native", "core") and path == "plain"
     assert server.lane_calls == lane + (2 if took_lane else 0)
 
 

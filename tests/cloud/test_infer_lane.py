@@ -1,9 +1,10 @@
-"""The native transport's infer lane (cloud/infer_lane.py, cloud/native/infer_wire.h): plain
-ModelInfer calls read in C++, checked once per group and answered once per batch.
+"""The infer lane (cloud/infer_lane.py): plain ModelInfer calls read by the transport (in C++
+by the native one, cloud/native/infer_wire.h; in Python by the core one,
+cloud/plain_infer.py), checked once per group and answered once per batch.
 
-Each test compares the lane with the per-call path: the same requests to a grpcio endpoint
-(which has no lane) or to the unsplit model in onnxruntime must give the same answers, the
-same errors and the same statuses.
+Each test runs over both transports that have the lane, and compares the lane with the
+per-call path: the same requests to a grpcio endpoint (which has no lane) or to the unsplit
+model in onnxruntime must give the same answers, the same errors and the same statuses.
 """
 
 from __future__ import annotations
@@ -34,9 +35,11 @@ from edgecut.protocol.timing import server_timing
 
 from .conftest import wide_mlp
 
-pytestmark = pytest.mark.skipif(not native_available(),
-                                reason=f"the infer lane is the native transport's: "
-                                       f"{unavailable_reason()}")
+NATIVE_ONLY = pytest.mark.skipif(not native_available(),
+                                 reason=f"the native transport is not built: "
+                                        f"{unavailable_reason()}")
+# The transports with an infer lane.
+LANES = [pytest.param("native", marks=NATIVE_ONLY), "core"]
 
 WAIT_S = 30.0
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -49,13 +52,21 @@ def _scheduling() -> dict[str, SchedulingPolicy]:
     return {"wide_mlp": BATCHING, "batch_cnn": BATCHING, "batch_sum": BATCHING}
 
 
-@pytest.fixture(scope="module")
-def servers(ops_repo: Path) -> Iterator[dict[str, EndpointServer]]:
-    """The same repository behind each transport, plaintext: these tests are about the
-    messages (TLS under the lane is the tritonclient test's)."""
-    running = {frontend: create_server(ops_repo, workers=8, frontend=frontend,
-                                       scheduling=_scheduling())
-               for frontend in ("native", "grpcio")}
+@pytest.fixture(params=LANES)
+def lane(request: pytest.FixtureRequest) -> str:
+    """A transport with an infer lane."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="module", params=LANES)
+def servers(request: pytest.FixtureRequest, ops_repo: Path
+            ) -> Iterator[dict[str, EndpointServer]]:
+    """The same repository behind a transport with the lane ("lane") and behind grpcio,
+    plaintext: these tests are about the messages (TLS under the lane is the tritonclient
+    test's)."""
+    running = {name: create_server(ops_repo, workers=8, frontend=frontend,
+                                   scheduling=_scheduling())
+               for name, frontend in (("lane", request.param), ("grpcio", "grpcio"))}
     for server in running.values():
         server.start()
     yield running
@@ -109,12 +120,12 @@ def _request(model: str, x: np.ndarray, *, name: str = "x", datatype: str = "FP3
 
 
 def test_concurrent_plain_calls_take_the_lane_and_each_gets_its_own_rows(
-        ops_repo: Path, fleet: Any,
+        ops_repo: Path, fleet: Any, lane: str,
         ops_reference: Callable[[str, dict[str, np.ndarray]], list[np.ndarray]]) -> None:
     """tritonclient over TLS, 24 calls at once of 1 or 2 rows each: every call goes through
     the lane, they run in shared batches, and each answer is its own rows of the unbatched
     model's, outputs in the order asked for."""
-    server = create_server(ops_repo, tls_dir=fleet.directory, workers=8, frontend="native",
+    server = create_server(ops_repo, tls_dir=fleet.directory, workers=8, frontend=lane,
                            scheduling=_scheduling())
     rng = np.random.default_rng(5)
     xs = [rng.normal(size=(1 + i % 2, 3, 16, 16)).astype(np.float32) for i in range(24)]
@@ -147,12 +158,12 @@ def test_concurrent_plain_calls_take_the_lane_and_each_gets_its_own_rows(
 def test_a_lane_answer_is_the_per_call_answer(servers: dict[str, EndpointServer]) -> None:
     x = np.random.default_rng(1).normal(size=(2, 256)).astype(np.float32)
     message = _request("wide_mlp", x, request_id="req-7").SerializeToString()
-    before = servers["native"].lane_calls
-    answers = {frontend: _call(server, message) for frontend, server in servers.items()}
-    assert servers["native"].lane_calls == before + 1
-    assert answers["native"][0] == answers["grpcio"][0] == grpc.StatusCode.OK
-    assert _untimed(answers["native"][1]) == _untimed(answers["grpcio"][1])
-    assert answers["native"][1].id == "req-7"
+    before = servers["lane"].lane_calls
+    answers = {name: _call(server, message) for name, server in servers.items()}
+    assert servers["lane"].lane_calls == before + 1
+    assert answers["lane"][0] == answers["grpcio"][0] == grpc.StatusCode.OK
+    assert _untimed(answers["lane"][1]) == _untimed(answers["grpcio"][1])
+    assert answers["lane"][1].id == "req-7"
 
 
 @pytest.mark.parametrize("case", [
@@ -174,9 +185,9 @@ def test_lane_errors_are_the_per_call_errors(servers: dict[str, EndpointServer],
     if case == "version not served":
         request.model_version = "9"
     message = request.SerializeToString()
-    before = servers["native"].lane_calls
-    native, per_call = (_call(servers[f], message) for f in ("native", "grpcio"))
-    assert servers["native"].lane_calls == before + 1  # the lane answered it
+    before = servers["lane"].lane_calls
+    native, per_call = (_call(servers[f], message) for f in ("lane", "grpcio"))
+    assert servers["lane"].lane_calls == before + 1  # the lane answered it
     assert native[0] != grpc.StatusCode.OK
     assert native == per_call
 
@@ -188,7 +199,7 @@ def test_outputs_that_do_not_follow_the_batch_are_answered_as_computed(
     xs = [np.full((2 if i == 0 else 1, 4), i + 1, np.float32) for i in range(6)]
     messages = [_request("batch_sum", x).SerializeToString() for x in xs]
     with ThreadPoolExecutor(len(xs)) as pool:
-        answers = list(pool.map(lambda m: _call(servers["native"], m), messages))
+        answers = list(pool.map(lambda m: _call(servers["lane"], m), messages))
     for x, (code, response) in zip(xs, answers, strict=True):
         assert code == grpc.StatusCode.OK, response
         total = np.frombuffer(response.raw_output_contents[0], np.float32)
@@ -210,12 +221,12 @@ def test_malformed_and_unusual_messages_get_the_per_call_answer(
     messages += [bytes(rng.integers(0, 256, size=n, dtype=np.uint8)) for n in (3, 64, 4096)]
     messages += [bad_name, mismatched.SerializeToString(), b""]
     for message in messages:
-        native, per_call = (_call(servers[f], message) for f in ("native", "grpcio"))
+        native, per_call = (_call(servers[f], message) for f in ("lane", "grpcio"))
         assert native[0] == per_call[0], message[:64]
     # Still serving, through the lane.
-    before = servers["native"].lane_calls
-    assert _call(servers["native"], good)[0] == grpc.StatusCode.OK
-    assert servers["native"].lane_calls == before + 1
+    before = servers["lane"].lane_calls
+    assert _call(servers["lane"], good)[0] == grpc.StatusCode.OK
+    assert servers["lane"].lane_calls == before + 1
 
 
 @pytest.mark.parametrize("rows", [1, 64])  # 1 KiB parsed whole; 64 KiB read in place
@@ -226,10 +237,10 @@ def test_calls_with_parameters_take_the_per_call_path(
     x = np.random.default_rng(rows).normal(size=(rows, 256)).astype(np.float32)
     request = _request("wide_mlp", x)
     request.outputs.add(name="y").parameters["edgecut_codec"].string_param = "zstd"
-    before = servers["native"].lane_calls
+    before = servers["lane"].lane_calls
     native, per_call = (_call(servers[f], request.SerializeToString())
-                        for f in ("native", "grpcio"))
-    assert servers["native"].lane_calls == before
+                        for f in ("lane", "grpcio"))
+    assert servers["lane"].lane_calls == before
     assert native[0] == per_call[0] == grpc.StatusCode.OK
     assert native[1].outputs[0].parameters["edgecut_codec"].string_param == "zstd"
     assert _untimed(native[1]) == _untimed(per_call[1])
@@ -248,21 +259,22 @@ def _flip_model(repo: Path) -> None:
         "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 1000 }\n")
 
 
-def _each_transport(repo: Path, messages: list[bytes], **options: Any
+def _each_transport(repo: Path, messages: list[bytes], lane: str, **options: Any
                     ) -> dict[str, list[tuple[grpc.StatusCode, Any]]]:
-    """Each message in turn to a native endpoint (the lane) and to a grpcio one."""
+    """Each message in turn to an endpoint over `lane` ("lane") and to a grpcio one."""
     answers = {}
-    for frontend in ("native", "grpcio"):
+    for name, frontend in (("lane", lane), ("grpcio", "grpcio")):
         with create_server(repo, workers=4, frontend=frontend, **options) as server:
-            answers[frontend] = [(code, _untimed(answer) if code == grpc.StatusCode.OK
-                                  else answer)
-                                 for code, answer in (_call(server, m) for m in messages)]
-            if frontend == "native":
+            answers[name] = [(code, _untimed(answer) if code == grpc.StatusCode.OK
+                              else answer)
+                             for code, answer in (_call(server, m) for m in messages)]
+            if name == "lane":
                 assert server.lane_calls == len(messages)
     return answers
 
 
-def test_a_layout_once_accepted_still_gets_each_calls_value_checks(tmp_path: Path) -> None:
+def test_a_layout_once_accepted_still_gets_each_calls_value_checks(tmp_path: Path,
+                                                                   lane: str) -> None:
     """The lane checks a layout once per model version; BOOL bytes other than 0 and 1
     depend on the values, and are refused every time."""
     _flip_model(tmp_path)
@@ -270,15 +282,16 @@ def test_a_layout_once_accepted_still_gets_each_calls_value_checks(tmp_path: Pat
     bad = np.array([[1, 2, 0, 0]], np.uint8)
     messages = [_request("flip", x, datatype="BOOL").SerializeToString()
                 for x in (good, bad, good, bad)]
-    answers = _each_transport(tmp_path, messages)
-    assert answers["native"] == answers["grpcio"]
-    codes = [code for code, _ in answers["native"]]
+    answers = _each_transport(tmp_path, messages, lane)
+    assert answers["lane"] == answers["grpcio"]
+    codes = [code for code, _ in answers["lane"]]
     assert codes == [grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT] * 2
-    flipped = np.frombuffer(answers["native"][2][1].raw_output_contents[0], np.uint8)
+    flipped = np.frombuffer(answers["lane"][2][1].raw_output_contents[0], np.uint8)
     np.testing.assert_array_equal(flipped, [0, 1, 0, 0])
 
 
-def test_a_layout_once_accepted_still_gets_each_calls_size_check(tmp_path: Path) -> None:
+def test_a_layout_once_accepted_still_gets_each_calls_size_check(tmp_path: Path,
+                                                                  lane: str) -> None:
     """4 rows of wide_mlp decode to 4 KiB, within the limit; 5 rows are over it, each time,
     with the layout of 4 rows accepted meanwhile."""
     (tmp_path / "wide_mlp" / "1").mkdir(parents=True)
@@ -286,21 +299,34 @@ def test_a_layout_once_accepted_still_gets_each_calls_size_check(tmp_path: Path)
     (tmp_path / "wide_mlp" / "config.pbtxt").write_text("max_batch_size: 8\n")
     messages = [_request("wide_mlp", np.ones((rows, 256), np.float32)).SerializeToString()
                 for rows in (4, 5, 4, 5)]
-    answers = _each_transport(tmp_path, messages, max_decoded_bytes=4096)
-    assert answers["native"] == answers["grpcio"]
-    codes = [code for code, _ in answers["native"]]
+    answers = _each_transport(tmp_path, messages, lane, max_decoded_bytes=4096)
+    assert answers["lane"] == answers["grpcio"]
+    codes = [code for code, _ in answers["lane"]]
     assert codes[0] == codes[2] == grpc.StatusCode.OK
     assert codes[1] == codes[3] != grpc.StatusCode.OK
-    assert "4096" in answers["native"][1][1]
+    assert "4096" in answers["lane"][1][1]
 
 
-def test_the_transport_threads_yield_to_model_runs(servers: dict[str, EndpointServer]) -> None:
+@NATIVE_ONLY
+def test_the_transport_threads_yield_to_model_runs(ops_repo: Path) -> None:
     """The native transport's two threads run under SCHED_BATCH (frontend.cc,
     yield_to_models): their wake-ups must not preempt a model run. The model's worker,
     started from the transport's thread, keeps the default policy and has a name of its own."""
+    with create_server(ops_repo, workers=4, frontend="native",
+                       scheduling=_scheduling()) as server:
+        _threads_yield(server, {"edgecut-grpc-cq", "edgecut-handoff"})
+
+
+def test_the_core_transport_thread_yields_to_model_runs(ops_repo: Path) -> None:
+    """The core transport's one thread, which now reads the lane's calls too, likewise."""
+    with create_server(ops_repo, workers=4, frontend="core",
+                       scheduling=_scheduling()) as server:
+        _threads_yield(server, {"edgecut-grpc-cq"})
+
+
+def _threads_yield(server: EndpointServer, transport_threads: set[str]) -> None:
     x = np.ones((1, 256), np.float32)
-    assert _call(servers["native"], _request("wide_mlp", x).SerializeToString())[0] == \
-        grpc.StatusCode.OK
+    assert _call(server, _request("wide_mlp", x).SerializeToString())[0] == grpc.StatusCode.OK
     policies: dict[str, set[int]] = {}
     for task in Path("/proc/self/task").iterdir():
         try:
@@ -310,10 +336,11 @@ def test_the_transport_threads_yield_to_model_runs(servers: dict[str, EndpointSe
             continue  # a thread that ended meanwhile
         if name in ("edgecut-grpc-cq", "edgecut-handoff", "run-wide_mlp"):
             policies.setdefault(name, set()).add(policy)
-    assert policies == {"edgecut-grpc-cq": {os.SCHED_BATCH}, "edgecut-handoff": {os.SCHED_BATCH},
+    assert policies == {**{name: {os.SCHED_BATCH} for name in transport_threads},
                         "run-wide_mlp": {os.SCHED_OTHER}}
 
 
+@NATIVE_ONLY
 def test_the_frontend_hands_over_tensors_in_place_and_aligned() -> None:
     """What frontend.cc passes for lane calls, read directly: each tensor is where its offset
     says in its message, equal to what was sent, and starts on a 64-byte boundary (numpy and
@@ -355,7 +382,7 @@ def test_the_frontend_hands_over_tensors_in_place_and_aligned() -> None:
             assert tensor.ctypes.data % 64 == 0
 
 
-def test_calls_answered_together_are_each_counted(ops_repo: Path,
+def test_calls_answered_together_are_each_counted(ops_repo: Path, lane: str,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     """Lane calls that one run answers are counted at once (count=): the statistics, the
     canary's counters, the metrics and the request log must still see every call."""
@@ -367,7 +394,7 @@ def test_calls_answered_together_are_each_counted(ops_repo: Path,
     x = np.ones((1, 256), np.float32)
     messages = [_request("wide_mlp", x, request_id=f"id-{i}").SerializeToString()
                 for i in range(calls)]
-    server = create_server(ops_repo, workers=8, frontend="native", scheduling=_scheduling(),
+    server = create_server(ops_repo, workers=8, frontend=lane, scheduling=_scheduling(),
                            metrics_port=0, request_log_level="INFO")
     with server, caplog.at_level(logging.INFO, logger=REQUEST_LOGGER), \
             ThreadPoolExecutor(calls) as pool:
@@ -404,9 +431,9 @@ def test_mutated_messages_get_the_per_call_status(servers: dict[str, EndpointSer
              _request("batch_cnn", rng.normal(size=(1, 3, 16, 16)).astype(np.float32))
              .SerializeToString()]
     # One channel each; most mutated calls still wait out the 20 ms batching delay.
-    with grpc.insecure_channel(servers["native"].address) as native_channel, \
+    with grpc.insecure_channel(servers["lane"].address) as native_channel, \
             grpc.insecure_channel(servers["grpcio"].address) as grpcio_channel:
-        calls = {"native": native_channel.unary_unary(INFER),
+        calls = {"lane": native_channel.unary_unary(INFER),
                  "grpcio": grpcio_channel.unary_unary(INFER)}
 
         def status(frontend: str, message: bytes) -> grpc.StatusCode:
@@ -423,5 +450,5 @@ def test_mutated_messages_get_the_per_call_status(servers: dict[str, EndpointSer
             message[at] = int(rng.integers(0, 256))
             if i % 5 == 0:
                 del message[int(rng.integers(at, len(message))):]
-            assert status("native", bytes(message)) == status("grpcio", bytes(message)), i
-        assert status("native", valid[0]) == grpc.StatusCode.OK
+            assert status("lane", bytes(message)) == status("grpcio", bytes(message)), i
+        assert status("lane", valid[0]) == grpc.StatusCode.OK

@@ -1,6 +1,6 @@
 """Server-reported timing (edgecut.protocol.timing): every successful ModelInfer answer says how
 long its request queued and how long its batch ran, on each transport and each path through
-it (the native infer lane for plain calls, the per-call path for the others)."""
+it (the infer lane for plain calls, the per-call path for the others)."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_every_answer_reports_queue_and_compute_time(server: EndpointServer,
     assert timing is not None
     assert timing.queue_ms >= 0 and timing.compute_ms > 0
     took_lane = server.lane_calls == before + 1
-    assert took_lane == (server.frontend == "native" and codec is None)
+    assert took_lane == (server.frontend in ("native", "core") and codec is None)
 
 
 @pytest.mark.parametrize("codec", [None, "zstd"], ids=["plain", "with-parameters"])
