@@ -23,7 +23,9 @@ pyproject.toml and tests/cloud run every transport test over this one too.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -33,7 +35,7 @@ from typing import Any
 import grpc
 from grpc._cython import cygrpc
 
-from .plain_infer import ResponseWriter, read_plain_infer
+from .plain_infer import PlainReader, ResponseWriter
 from .threads import name_this_thread, yield_to_models
 
 # What this transport takes from grpcio's internal Cython layer. It is not grpcio's public
@@ -63,6 +65,10 @@ _POLL_S = 0.2
 # so the first calls of it are not held back by the reading of the last.
 LANE_GROUP_MAX = 64
 _NEW, _READ, _CLOSED, _SENT, _SHUTDOWN = range(5)
+# gRPC's own I/O threads (its EventEngine's pool, which reads, decrypts and parses what
+# arrives), by their kernel name, and how often the completion-queue thread looks for new ones.
+GRPC_IO_THREAD = "event_engine"
+_IO_THREADS_CHECK_S = 1.0
 
 
 class _Call:
@@ -134,6 +140,7 @@ class CoreFrontend:
         self._stopping = False
         self._infer_method = ""  # "": no infer lane
         self._infer_excluded: frozenset[bytes] = frozenset()
+        self._plain = PlainReader()  # read on the completion-queue thread only
         # Plain calls read since the last group went, by what lets calls share a group.
         self._lane: dict[tuple, list[tuple]] = {}
         self._lane_waiting = 0
@@ -277,7 +284,15 @@ class CoreFrontend:
         name_this_thread("edgecut-grpc-cq")
         yield_to_models()
         queue_timeout = cygrpc.CompletionType.queue_timeout
+        io_threads: set[int] = set()
+        check_io_threads_at = 0.0
         while True:
+            # gRPC's I/O threads yield to model runs too: each arriving packet wakes one, and
+            # under the default policy that wake-up preempts a run (the native transport's
+            # threads yield for the same reason). Its pool may start threads at any time.
+            if time.monotonic() >= check_io_threads_at:
+                yield_grpc_io_threads(io_threads)
+                check_io_threads_at = time.monotonic() + _IO_THREADS_CHECK_S
             # With plain calls waiting, only a look: once nothing more has arrived, they go.
             event = self._cq.poll(0.0 if self._lane_waiting else time.time() + _POLL_S)
             if event.completion_type == queue_timeout:
@@ -338,7 +353,7 @@ class CoreFrontend:
         time_left_s = None if left > _NO_DEADLINE_S else max(0.0, left)
         peer = _peer_name(call.call) if self._client_certificates else None
         if call.method == self._infer_method:
-            plain = read_plain_infer(payload)
+            plain = self._plain.read(payload)
             if plain is not None and plain.model_name not in self._infer_excluded:
                 self._take_lane_call(call, plain, payload, peer, time_left_s)
                 return
@@ -406,3 +421,26 @@ def _peer_name(call: Any) -> str | None:
         return None
     name = names[0]
     return name.decode("utf-8", "replace") if isinstance(name, bytes) else str(name)
+
+
+def yield_grpc_io_threads(done: set[int]) -> int:
+    """Put this process's gRPC I/O threads (GRPC_IO_THREAD) not in `done` under SCHED_BATCH,
+    adding them to `done`; returns how many were new. Best effort: a thread may end meanwhile,
+    and where the kernel refuses, they keep their policy."""
+    new = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 0
+    for task in tasks:
+        tid = int(task)
+        if tid in done:
+            continue
+        done.add(tid)
+        with contextlib.suppress(OSError, AttributeError):
+            with open(f"/proc/self/task/{task}/comm") as comm:
+                if comm.read().strip() != GRPC_IO_THREAD:
+                    continue
+            os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
+            new += 1
+    return new

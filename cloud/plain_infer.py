@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 from edgecut.protocol.timing import COMPUTE_MS_PARAMETER, QUEUE_MS_PARAMETER
 
-__all__ = ["PlainInfer", "ResponseWriter", "read_plain_infer"]
+__all__ = ["PlainInfer", "PlainReader", "ResponseWriter", "read_plain_infer"]
 
 # Bytes per element of the datatypes a plain request may carry (infer_wire::element_size).
 _ELEMENT_BYTES = {b"FP32": 4, b"INT32": 4, b"UINT32": 4, b"FP16": 2, b"BF16": 2, b"INT16": 2,
@@ -118,50 +118,105 @@ def read_plain_infer(message: bytes) -> PlainInfer | None:
     """`message` read as a plain ModelInferRequest (module docstring); None when it is not
     one. Plain also means consistent, as in infer_wire.h: one raw entry per input, of exactly
     the bytes its shape and datatype make, every input with the same first dimension."""
-    try:
-        return _read(message)
-    except _NotPlain:
-        return None
+    return _DEFAULT_READER.read(message)
 
 
-def _read(data: bytes) -> PlainInfer | None:
-    end = len(data)
-    pos = 0
-    name = version = request_id = b""
-    inputs: list[tuple[bytes, bytes, tuple[int, ...]]] = []
-    outputs: list[bytes] = []
-    raw: list[tuple[int, int]] = []
-    while pos < end:
-        key, pos = _varint(data, pos, end)
-        if key & 7 != _DELIMITED:
+class PlainReader:
+    """read_plain_infer with a memory of the tensor layouts it has read.
+
+    The calls of one client mostly repeat their inputs' and outputs' descriptions byte for
+    byte (names, datatypes, shapes): those are read once, and later calls only walk the
+    message's top level (its few fields) and check their tensors' sizes. Not thread-safe:
+    one per thread that reads (the core transport's completion-queue thread).
+    """
+
+    # Layouts kept: enough for every client's shapes, bounded against one that sends a new
+    # shape each call.
+    MAX_LAYOUTS = 256
+
+    def __init__(self) -> None:
+        # The bytes of a call's input (5) and output (6) fields, as sent -> what they say:
+        # (inputs, outputs, each input's tensor bytes), or None when they are not plain.
+        self._layouts: dict[bytes, _Layout | None] = {}
+
+    def read(self, message: bytes) -> PlainInfer | None:
+        """As read_plain_infer."""
+        try:
+            return self._read(message)
+        except _NotPlain:
             return None
-        start, pos = _delimited(data, pos, end)
-        field = key >> 3
-        if field == 7:
-            raw.append((start, pos))
-        elif field == 5:
-            inputs.append(_input(data, start, pos))
-        elif field == 1:
-            name = data[start:pos]
-        elif field == 2:
-            version = data[start:pos]
-        elif field == 3:
-            request_id = data[start:pos]
-        elif field == 6:
-            outputs.append(_output(data, start, pos))
+
+    def _read(self, data: bytes) -> PlainInfer | None:
+        end = len(data)
+        pos = 0
+        name = version = request_id = b""
+        described: list[bytes] = []  # the input and output fields, whole
+        raw: list[int] = []  # where each raw entry starts, and its bytes, in turn
+        while pos < end:
+            at = pos
+            key, pos = _varint(data, pos, end)
+            if key & 7 != _DELIMITED:
+                return None
+            start, pos = _delimited(data, pos, end)
+            field = key >> 3
+            if field == 7:
+                raw += (start, pos - start)
+            elif field == 5 or field == 6:
+                described.append(data[at:pos])
+            elif field == 1:
+                name = data[start:pos]
+            elif field == 2:
+                version = data[start:pos]
+            elif field == 3:
+                request_id = data[start:pos]
+            else:
+                return None  # parameters (4) or an unknown field
+        key = b"".join(described)
+        layout = self._layouts.get(key, _UNREAD)
+        if layout is _UNREAD:
+            layout = _layout(described)
+            if len(self._layouts) >= self.MAX_LAYOUTS:
+                self._layouts.clear()
+            self._layouts[key] = layout
+        if layout is None:
+            return None
+        inputs, outputs, sizes = layout
+        if raw[1::2] != sizes:
+            return None
+        return PlainInfer(name, version, request_id, inputs, outputs, tuple(raw[0::2]))
+
+
+_Layout = tuple[tuple[tuple[bytes, bytes, tuple[int, ...]], ...], tuple[bytes, ...], list[int]]
+_UNREAD: Any = object()
+
+
+def _layout(described: Sequence[bytes]) -> _Layout | None:
+    """What a call's input and output fields (each whole, key and length included) say, or
+    None when they are not those of a plain call."""
+    inputs = []
+    outputs = []
+    for entry in described:
+        key, pos = _varint(entry, 0, len(entry))
+        start, stop = _delimited(entry, pos, len(entry))
+        if key >> 3 == 5:
+            inputs.append(_input(entry, start, stop))
         else:
-            return None  # parameters (4) or an unknown field
-    if not inputs or len(raw) != len(inputs):
+            outputs.append(_output(entry, start, stop))
+    if not inputs:
         return None
     rows = inputs[0][2][0] if inputs[0][2] else None
-    for (input_name, datatype, shape), (start, stop) in zip(inputs, raw, strict=True):
+    sizes = []
+    for input_name, datatype, shape in inputs:
         size = _ELEMENT_BYTES.get(datatype, 0)
         if not size or not shape or not input_name or shape[0] != rows:
             return None
-        if any(d >= _MAX_DIM for d in shape) or size * math.prod(shape) != stop - start:
+        if any(d >= _MAX_DIM for d in shape):
             return None
-    return PlainInfer(name, version, request_id, tuple(inputs), tuple(outputs),
-                      tuple(start for start, _ in raw))
+        sizes.append(size * math.prod(shape))
+    return tuple(inputs), tuple(outputs), sizes
+
+
+_DEFAULT_READER = PlainReader()
 
 
 def _key(field: int, kind: int) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ import tritonclient.grpc as triton
 from onnx import TensorProto, helper
 
 from edgecut.cloud.batching import SchedulingPolicy
+from edgecut.cloud.core_frontend import GRPC_IO_THREAD
 from edgecut.cloud.native_server import available as native_available
 from edgecut.cloud.native_server import unavailable_reason
 from edgecut.cloud.server import EndpointServer, create_server
@@ -318,10 +320,30 @@ def test_the_transport_threads_yield_to_model_runs(ops_repo: Path) -> None:
 
 
 def test_the_core_transport_thread_yields_to_model_runs(ops_repo: Path) -> None:
-    """The core transport's one thread, which now reads the lane's calls too, likewise."""
+    """The core transport's one thread, which reads the lane's calls too, likewise; and so
+    do gRPC's own I/O threads (its EventEngine pool), which it puts under SCHED_BATCH."""
     with create_server(ops_repo, workers=4, frontend="core",
                        scheduling=_scheduling()) as server:
         _threads_yield(server, {"edgecut-grpc-cq"})
+        deadline = time.monotonic() + WAIT_S
+        while True:  # the completion-queue thread looks for new ones every second
+            policies = _policies(GRPC_IO_THREAD)
+            if policies == {os.SCHED_BATCH} or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert policies == {os.SCHED_BATCH}
+
+
+def _policies(name: str) -> set[int]:
+    """The scheduling policies of this process's threads called `name`."""
+    found = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() == name:
+                found.add(os.sched_getscheduler(int(task.name)))
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that ended meanwhile
+    return found
 
 
 def _threads_yield(server: EndpointServer, transport_threads: set[str]) -> None:

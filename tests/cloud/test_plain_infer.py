@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgecut.cloud.core_frontend import CoreFrontend
-from edgecut.cloud.plain_infer import ResponseWriter, read_plain_infer
+from edgecut.cloud.plain_infer import PlainReader, ResponseWriter, read_plain_infer
 from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.timing import server_timing
 
@@ -106,6 +106,34 @@ def test_cut_off_unknown_and_junk_messages_are_not_plain() -> None:
     assert read_plain_infer(message + b"\x48\x01") is None  # field 9, a varint: unknown
     assert read_plain_infer(b"") is None
     assert read_plain_infer(b"\xff" * 12) is None
+
+
+def test_a_remembered_layout_still_gets_each_calls_checks() -> None:
+    """A reader remembers what a layout's bytes say; each call's own tensors, id and names
+    are still read and checked, and a layout once refused is refused again."""
+    reader = PlainReader()
+    first = _request(request_id="a")
+    assert reader.read(first.SerializeToString()) is not None
+    again = _request(request_id="b")
+    again.raw_input_contents[1] = np.arange(4, dtype=np.int64).tobytes()[::-1]
+    plain = reader.read(again.SerializeToString())
+    assert plain is not None and plain.id == b"b"
+    message = again.SerializeToString()
+    assert message[plain.offsets[1]:plain.offsets[1] + 32] == again.raw_input_contents[1]
+    short = _request(request_id="c")
+    _with_a_short_tensor(short)
+    assert reader.read(short.SerializeToString()) is None
+    refused = _request()
+    _with_input_parameter(refused)
+    assert reader.read(refused.SerializeToString()) is None
+    assert reader.read(refused.SerializeToString()) is None
+
+
+def test_a_reader_full_of_layouts_still_reads_right() -> None:
+    reader = PlainReader()
+    for rows in range(1, PlainReader.MAX_LAYOUTS + 10):
+        plain = reader.read(_request(rows=rows).SerializeToString())
+        assert plain is not None and plain.inputs[0][2] == (rows, 4)
 
 
 def test_responses_parse_as_protobuf_writes_them_each_with_its_rows() -> None:
