@@ -68,12 +68,13 @@ def test_plaintext_server_start_stop_wait(model_repo: Path, call_timeout_s: floa
 
 
 SERVE_SCRIPT = textwrap.dedent("""
+    import gc
     import sys
     from pathlib import Path
     from edgecut.cloud.server import serve
 
     stats = serve(Path(sys.argv[1]), address="127.0.0.1:0", workers=2, grace_s=1.0,
-                  on_started=lambda s: print(s.port, flush=True))
+                  on_started=lambda s: print(s.port, gc.get_freeze_count(), flush=True))
     print("requests", stats.requests, flush=True)
 """)
 
@@ -83,7 +84,10 @@ def test_serve_stops_gracefully_on_sigterm(model_repo: Path, call_timeout_s: flo
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None
-        port = int(process.stdout.readline())
+        port, frozen = map(int, process.stdout.readline().split())
+        # What was loaded before serving is out of the garbage collector's way (its full
+        # collections walked it all, tens of ms without a request moving).
+        assert frozen > 10_000
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub: Any = GRPCInferenceServiceStub(channel)
             assert stub.ServerLive(pb.ServerLiveRequest(), timeout=call_timeout_s).live
