@@ -38,7 +38,12 @@ from google.protobuf.message import Message
 from edgecut.errors import ProtocolError
 from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.codecs import CODEC_PARAMETER, parameter_value, set_parameter
-from edgecut.protocol.rawfields import RAW_INPUT_FIELD, RAW_OUTPUT_FIELD, split_repeated_bytes
+from edgecut.protocol.rawfields import (
+    RAW_INPUT_FIELD,
+    RAW_OUTPUT_FIELD,
+    split_repeated_bytes,
+    varint_bytes,
+)
 from edgecut.protocol.tensors import dtype_of
 
 __all__ = [
@@ -150,7 +155,7 @@ def infer_request_message(body: bytes | memoryview, header_length: int | None, *
     # are copied once, into the message, and read in place from it (rawfields).
     parts: list[bytes | memoryview] = [head]
     for data in contents:
-        parts += (_RAW_INPUT_TAG, _varint(len(data)), data)
+        parts += (_RAW_INPUT_TAG, varint_bytes(len(data)), data)
     return b"".join(parts), OutputChoice(default_binary=default_binary, binary=binary_outputs)
 
 
@@ -359,15 +364,6 @@ def _flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise ProtocolError(f"parameter {name!r} must be true or false, got {value!r}")
     return value
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append(n & 0x7F | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def sequence_json(messages: Sequence[Message]) -> list[dict[str, Any]]:

@@ -24,6 +24,8 @@ import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from edgecut.errors import ProtocolError
+from edgecut.protocol.rawfields import read_varint, varint_bytes
 from edgecut.protocol.timing import COMPUTE_MS_PARAMETER, QUEUE_MS_PARAMETER
 
 __all__ = ["PlainInfer", "PlainReader", "ResponseWriter", "read_plain_infer"]
@@ -53,23 +55,9 @@ class _NotPlain(Exception):
     pass
 
 
-def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while pos < end:
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 64:
-            break
-    raise _NotPlain
-
-
 def _delimited(data: bytes, pos: int, end: int) -> tuple[int, int]:
     """(start, end) of the delimited value at `pos`."""
-    size, pos = _varint(data, pos, end)
+    size, pos = read_varint(data, pos, end)
     if size > end - pos:
         raise _NotPlain
     return pos, pos + size
@@ -80,7 +68,7 @@ def _input(data: bytes, pos: int, end: int) -> tuple[bytes, bytes, tuple[int, ..
     name = datatype = b""
     shape: list[int] = []
     while pos < end:
-        key, pos = _varint(data, pos, end)
+        key, pos = read_varint(data, pos, end)
         field, kind = key >> 3, key & 7
         if field in (1, 2) and kind == _DELIMITED:
             start, pos = _delimited(data, pos, end)
@@ -91,10 +79,10 @@ def _input(data: bytes, pos: int, end: int) -> tuple[bytes, bytes, tuple[int, ..
         elif field == 3 and kind == _DELIMITED:
             at, pos = _delimited(data, pos, end)
             while at < pos:
-                dim, at = _varint(data, at, pos)
+                dim, at = read_varint(data, at, pos)
                 shape.append(dim)
         elif field == 3 and kind == _VARINT:
-            dim, pos = _varint(data, pos, end)
+            dim, pos = read_varint(data, pos, end)
             shape.append(dim)
         else:
             raise _NotPlain  # parameters, typed contents or a field the lane does not know
@@ -105,7 +93,7 @@ def _output(data: bytes, pos: int, end: int) -> bytes:
     """InferRequestedOutputTensor: a name and nothing else (or nothing at all)."""
     if pos == end:
         return b""
-    key, pos = _varint(data, pos, end)
+    key, pos = read_varint(data, pos, end)
     if key != (1 << 3 | _DELIMITED):
         raise _NotPlain
     start, pos = _delimited(data, pos, end)
@@ -143,7 +131,7 @@ class PlainReader:
         """As read_plain_infer."""
         try:
             return self._read(message)
-        except _NotPlain:
+        except (_NotPlain, ProtocolError):  # ProtocolError: a varint cut off or too long
             return None
 
     def _read(self, data: bytes) -> PlainInfer | None:
@@ -154,7 +142,7 @@ class PlainReader:
         raw: list[int] = []  # where each raw entry starts, and its bytes, in turn
         while pos < end:
             at = pos
-            key, pos = _varint(data, pos, end)
+            key, pos = read_varint(data, pos, end)
             if key & 7 != _DELIMITED:
                 return None
             start, pos = _delimited(data, pos, end)
@@ -196,7 +184,7 @@ def _layout(described: Sequence[bytes]) -> _Layout | None:
     inputs = []
     outputs = []
     for entry in described:
-        key, pos = _varint(entry, 0, len(entry))
+        key, pos = read_varint(entry, 0, len(entry))
         start, stop = _delimited(entry, pos, len(entry))
         if key >> 3 == 5:
             inputs.append(_input(entry, start, stop))
@@ -220,33 +208,19 @@ _DEFAULT_READER = PlainReader()
 
 
 def _key(field: int, kind: int) -> bytes:
-    return _varint_bytes(field << 3 | kind)
-
-
-def _varint_bytes(value: int) -> bytes:
-    if value < 0x80:
-        return _SMALL[value]
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-_SMALL = [bytes((i,)) for i in range(0x80)]
+    return varint_bytes(field << 3 | kind)
 
 
 def _field(field: int, value: bytes) -> bytes:
-    return _key(field, _DELIMITED) + _varint_bytes(len(value)) + value
+    return _key(field, _DELIMITED) + varint_bytes(len(value)) + value
 
 
 def _double_parameter_head(name: str) -> bytes:
     """One entry of ModelInferResponse.parameters, `name` -> InferParameter.double_param,
     less the double's 8 bytes, which end it."""
-    value_head = _key(2, _DELIMITED) + _varint_bytes(9) + _key(4, _FIXED64)
+    value_head = _key(2, _DELIMITED) + varint_bytes(9) + _key(4, _FIXED64)
     entry = _field(1, name.encode()) + value_head
-    return _key(4, _DELIMITED) + _varint_bytes(len(entry) + 8) + entry
+    return _key(4, _DELIMITED) + varint_bytes(len(entry) + 8) + entry
 
 
 _QUEUE_MS_HEAD = _double_parameter_head(QUEUE_MS_PARAMETER)
@@ -301,7 +275,7 @@ class ResponseWriter:
         tensors, raw_heads = layout
         parts: list[Any] = [self._head]
         if request_id:
-            parts += (_ID_KEY, _varint_bytes(len(request_id)), request_id)
+            parts += (_ID_KEY, varint_bytes(len(request_id)), request_id)
         if queue_ms is not None and compute_ms is not None:
             parts += (_QUEUE_MS_HEAD, _DOUBLE(queue_ms), _COMPUTE_MS_HEAD, _DOUBLE(compute_ms))
         parts.append(tensors)
@@ -316,8 +290,8 @@ class ResponseWriter:
         """What the responses of `rows` rows share: the outputs' metadata (field 5), and the
         head of each output's raw entry (field 6)."""
         tensors = b"".join(
-            _field(5, head + _field(3, b"".join(_varint_bytes(d) for d in (rows, *inner))))
+            _field(5, head + _field(3, b"".join(varint_bytes(d) for d in (rows, *inner))))
             for head, inner, _, _ in self._columns)
-        raw_heads = tuple(_RAW_KEY + _varint_bytes(rows * row_bytes)
+        raw_heads = tuple(_RAW_KEY + varint_bytes(rows * row_bytes)
                           for _, _, _, row_bytes in self._columns)
         return tensors, raw_heads

@@ -22,6 +22,7 @@ import numpy as np
 from edgecut.errors import ProtocolError
 from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.codecs import encode_tensor
+from edgecut.protocol.rawfields import varint_bytes
 from edgecut.protocol.tensors import datatype_of, dtype_of
 
 __all__ = ["array_from_contents", "encode_input", "padded_message", "request_with_raw_inputs"]
@@ -60,7 +61,7 @@ def request_with_raw_inputs(header: bytes, chunks: Sequence[memoryview | bytes])
     """`header` (a serialised ModelInferRequest) with `chunks` as its raw_input_contents."""
     parts: list[memoryview | bytes] = [header]
     for chunk in chunks:
-        parts += [_RAW_INPUT_TAG, _varint(len(chunk)), chunk]
+        parts += [_RAW_INPUT_TAG, varint_bytes(len(chunk)), chunk]
     return b"".join(parts)
 
 
@@ -73,16 +74,7 @@ def padded_message(message: bytes, padding_bytes: int) -> bytes:
     """
     if padding_bytes <= 0:
         return message
-    return b"".join((message, _PADDING_TAG, _varint(padding_bytes), bytes(padding_bytes)))
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+    return b"".join((message, _PADDING_TAG, varint_bytes(padding_bytes), bytes(padding_bytes)))
 
 
 def array_from_contents(tensor: pb.ModelInferResponse.InferOutputTensor) -> np.ndarray:

@@ -31,7 +31,9 @@ __all__ = [
     "RAW_OUTPUT_FIELD",
     "InferRequestView",
     "parse_infer_request",
+    "read_varint",
     "split_repeated_bytes",
+    "varint_bytes",
 ]
 
 RAW_INPUT_FIELD = 7  # ModelInferRequest.raw_input_contents
@@ -57,14 +59,14 @@ def split_repeated_bytes(data: bytes | memoryview, field_number: int
     pos = 0
     while pos < size:
         start = pos
-        key, pos = _varint(view, pos, size)
+        key, pos = read_varint(view, pos, size)
         number, wire_type = key >> 3, key & 7
         if number == 0:
             raise ProtocolError(f"message is malformed: field number 0 at byte {start}")
         if wire_type == _VARINT:
-            _, pos = _varint(view, pos, size)
+            _, pos = read_varint(view, pos, size)
         elif wire_type == _DELIMITED:
-            length, pos = _varint(view, pos, size)
+            length, pos = read_varint(view, pos, size)
             if length > size - pos:
                 raise ProtocolError(
                     f"message is malformed: field {number} at byte {start} declares {length} "
@@ -91,7 +93,8 @@ def split_repeated_bytes(data: bytes | memoryview, field_number: int
     return b"".join(kept), views
 
 
-def _varint(view: memoryview, pos: int, size: int) -> tuple[int, int]:
+def read_varint(view: memoryview | bytes, pos: int, size: int) -> tuple[int, int]:
+    """(the varint at `pos`, the position after it), reading no further than `size`."""
     result = shift = 0
     while pos < size:
         byte = view[pos]
@@ -103,6 +106,21 @@ def _varint(view: memoryview, pos: int, size: int) -> tuple[int, int]:
         if shift > 63:
             break
     raise ProtocolError(f"message is malformed: a varint at byte {pos} is cut off or too long")
+
+
+def varint_bytes(value: int) -> bytes:
+    """`value` (>= 0) as a protobuf varint."""
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_SMALL_VARINTS = [bytes((i,)) for i in range(0x80)]
 
 
 @dataclass(frozen=True, slots=True)
