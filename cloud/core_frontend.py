@@ -357,9 +357,7 @@ class CoreFrontend:
             if plain is not None and plain.model_name not in self._infer_excluded:
                 self._take_lane_call(call, plain, payload, peer, time_left_s)
                 return
-        address = call.call.peer()
-        if isinstance(address, bytes):
-            address = address.decode("utf-8", "replace")
+        address = _peer_address(call.call)
         metadata = [tuple(m) for m in call.metadata]
         assert self._dispatch is not None
         self._dispatch([(call.id, call.method, payload, metadata, peer, time_left_s, address)],
@@ -368,11 +366,8 @@ class CoreFrontend:
     def _take_lane_call(self, call: _Call, plain: Any, payload: bytes, peer: str | None,
                         time_left_s: float | None) -> None:
         """Keep a plain call for the next group (frontend.cc's lane_key says which share)."""
-        address = None
-        if plain.id:  # only a call with a request id needs its address (deduplication)
-            address = call.call.peer()
-            if isinstance(address, bytes):
-                address = address.decode("utf-8", "replace")
+        # Only a call with a request id needs its address (deduplication).
+        address = _peer_address(call.call) if plain.id else None
         key = (plain.model_name, plain.model_version, peer, plain.inputs, plain.outputs)
         entry = (call.id, plain.id, time_left_s, payload, plain.offsets, address)
         self._lane.setdefault(key, []).append(entry)
@@ -413,6 +408,12 @@ class CoreFrontend:
             self._dispatch((), [call.id])
 
 
+def _peer_address(call: Any) -> str:
+    """The client's address as gRPC gives it (e.g. "ipv4:127.0.0.1:51234")."""
+    address = call.peer()
+    return address.decode("utf-8", "replace") if isinstance(address, bytes) else address
+
+
 def _peer_name(call: Any) -> str | None:
     """The client certificate's common name under mutual TLS, else None."""
     auth = cygrpc.auth_context(call)
@@ -437,10 +438,7 @@ def yield_grpc_io_threads(done: set[int]) -> int:
         if tid in done:
             continue
         done.add(tid)
-        with contextlib.suppress(OSError, AttributeError):
-            with open(f"/proc/self/task/{task}/comm") as comm:
-                if comm.read().strip() != GRPC_IO_THREAD:
-                    continue
-            os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
-            new += 1
+        with contextlib.suppress(OSError), open(f"/proc/self/task/{task}/comm") as comm:
+            if comm.read().strip() == GRPC_IO_THREAD:
+                new += yield_to_models(tid)
     return new

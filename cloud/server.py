@@ -389,8 +389,8 @@ def create_server(
     built at install where gRPC's C++ library is found); "core" drives grpcio's own core from
     one thread, every ModelInfer answered by the worker that ran its batch, no thread waiting
     per call, plain calls through the infer lane as over the native one
-    (edgecut.cloud.core_frontend); "grpcio" is grpcio's grpc.server; "auto" (the default) the native one where
-    built, "core" elsewhere. All serve the same handlers.
+    (edgecut.cloud.core_frontend); "grpcio" is grpcio's grpc.server; "auto" (the default)
+    the native one where built, "core" elsewhere. All serve the same handlers.
     The native one serves small requests 15-46 % faster; a 4 MiB upload costs it 0.6-0.8 ms
     more CPU than grpcio (the system's gRPC 1.51 and OpenSSL against grpcio's own gRPC and
     BoringSSL), see README.md.

@@ -38,11 +38,12 @@ def default_scheduling() -> None:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
-def yield_to_models() -> bool:
-    """Put the calling thread under SCHED_BATCH: its wake-ups then never preempt a running
-    thread (a model run), as the native transport's threads do; False where it cannot."""
+def yield_to_models(tid: int = 0) -> bool:
+    """Put the calling thread (or thread `tid` of this process) under SCHED_BATCH: its
+    wake-ups then never preempt a running thread (a model run), as the native transport's
+    threads do; False where it cannot."""
     try:
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        os.sched_setscheduler(tid, os.SCHED_BATCH, os.sched_param(0))
     except (AttributeError, OSError):
         return False
     return True
