@@ -156,7 +156,7 @@ def time_model(spec: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         session.run(None, feed)
         times.append((time.perf_counter() - t0) * 1e3)
-    for _ in range(spec.get("gapped_runs", spec["runs"])):
+    for _ in range(spec["gapped_runs"]):
         time.sleep(spec["gap_s"])
         t0 = time.perf_counter()
         session.run(None, feed)
@@ -507,8 +507,9 @@ def _measure(conf: Configuration, here: Path, path: Path, shapes: dict[str, list
     sims["spread"] = _simulate(path, shapes, *inputs["corrected"], cut, rate, requests,
                                device_cv=device[2]["service_cv"],
                                cloud_cv=cloud[2]["service_cv"])
-    # And with that spread, a request that waited for the device served at the back-to-back
-    # time, one that found it idle at the time after a pause (both timed in the cgroup).
+    # And with that spread, a request that waited for the device served `busy_slowdown` times
+    # slower than one that found it idle (the second of two runs after a pause against the
+    # first, timed in the cgroup).
     sims["busy"] = _simulate(path, shapes, *inputs["corrected"], cut, rate, requests,
                              device_cv=device[2]["service_cv"],
                              cloud_cv=cloud[2]["service_cv"],
