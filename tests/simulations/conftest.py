@@ -21,6 +21,15 @@ BASE: dict[str, Any] = {
 }
 
 
+def assert_same_times(fast: Any, slow: Any, names: tuple[str, ...], *, atol: float = 1e-9
+                      ) -> None:
+    """Two engines' Outcomes give the same times in each of `names` (nan where neither has
+    the stage)."""
+    for name in names:
+        np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), atol=atol,
+                                   equal_nan=True, err_msg=name)
+
+
 @pytest.fixture
 def scenario_data() -> dict[str, Any]:
     """A fresh copy of a small scenario (20 Raspberry Pis on Wi-Fi, ~400 requests)."""

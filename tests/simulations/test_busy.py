@@ -14,6 +14,8 @@ from edgecut.simulations.ranks import run_ranks
 from edgecut.simulations.run import prepare, run_strategy
 from edgecut.simulations.scenario import ScenarioError, scenario_from_dict
 
+from .conftest import assert_same_times
+
 
 def test_fifo_busy_is_the_one_at_a_time_recursion() -> None:
     rng = np.random.default_rng(5)
@@ -57,9 +59,7 @@ def test_with_a_busy_slowdown_the_engines_agree(strategy: str,
     prepared = prepare(scenario)
     fast = run_strategy(scenario, prepared, strategy)
     slow = run_strategy(scenario, prepared, strategy, engine="events")
-    for name in ("head_end_s", "cloud_start_s", "done_s"):
-        np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), atol=1e-9,
-                                   equal_nan=True, err_msg=name)
+    assert_same_times(fast, slow, ("head_end_s", "cloud_start_s", "done_s"))
     np.testing.assert_allclose(fast.services.device_ms, slow.services.device_ms, rtol=1e-12)
     base = run_strategy(plain, prepare(plain), strategy)
     ratio = fast.services.device_ms / base.services.device_ms
@@ -82,9 +82,7 @@ def test_with_a_busy_slowdown_edgecut_by_ranks_is_the_event_engines(
     slow = run_strategy(scenario, prepared, "edgecut", engine="events")
     np.testing.assert_array_equal(fast.services.cut, slow.services.cut)
     np.testing.assert_allclose(fast.services.device_ms, slow.services.device_ms, rtol=1e-12)
-    for name in ("head_start_s", "head_end_s", "cloud_start_s", "done_s"):
-        np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), atol=1e-9,
-                                   equal_nan=True, err_msg=name)
+    assert_same_times(fast, slow, ("head_start_s", "head_end_s", "cloud_start_s", "done_s"))
 
 
 def test_without_a_slowdown_the_workload_has_none(scenario_data: dict[str, Any]) -> None:

@@ -11,6 +11,8 @@ import pytest
 from edgecut.simulations.run import prepare, run_strategy, simulate
 from edgecut.simulations.scenario import scenario_from_dict
 
+from .conftest import assert_same_times
+
 
 def _two_tails(data: dict[str, Any]) -> dict[str, Any]:
     """Pis on Wi-Fi (the bottleneck cut) and on Ethernet (cloud-only): two tails to batch."""
@@ -27,9 +29,8 @@ def test_the_event_engine_and_the_tandem_agree(strategy: str, scenario_data: dic
     fast = run_strategy(scenario, prepared, strategy)
     slow = run_strategy(scenario, prepared, strategy, engine="events")
     np.testing.assert_array_equal(fast.services.cut, slow.services.cut)
-    for name in ("head_start_s", "head_end_s", "up_end_s", "cloud_start_s", "done_s"):
-        np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), atol=1e-6,
-                                   equal_nan=True, err_msg=name)
+    assert_same_times(fast, slow, ("head_start_s", "head_end_s", "up_end_s", "cloud_start_s",
+                                   "done_s"), atol=1e-6)
     assert sorted(fast.batches.batch_size.tolist()) == sorted(slow.batches.batch_size.tolist())
 
 
@@ -98,9 +99,7 @@ def test_edgecut_by_ranks_is_the_event_engines_result(scenario_data: dict[str, A
     slow = run_strategy(scenario, prepared, "edgecut", engine="events")
     assert len(np.unique(fast.services.cut)) == 2       # it does switch between cuts
     np.testing.assert_array_equal(fast.services.cut, slow.services.cut)
-    for name in ("head_start_s", "up_end_s", "cloud_start_s", "done_s"):
-        np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), atol=1e-9,
-                                   equal_nan=True, err_msg=name)
+    assert_same_times(fast, slow, ("head_start_s", "up_end_s", "cloud_start_s", "done_s"))
     # A cell couples the devices' uplinks: only the event engine is exact there.
     assert run_ranks(prepared.workload, prepared.tables, prepared.tails,
                      scenario.strategies.edgecut, scenario.cloud, has_cells=True) is None

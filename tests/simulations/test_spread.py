@@ -12,6 +12,8 @@ from edgecut.simulations.run import prepare, run_strategy
 from edgecut.simulations.scenario import ScenarioError, scenario_from_dict
 from edgecut.simulations.workload import cv_from_quantiles, lognormal_factors
 
+from .conftest import assert_same_times
+
 
 def test_the_factors_have_mean_one_and_the_asked_spread() -> None:
     f = lognormal_factors(0.3, 200_000, np.random.default_rng(1))
@@ -46,9 +48,7 @@ def test_with_spread_the_engines_agree_and_the_mean_holds(strategy: str,
     prepared = prepare(scenario)
     fast = run_strategy(scenario, prepared, strategy)
     slow = run_strategy(scenario, prepared, strategy, engine="events")
-    for name in ("head_end_s", "cloud_start_s", "done_s"):
-        np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), atol=1e-9,
-                                   equal_nan=True, err_msg=name)
+    assert_same_times(fast, slow, ("head_end_s", "cloud_start_s", "done_s"))
     base = run_strategy(plain, prepare(plain), strategy)
     np.testing.assert_array_equal(base.services.cut, fast.services.cut)
     np.testing.assert_array_equal(base.head_start_s[:1], fast.head_start_s[:1])  # same arrivals
@@ -69,9 +69,7 @@ def test_with_spread_edgecut_by_ranks_is_the_event_engines(scenario_data: dict[s
     assert fast is not None
     slow = run_strategy(scenario, prepared, "edgecut", engine="events")
     np.testing.assert_array_equal(fast.services.cut, slow.services.cut)
-    for name in ("head_start_s", "head_end_s", "cloud_start_s", "done_s"):
-        np.testing.assert_allclose(getattr(fast, name), getattr(slow, name), atol=1e-9,
-                                   equal_nan=True, err_msg=name)
+    assert_same_times(fast, slow, ("head_start_s", "head_end_s", "cloud_start_s", "done_s"))
 
 
 def test_a_negative_spread_is_a_scenario_error(scenario_data: dict[str, Any]) -> None:
