@@ -9,6 +9,10 @@ own. `--server-cpus 0-3 --client-cpus 4-11` gives the server 4 cores (one model 
 core; onnxruntime alone then keeps 4 runs in flight) and the clients 8 (one load generator
 process per core). All traffic is gRPC over TLS on loopback. Sections (see benchmarks/README.md):
 
+  headline     the transport `pip install .` gives (core) and the native one against Triton,
+               gRPC and HTTP/REST, batching off/on, small CNN and a real trained image
+               model (PP-OCR's classifier), every server up at once and loaded in turns
+               (--rounds); ratios taken within each round (serving/headline.py)
   throughput   1/8/32/128 clients x batching off/on x {small CNN tail, wide MLP}; edgecut
                driven by tritonclient and by its own CloudClient; Triton 2.51 (Python
                backend calling onnxruntime) driven by tritonclient; onnxruntime alone on the
@@ -41,6 +45,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.serving import suite  # noqa: E402
+from benchmarks.serving.headline import headline  # noqa: E402
 from benchmarks.serving.memory import VARIANTS  # noqa: E402
 from benchmarks.serving.processes import CpuLayout, layout, parse_cpus, use_layout  # noqa: E402
 from benchmarks.serving.summary import summarise_throughput  # noqa: E402
@@ -81,6 +86,34 @@ def print_throughput(section: dict) -> None:
         console.print(f"[yellow]Triton column skipped: {section['triton_unavailable']}")
 
 
+def print_headline(section: dict) -> None:
+    table = Table(title=f"Headline: {section['clients']} clients, {section['rounds']} rounds in "
+                        f"turns; rows/s and p50/p99 ms are medians over the rounds; "
+                        f"{layout().describe()}")
+    for col in ("model", "batching", "server", "protocol", "rows/s", "p50", "p99",
+                "mean batch", "rows/s each round", "failed", "others' CPU max"):
+        table.add_column(col, justify="right")
+    for r in section["rows"]:
+        table.add_row(r["model"], "on" if r["batching"] else "off", r["server"], r["protocol"],
+                      f"{r['rows_per_s']:.0f}", _fmt(r["p50_ms"], 1), _fmt(r["p99_ms"], 1),
+                      _fmt(r["mean_batch"], 1),
+                      " ".join(f"{x:.0f}" for x in r["rows_per_s_rounds"]),
+                      str(r["failures"]), f"{100 * r['foreign_cpu_max']:.0f}%")
+    console.print(table)
+    ratios = Table(title="edgecut / Triton, taken within each round (p99: Triton's / "
+                         "edgecut's; above 1 is edgecut ahead)")
+    for col in ("pair / model / batching", "rows/s each round", "median", "lowest",
+                "p99 each round", "p99 median"):
+        ratios.add_column(col, justify="right")
+    for key, r in section["ratios"].items():
+        ratios.add_row(key, " ".join(f"{x:.2f}" for x in r["rows_per_s"]), _fmt(r["median"]),
+                       _fmt(r["lowest"]), " ".join(f"{x:.2f}" for x in r["p99"]),
+                       _fmt(r["p99_median"]))
+    console.print(ratios)
+    if section.get("triton_unavailable"):
+        console.print(f"[yellow]Triton skipped: {section['triton_unavailable']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="short windows, fewer runs (minutes)")
@@ -100,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-attempts", type=int, default=suite.MAX_ATTEMPTS,
                    help="measure a load level again while others use > 10%% of the CPU")
     p.add_argument("--headline-clients", type=int, default=32)
-    p.add_argument("--sections", default="throughput,memory,channel,canary")
+    p.add_argument("--sections", default="headline,throughput,memory,channel,canary")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="headline: rounds of every server in turn (default 3)")
     p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
                    help="also soak at 80%% of measured capacity for SECONDS")
     p.add_argument("--server-cpus", default="0", help="CPUs of every server (taskset -c list)")
@@ -150,6 +185,19 @@ def main(argv: list[str] | None = None) -> int:
     def progress(message: str) -> None:
         console.print(f"[dim]{time.time() - started:6.0f}s[/] {message}")
 
+    if "headline" in sections:
+        try:
+            home = None if args.no_triton else find_triton(args.triton,
+                                                           download=args.triton_download)
+        except TritonUnavailable as exc:
+            progress(f"headline without Triton: {exc}")
+            home = None
+        out["headline"] = headline(workdir, triton_home=home, rounds=max(1, args.rounds),
+                                   clients=args.headline_clients,
+                                   seconds=timing.duration_s, warmup_s=timing.warmup_s,
+                                   progress=progress)
+        save()
+        print_headline(out["headline"])
     if "throughput" in sections:
         home, error = None, None
         if args.no_triton:

@@ -4,14 +4,17 @@
 
 prints one JSON line: requests and failures in the measured window, throughput (rows/s),
 p50/p99 latency (ms), and the first few error messages. `client` is `triton` (stock
-`tritonclient.grpc`, a real peer client) or `edgecut` (the device's own CloudClient); both
-speak TLS with the fleet's CA. `bare` sends the same bytes to channel.py's bare grpcio
-handler (no model): the floor of a Python gRPC server on this core. `clients` threads each
-keep one request in flight (closed loop); with `rate_per_s` they send on a fixed schedule
-instead (open loop, for the soak) and fall behind rather than drop when the server is
-slower. Every loop is bounded in time (`warmup_s` + `duration_s`) and count (`max_requests`).
+`tritonclient.grpc`, a real peer client), `triton-http` (stock `tritonclient.http` with
+Triton's binary tensors, over HTTPS, or plain HTTP with `tls: false`) or `edgecut` (the
+device's own CloudClient); all but plain HTTP speak TLS with the fleet's CA. `bare` sends
+the same bytes to channel.py's bare grpcio handler (no model): the floor of a Python gRPC
+server on this core. `clients` threads each keep one request in flight (closed loop); with
+`rate_per_s` they send on a fixed schedule instead (open loop, for the soak) and fall
+behind rather than drop when the server is slower. Every loop is bounded in time
+(`warmup_s` + `duration_s`) and count (`max_requests`).
 
-Channels: one per client thread up to `channels` (default 16), shared round-robin beyond.
+Channels: one per client thread up to `channels` (default 16), shared round-robin beyond;
+an HTTP client is one connection, never shared (tritonclient.http's pool is not thread-safe).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ __all__ = ["LoadResult", "LoadSpec", "run_load"]
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LoadSpec:
-    client: str  # "triton" | "edgecut"
+    client: str  # "triton" | "triton-http" | "edgecut" | "bare"
     address: str
     tls_dir: str
     model: str
@@ -45,6 +48,8 @@ class LoadSpec:
     timeout_s: float = 30.0
     input_name: str = "x"
     output_name: str = "y"
+    # False: plaintext (HTTP without TLS, as Triton's HTTP endpoint serves; triton-http only).
+    tls: bool = True
     # False: an answer without output bytes is counted in `empty_outputs`, not as a failure
     # (Triton 2.51's Python backend on a machine without CUDA answers so, see triton.py).
     check_output: bool = True
@@ -94,6 +99,30 @@ def _make_call(spec: LoadSpec) -> Any:
             if out is None or out.shape[0] != 1:
                 raise RuntimeError(f"bad output {None if out is None else out.shape}")
             return True
+    elif spec.client == "triton-http":
+        import tritonclient.http as th
+
+        ca = str(Path(spec.tls_dir) / "ca.crt")
+
+        def make() -> Any:
+            return th.InferenceServerClient(
+                spec.address, ssl=spec.tls, ssl_options={"ca_certs": ca} if spec.tls else None,
+                network_timeout=spec.timeout_s, connection_timeout=spec.timeout_s)
+
+        wanted = [th.InferRequestedOutput(spec.output_name, binary_data=True)]
+
+        def call(client: Any) -> bool:
+            tensor = th.InferInput(spec.input_name, list(x.shape), "FP32")
+            tensor.set_data_from_numpy(x, binary_data=True)
+            result = client.infer(spec.model, [tensor], outputs=wanted)
+            described = result.get_output(spec.output_name) or {}
+            if (not spec.check_output
+                    and described.get("parameters", {}).get("binary_data_size") == 0):
+                return False
+            out = result.as_numpy(spec.output_name)
+            if out is None or out.shape[0] != 1:
+                raise RuntimeError(f"bad output {None if out is None else out.shape}")
+            return True
     elif spec.client == "edgecut":
         from edgecut.edge.client import CloudClient
 
@@ -125,17 +154,19 @@ def _make_call(spec: LoadSpec) -> Any:
                 raise RuntimeError("bare call: bad answer")
             return True
     else:
-        raise ValueError(f"client must be 'triton', 'edgecut' or 'bare', got {spec.client!r}")
+        raise ValueError(f"client must be 'triton', 'triton-http', 'edgecut' or 'bare', "
+                         f"got {spec.client!r}")
     return make, call
 
 
 def run_load(spec: LoadSpec) -> LoadResult:
     make, call = _make_call(spec)
-    clients = [make() for _ in range(max(1, min(spec.clients, spec.channels)))]
+    # tritonclient.http's connection belongs to the thread that made it (gevent's hub): each
+    # worker makes and warms its own. The others' are made here and shared round-robin.
+    own = spec.client == "triton-http"
+    clients = [] if own else [make() for _ in range(max(1, min(spec.clients, spec.channels)))]
     for client in clients:  # connect (TLS handshake) before the clock starts
         call(client)
-    if spec.start_at is not None:
-        time.sleep(max(0.0, spec.start_at - time.time()))
     lock = threading.Lock()
     done: list[tuple[float, float]] = []  # (finished at, latency s)
     late: list[float] = []
@@ -144,13 +175,34 @@ def run_load(spec: LoadSpec) -> LoadResult:
     failures = 0
     empty = 0
     issued = 0
-    start = time.perf_counter()
-    window_start = start + spec.warmup_s
-    stop_at = window_start + spec.duration_s
+    start = window_start = stop_at = 0.0
+
+    def open_window() -> None:  # once every client is connected
+        nonlocal start, window_start, stop_at
+        if spec.start_at is not None:
+            time.sleep(max(0.0, spec.start_at - time.time()))
+        start = time.perf_counter()
+        window_start = start + spec.warmup_s
+        stop_at = window_start + spec.duration_s
+
+    connected = threading.Barrier(spec.clients + 1, action=open_window)
 
     def worker(i: int) -> None:
         nonlocal failures, issued, empty
-        client = clients[i % len(clients)]
+        if own:
+            try:
+                client = make()
+                call(client)
+            except Exception as exc:  # this client cannot connect: a failure, and it stops
+                with lock:
+                    failures += 1
+                    errors.append(f"connecting: {type(exc).__name__}: {str(exc)[:300]}")
+                connected.wait()
+                return
+            connected.wait()
+        else:
+            client = clients[i % len(clients)]
+            connected.wait()
         k = 0
         while True:
             now = time.perf_counter()
@@ -190,6 +242,7 @@ def run_load(spec: LoadSpec) -> LoadResult:
                for i in range(spec.clients)]
     for t in threads:
         t.start()
+    connected.wait(timeout=len(threads) * spec.timeout_s + 60.0)
     for t in threads:
         t.join(timeout=max(0.0, stop_at - time.perf_counter()) + spec.timeout_s + 5.0)
     window = [lat for end, lat in done if window_start <= end <= stop_at]

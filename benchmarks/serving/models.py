@@ -4,6 +4,9 @@
     wide_mlp    x FP32 [b,1024]     -> y FP32 [b,1024]  1024-4096-1024, 32 MiB of weights
     deep_mlp    8 layers of 1024x1024 (32 MiB); `mlp_tail(k)` is layers k..7 (a plan's tails)
     sink        x FP32 [b,1048576]  -> y FP32 [b,1]     4 MiB in, 4 bytes out (the channel)
+    ppocr_cls   x FP32 [b,3,48,192] -> FP32 [b,2]       a real trained image model: PaddleOCR's
+                text-direction classifier (MobileNetV3, Paddle2ONNX), shipped in the PyPI
+                package rapidocr-onnxruntime 1.4.4 (the test extra); 110 KiB a request
 
 On one onnxruntime thread the small CNN gains little from batching (its convolutions are
 already compute-bound at batch 1); the wide MLP is a matrix-vector product at batch 1 (it
@@ -149,10 +152,27 @@ def sink() -> onnx.ModelProto:
     return _model(nodes, [_io("x", ["b", SINK_ELEMENTS])], [_io("y", ["b", 1])], [], "sink")
 
 
+PPOCR_CLS = "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
+
+
+def ppocr_cls() -> onnx.ModelProto:
+    """The packaged classifier as it ships (its H and W are free; served at 48x192, the size
+    PaddleOCR feeds it)."""
+    from edgecut.zoo import find_packaged_model
+
+    path = find_packaged_model(relative_path=PPOCR_CLS)
+    if path is None:
+        raise FileNotFoundError("ppocr_cls needs rapidocr-onnxruntime 1.4.4 (pip install "
+                                "-e '.[test]'): it ships the model file")
+    return onnx.load(str(path))
+
+
 MODELS: dict[str, ModelSpec] = {
     "small_cnn": ModelSpec("small_cnn", small_cnn, (32, 32, 32)),
     "wide_mlp": ModelSpec("wide_mlp", wide_mlp, (1024,)),
     "sink": ModelSpec("sink", sink, (SINK_ELEMENTS,)),
+    "ppocr_cls": ModelSpec("ppocr_cls", ppocr_cls, (3, 48, 192),
+                           output_name="save_infer_model/scale_0.tmp_1"),
 }
 
 

@@ -1,8 +1,9 @@
 """onnxruntime alone, the limit a server on the same core is measured against.
 
 `python -m benchmarks.serving.ort_alone MODEL.onnx --batch-sizes 1,8,32 --seconds 0.5`
-prints one JSON object: seconds per run for each batch size (one intra-op thread, inputs made
-once, outputs ignored: nothing but `session.run`). Run it pinned to the server's core.
+(`--row-shape 3,48,192` where the model's own dims beyond the batch are free) prints one
+JSON object: seconds per run for each batch size (one intra-op thread, inputs made once,
+outputs ignored: nothing but `session.run`). Run it pinned to the server's core.
 `--parallel N` keeps N runs in flight at once from N threads (pinned to N cores: the most N
 single-threaded instances can do); the seconds per run are then the window over all runs.
 """
@@ -62,12 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-sizes", required=True)
     p.add_argument("--seconds", type=float, default=0.5)
     p.add_argument("--parallel", type=int, default=1, help="runs in flight at once")
+    p.add_argument("--row-shape", help="one row's input shape, e.g. 3,48,192 (default: the "
+                                       "model's, free dims 1)")
     args = p.parse_args(argv)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
     shape = [d if isinstance(d, int) else 1 for d in session.get_inputs()[0].shape]
+    if args.row_shape:
+        shape = [1, *(int(d) for d in args.row_shape.split(","))]
     rng = np.random.default_rng(0)
     result = {}
     for b in sorted({int(s) for s in args.batch_sizes.split(",")}):

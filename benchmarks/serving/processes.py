@@ -29,7 +29,7 @@ import psutil
 from .loadgen import LoadResult, LoadSpec
 
 __all__ = ["MALLOC_ENV", "REPO", "CpuLayout", "ForeignCpu", "PinnedServer", "endpoint_frontend",
-           "endpoint_process", "layout", "merge_loads", "ort_alone", "parse_cpus", "pinned",
+           "endpoint_process", "http_address", "layout", "merge_loads", "ort_alone", "parse_cpus", "pinned",
            "run_json", "run_load_pinned", "use_layout"]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,7 +154,8 @@ def merge_loads(parts: list[LoadResult]) -> LoadResult:
         errors=[e for p in parts for e in p.errors][:5], processes=len(parts))
 
 
-def ort_alone(model: Path, batch_sizes: list[int], *, seconds: float) -> dict[int, float]:
+def ort_alone(model: Path, batch_sizes: list[int], *, seconds: float,
+              row_shape: Sequence[int] | None = None) -> dict[int, float]:
     """Seconds per `session.run` at each batch size, onnxruntime alone on the server CPUs:
     with several, one run in flight per CPU at once (what one instance per CPU can reach),
     and the seconds are the window over all runs."""
@@ -162,7 +163,8 @@ def ort_alone(model: Path, batch_sizes: list[int], *, seconds: float) -> dict[in
     cpus = _LAYOUT.server
     out = run_json("benchmarks.serving.ort_alone",
                    [str(model), "--batch-sizes", ",".join(map(str, batch_sizes)),
-                    "--seconds", str(seconds), "--parallel", str(len(cpus))],
+                    "--seconds", str(seconds), "--parallel", str(len(cpus)),
+                    *(["--row-shape", ",".join(map(str, row_shape))] if row_shape else [])],
                    cpus=cpus, timeout_s=timeout)
     return {int(k): float(v) for k, v in out.items()}
 
@@ -281,10 +283,19 @@ def endpoint_frontend(server: PinnedServer) -> str:
     return server.port_file.with_name(server.port_file.name + ".frontend").read_text()
 
 
-def endpoint_process(repository: Path, tls_dir: Path, *, workdir: Path,
-                     env: dict[str, str] | None = None,
+def endpoint_process(repository: Path, tls_dir: Path | None, *, workdir: Path,
+                     env: dict[str, str] | None = None, http: bool = False,
                      extra_args: list[str] | None = None) -> PinnedServer:
-    """edgecut's endpoint (benchmarks.serving.endpoint) on the server CPUs."""
+    """edgecut's endpoint (benchmarks.serving.endpoint) on the server CPUs; `tls_dir` None:
+    plaintext; `http`: HTTP/REST beside gRPC (http_address())."""
     return PinnedServer("benchmarks.serving.endpoint",
-                        ["--repository", str(repository), "--tls", str(tls_dir),
-                         *(extra_args or [])], workdir=workdir, env=env)
+                        ["--repository", str(repository),
+                         *(["--tls", str(tls_dir)] if tls_dir is not None else []),
+                         *(["--http"] if http else []), *(extra_args or [])],
+                        workdir=workdir, env=env)
+
+
+def http_address(server: PinnedServer) -> str:
+    """The HTTP/REST address of an endpoint_process started with `http`."""
+    port = server.port_file.with_name(server.port_file.name + ".http").read_text()
+    return f"localhost:{port}"

@@ -74,11 +74,14 @@ def prepare(workdir: Path, models: tuple[str, ...] = THROUGHPUT_MODELS
     return tls, repo, trepo
 
 
-def _batch_histogram(address: str, tls: Path, model: str) -> dict[int, int]:
-    """Executions by batch size so far (ModelStatistics: both servers answer it)."""
+def batch_histogram(address: str, tls: Path | None, model: str) -> dict[int, int]:
+    """Executions by batch size so far (ModelStatistics: both servers answer it); `tls`
+    None: a plaintext gRPC port."""
     import tritonclient.grpc as tc
 
-    client = tc.InferenceServerClient(address, ssl=True, root_certificates=str(tls / "ca.crt"))
+    client = tc.InferenceServerClient(
+        address, ssl=tls is not None,
+        root_certificates=str(tls / "ca.crt") if tls is not None else None)
     try:
         stats = client.get_inference_statistics(model, client_timeout=10)
     finally:
@@ -90,7 +93,7 @@ def _batch_histogram(address: str, tls: Path, model: str) -> dict[int, int]:
     return hist
 
 
-def _diff(after: dict[int, int], before: dict[int, int]) -> dict[int, int]:
+def histogram_diff(after: dict[int, int], before: dict[int, int]) -> dict[int, int]:
     return {b: n - before.get(b, 0) for b, n in after.items() if n - before.get(b, 0) > 0}
 
 
@@ -102,7 +105,7 @@ def _adjacent_ort(onnx_dir: Path, model: str, hist: dict[int, int],
     ratio. Sizes beyond the 8 carrying most rows are interpolated."""
     top = sorted(hist, key=lambda b: -b * hist[b])[:8]
     measured = ort_alone(onnx_dir / f"{model}.onnx", sorted({1, *top}),
-                         seconds=timing.ort_seconds)
+                         seconds=timing.ort_seconds, row_shape=MODELS[model].row_shape)
     return {str(b): t for b, t in measured.items()}
 
 
@@ -122,14 +125,14 @@ def _run_server_levels(server: Any, server_name: str, tls: Path, levels: list[in
                     progress(f"{server_name} {model} {level} clients ({client} client)")
                     best: dict | None = None
                     for attempt in range(1, MAX_ATTEMPTS + 1):
-                        before = _batch_histogram(server.address, tls, model)
+                        before = batch_histogram(server.address, tls, model)
                         with ForeignCpu(server.pid) as foreign:
                             result = run_load_pinned(LoadSpec(
                                 client=client, address=server.address, tls_dir=str(tls),
                                 model=model, row_shape=spec.row_shape, clients=level,
                                 duration_s=timing.duration_s, warmup_s=timing.warmup_s,
                                 check_output=check_output))
-                        hist = _diff(_batch_histogram(server.address, tls, model), before)
+                        hist = histogram_diff(batch_histogram(server.address, tls, model), before)
                         row = {"server": server_name, "client": client, "model": name,
                                "batching": batching, "clients": level,
                                "batch_histogram": hist, "foreign_cpu": foreign.fraction,
@@ -255,7 +258,8 @@ def throughput(workdir: Path, *, levels: list[int], edgecut_client_levels: list[
         for _ in range(MAX_ATTEMPTS):
             with ForeignCpu() as foreign:
                 measured = ort_alone(workdir / "onnx" / f"{name}.onnx", sizes,
-                                     seconds=timing.ort_seconds)
+                                     seconds=timing.ort_seconds,
+                                     row_shape=MODELS[name].row_shape)
             if name not in ort or foreign.fraction < ort_foreign[name]:
                 ort[name], ort_foreign[name] = measured, foreign.fraction
             if foreign.fraction <= DISTURBED:

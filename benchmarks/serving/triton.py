@@ -79,10 +79,11 @@ def _free_port() -> int:
 
 
 class TritonProcess:
-    """tritonserver on the server CPUs, gRPC over TLS only (no HTTP, no metrics port)."""
+    """tritonserver on the server CPUs, gRPC over TLS; with `http`, HTTP/REST beside it on
+    `http_address` (plaintext: Triton's HTTP endpoint has no TLS). No metrics port."""
 
     def __init__(self, home: Path, repository: Path, tls_dir: Path, *, workdir: Path,
-                 start_timeout_s: float = 90.0) -> None:
+                 start_timeout_s: float = 90.0, http: bool = False) -> None:
         root = home / "pytriton" / "tritonserver"
         tag = f"{sys.version_info.major}.{sys.version_info.minor}"
         stub = root / "python_backend_stubs" / tag / "triton_python_backend_stub"
@@ -97,11 +98,15 @@ class TritonProcess:
             p for p in (str(home / "nvidia_pytriton.libs"), env.get("LD_LIBRARY_PATH")) if p)
         self.port = _free_port()
         self.address = f"localhost:{self.port}"
+        http_port = _free_port() if http else None
+        self.http_address = f"localhost:{http_port}" if http else None
+        http_args = ([f"--http-port={http_port}", "--http-address=127.0.0.1"] if http
+                     else ["--allow-http=false"])
         self.log = workdir / "triton.log"
         cmd = [str(root / "bin" / "tritonserver"), f"--model-repository={repository}",
                f"--backend-directory={root / 'backends'}",
-               f"--cache-directory={root / 'caches'}", "--allow-http=false",
-               "--allow-metrics=false", f"--grpc-port={self.port}", "--grpc-address=127.0.0.1",
+               f"--cache-directory={root / 'caches'}", *http_args, "--allow-metrics=false",
+               f"--grpc-port={self.port}", "--grpc-address=127.0.0.1",
                "--grpc-use-ssl=true", f"--grpc-server-cert={tls_dir / 'server.crt'}",
                f"--grpc-server-key={tls_dir / 'server.key'}",
                "--pinned-memory-pool-byte-size=0", "--log-verbose=0"]
