@@ -266,6 +266,10 @@ class HTTPFrontend:
 
     def _routes(self, router: web.UrlDispatcher) -> None:
         get, post = router.add_get, router.add_post
+        # Inference first: aiohttp tries the routes under one prefix in the order they were
+        # added, one regular expression each, and nearly every request is an inference.
+        for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+            post(base + "/infer", self._infer)
         get("/v2/health/live", self._live)
         get("/v2/health/ready", self._ready)
         get("/v2", self._server_metadata)
@@ -275,7 +279,6 @@ class HTTPFrontend:
             get(base + "/ready", self._model_ready)
             get(base + "/config", self._model_config)
             get(base + "/stats", self._statistics)
-            post(base + "/infer", self._infer)
         post("/v2/repository/index", self._repository_index)
         post("/v2/repository/models/{model}/load", self._load)
         post("/v2/repository/models/{model}/unload", self._unload)

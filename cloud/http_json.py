@@ -239,6 +239,7 @@ def infer_response_body(message: bytes | memoryview, choice: OutputChoice
                             f"raw_output_contents; expected one each")
     outputs: list[dict[str, Any]] = []
     tail: list[bytes | memoryview] = []
+    numbers = False  # whether any output's values go in the JSON
     for tensor, data in zip(response.outputs, raw, strict=True):
         parameters = _parameters_json(tensor.parameters)
         out: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype,
@@ -248,6 +249,7 @@ def infer_response_body(message: bytes | memoryview, choice: OutputChoice
             tail.append(data)
         else:
             out["data"] = np.frombuffer(data, dtype_of(tensor.datatype)).tolist()
+            numbers = True
         if parameters:
             out["parameters"] = parameters
         outputs.append(out)
@@ -258,7 +260,10 @@ def infer_response_body(message: bytes | memoryview, choice: OutputChoice
     if response.parameters:
         header["parameters"] = _parameters_json(response.parameters)
     header["outputs"] = outputs
-    head = json.dumps(header, separators=(",", ":")).encode()
+    # orjson writes NaN and Infinity as null: values go through the standard library, which
+    # writes the literals that the parsers of the protocol's clients read back.
+    head = (json.dumps(header, separators=(",", ":")).encode() if numbers
+            else orjson.dumps(header))
     return [head, *tail], (len(head) if tail else None)
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from edgecut.cloud.batching import SchedulingPolicy
-from edgecut.cloud.http_json import infer_request_message, infer_response_body
+from edgecut.cloud.http_json import OutputChoice, infer_request_message, infer_response_body
 from edgecut.cloud.repository import ModelRepository
 from edgecut.cloud.server import EndpointServer, create_server
 from edgecut.errors import ProtocolError, UserInputError
@@ -506,6 +506,20 @@ def test_json_conversion_round_trip() -> None:
     answer = json.loads(parts[0])
     assert answer["outputs"][0]["data"] == [0.5, 1.0]
     assert answer["outputs"][1]["parameters"] == {"binary_data_size": 3}
+    # Every output as bytes: the header carries no values (orjson writes it) and reads the same.
+    parts, size = infer_response_body(response.SerializeToString(),
+                                      OutputChoice(default_binary=True, binary={}))
+    assert size == len(parts[0]) and len(parts) == 3
+    assert json.loads(parts[0]) == {
+        "model_name": "m", "model_version": "3", "id": "7",
+        "outputs": [{"name": "y", "datatype": "FP32", "shape": [2],
+                     "parameters": {"binary_data_size": 8}},
+                    {"name": "z", "datatype": "UINT8", "shape": [3],
+                     "parameters": {"binary_data_size": 3}}]}
+    # Values in the JSON keep NaN and Infinity as the literals the clients' parsers read.
+    response.raw_output_contents[0] = np.array([np.nan, np.inf], np.float32).tobytes()
+    parts, _ = infer_response_body(response.SerializeToString(), choice)
+    assert b'"data":[NaN,Infinity]' in parts[0]
     with pytest.raises(ProtocolError, match="input 'a' has both 'data' and binary_data_size"):
         infer_request_message(b'{"inputs": [{"name": "a", "datatype": "FP32", "shape": [1], '
                               b'"data": [1], "parameters": {"binary_data_size": 4}}]}', None,
