@@ -51,11 +51,12 @@ from edgecut.protocol import grpc_service_pb2 as pb
 
 from .http_json import (
     HEADER_LENGTH,
-    infer_request_message,
+    infer_request_view,
     infer_response_body,
     message_json,
     parse_json_object,
     repository_parameters,
+    request_bytes,
 )
 from .http_listener import common_name, listen, server_ssl_context
 from .native_server import CallAborted
@@ -452,9 +453,12 @@ class HTTPFrontend:
         inline = len(body) <= _INLINE_BODY_BYTES
 
         def submit() -> Any:
-            message, choice = infer_request_message(body, header_length, model_name=name,
-                                                    model_version=version)
-            self._servicer.infer_later(message, cast(Any, call))
+            request, choice = infer_request_view(body, header_length, model_name=name,
+                                                 model_version=version)
+            # Read as it is, not serialized and parsed again; a request id's deduplication
+            # keys on the request's bytes, so those are made for the calls that have one.
+            self._servicer.infer_later(request_bytes(request) if request.id else b"",
+                                       cast(Any, call), parsed=request)
             return choice
 
         choice = submit() if inline else await loop.run_in_executor(self._executor, submit)

@@ -3,8 +3,10 @@ messages the endpoint serves: a pure core, no sockets (the server is cloud/http_
 
 An HTTP inference request is a JSON header, optionally followed by the tensors' bytes (Triton's
 binary tensor extension; the `Inference-Header-Content-Length` header says where the JSON
-ends). It becomes the serialized ModelInferRequest that the gRPC handlers take, with every
-input in `raw_input_contents`, so both bindings run the same checks and limits:
+ends). It becomes the ModelInferRequest that the gRPC handlers take (infer_request_view: as
+the servicer reads one, the tensors' bytes left where they arrived; infer_request_message:
+serialized), with every input in `raw_input_contents`, so both bindings run the same checks
+and limits:
 
     >>> body = b'{"inputs": [{"name": "x", "datatype": "INT32", "shape": [2], "data": [1, 2]}]}'
     >>> message, choice = infer_request_message(body, None, model_name="m", model_version="")
@@ -41,6 +43,7 @@ from edgecut.protocol.codecs import CODEC_PARAMETER, parameter_value, set_parame
 from edgecut.protocol.rawfields import (
     RAW_INPUT_FIELD,
     RAW_OUTPUT_FIELD,
+    InferRequestView,
     split_repeated_bytes,
     varint_bytes,
 )
@@ -50,10 +53,12 @@ __all__ = [
     "HEADER_LENGTH",
     "OutputChoice",
     "infer_request_message",
+    "infer_request_view",
     "infer_response_body",
     "message_json",
     "parse_json_object",
     "repository_parameters",
+    "request_bytes",
 ]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -99,7 +104,28 @@ def parse_json_object(data: bytes | memoryview, what: str) -> dict[str, Any]:
 
 def infer_request_message(body: bytes | memoryview, header_length: int | None, *,
                           model_name: str, model_version: str) -> tuple[bytes, OutputChoice]:
-    """(a serialized ModelInferRequest, the outputs' binary choice) from an HTTP body.
+    """(a serialized ModelInferRequest, the outputs' binary choice) from an HTTP body: the
+    bytes of infer_request_view's request."""
+    request, choice = infer_request_view(body, header_length, model_name=model_name,
+                                         model_version=model_version)
+    return request_bytes(request), choice
+
+
+def request_bytes(request: InferRequestView) -> bytes:
+    """The serialized ModelInferRequest an InferRequestView stands for."""
+    # raw_input_contents go after the rest, as protobuf allows any field order: the tensors
+    # are copied once, into the message, and read in place from it (rawfields).
+    parts: list[bytes | memoryview] = [request.message.SerializeToString()]
+    for data in request.raw_input_contents:
+        parts += (_RAW_INPUT_TAG, varint_bytes(len(data)), data)
+    return b"".join(parts)
+
+
+def infer_request_view(body: bytes | memoryview, header_length: int | None, *,
+                       model_name: str, model_version: str
+                       ) -> tuple[InferRequestView, OutputChoice]:
+    """(the ModelInferRequest as the servicer reads it, the outputs' binary choice) from an
+    HTTP body; the tensors sent as bytes stay views over `body`.
 
     `header_length` is the Inference-Header-Content-Length header's value (None: the whole
     body is JSON). Inputs with `parameters.binary_data_size` take that many bytes, in input
@@ -150,13 +176,8 @@ def infer_request_message(body: bytes | memoryview, header_length: int | None, *
             binary_outputs[name] = _flag(output_parameters.pop(BINARY_DATA), BINARY_DATA)
         requested = request.outputs.add(name=name)
         _store_parameters(requested.parameters, output_parameters, where)
-    head = request.SerializeToString()
-    # raw_input_contents go after the rest, as protobuf allows any field order: the tensors
-    # are copied once, into the message, and read in place from it (rawfields).
-    parts: list[bytes | memoryview] = [head]
-    for data in contents:
-        parts += (_RAW_INPUT_TAG, varint_bytes(len(data)), data)
-    return b"".join(parts), OutputChoice(default_binary=default_binary, binary=binary_outputs)
+    return (InferRequestView(request, contents),
+            OutputChoice(default_binary=default_binary, binary=binary_outputs))
 
 
 def _input(request: pb.ModelInferRequest, tensor: Any, index: int, binary: memoryview,

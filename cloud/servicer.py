@@ -256,12 +256,16 @@ class InferenceServicer(InferLaneHandlers, DedupHandlers, GRPCInferenceServiceSe
                                                 version=str(model.version)))
         return answer  # add_to_server's serializer passes bytes on as they are
 
-    def infer_later(self, data: bytes | memoryview, context: NativeContext) -> None:
+    def infer_later(self, data: bytes | memoryview, context: NativeContext, *,
+                    parsed: InferRequestView | None = None) -> None:
         """ModelInfer for the native frontend: answers through `context.finish`, once the
         request's batch has run, instead of holding a thread while it waits.
 
         The same checks, accounting and errors as ModelInfer; the run itself goes to the
-        model's scheduler (submit), whose worker finishes the call.
+        model's scheduler (submit), whose worker finishes the call. `parsed` is the request
+        already read (the HTTP binding builds it from JSON) and `data` is then not parsed: it
+        must be the request's bytes when it has an id (deduplication keys on them), and may
+        be empty otherwise.
         """
         started = time.perf_counter()
         device = context.peer_name()
@@ -269,7 +273,7 @@ class InferenceServicer(InferLaneHandlers, DedupHandlers, GRPCInferenceServiceSe
         request_id = ""
         flight: Flight | None = None
         try:
-            request = parse_infer_request(data)
+            request = parsed if parsed is not None else parse_infer_request(data)
             request_id = request.id
             if request.model_name == PROBE_MODEL:
                 response = self._answer("ModelInfer", context, self._probe(request))

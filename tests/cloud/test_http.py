@@ -161,6 +161,42 @@ def test_curl_style_json_and_binary_requests(server: EndpointServer, fleet: Any,
     assert _call(server.http_port, "GET", "/v2/health/ready", context=context)[::2] == (200, b"")
 
 
+def test_a_request_id_sent_again_gets_the_first_answer_not_a_second_run(
+        server: EndpointServer, fleet: Any, cnn_input: np.ndarray) -> None:
+    """An id'd request reaches the deduplication with its bytes (calls without one skip the
+    serializing, see HTTPFrontend._run_infer): the retry is answered from the first call."""
+    context = _context(fleet)
+
+    def executions() -> int:
+        status, _, data = _call(server.http_port, "GET", "/v2/models/tiny_cnn/versions/1/stats",
+                                context=context)
+        assert status == 200, data
+        (stats,) = json.loads(data)["model_stats"]
+        return int(stats["execution_count"])
+
+    header = json.dumps({
+        "id": "retry-7", "parameters": {"binary_data_output": True},
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3, 32, 32],
+                    "parameters": {"binary_data_size": cnn_input.nbytes}}]}).encode()
+    before = executions()
+    # One connection: without a client certificate the connection is the caller.
+    connection = http.client.HTTPSConnection("127.0.0.1", server.http_port, context=context,
+                                             timeout=TIMEOUT_S)
+    answers = []
+    try:
+        for _ in range(2):
+            connection.request("POST", "/v2/models/tiny_cnn/versions/1/infer",
+                               body=header + cnn_input.tobytes(),
+                               headers={"Inference-Header-Content-Length": str(len(header))})
+            response = connection.getresponse()
+            answers.append((response.status, response.read()))
+    finally:
+        connection.close()
+    assert [status for status, _ in answers] == [200, 200]
+    assert answers[0][1] == answers[1][1] and b'"id":"retry-7"' in answers[0][1]
+    assert executions() == before + 1
+
+
 def _error(status_headers_body: tuple[int, dict[str, str], bytes]) -> tuple[int, str]:
     status, headers, body = status_headers_body
     assert headers["Content-Type"].startswith("application/json"), headers
