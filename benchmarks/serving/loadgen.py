@@ -14,7 +14,7 @@ behind rather than drop when the server is slower. Every loop is bounded in time
 (`warmup_s` + `duration_s`) and count (`max_requests`).
 
 Channels: one per client thread up to `channels` (default 16), shared round-robin beyond;
-an HTTP client is one connection, never shared (tritonclient.http's pool is not thread-safe).
+an HTTP client is one connection per thread, never shared (gevent ties it to its thread).
 """
 
 from __future__ import annotations
@@ -196,7 +196,8 @@ def run_load(spec: LoadSpec) -> LoadResult:
             except Exception as exc:  # this client cannot connect: a failure, and it stops
                 with lock:
                     failures += 1
-                    errors.append(f"connecting: {type(exc).__name__}: {str(exc)[:300]}")
+                    if len(errors) < 5:
+                        errors.append(f"connecting: {type(exc).__name__}: {str(exc)[:300]}")
                 connected.wait()
                 return
             connected.wait()
