@@ -45,7 +45,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.serving import suite  # noqa: E402
-from benchmarks.serving.headline import headline  # noqa: E402
+from benchmarks.serving.headline import HEADLINE_MODELS, headline  # noqa: E402
 from benchmarks.serving.memory import VARIANTS  # noqa: E402
 from benchmarks.serving.processes import CpuLayout, layout, parse_cpus, use_layout  # noqa: E402
 from benchmarks.serving.summary import summarise_throughput  # noqa: E402
@@ -134,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="measure a load level again while others use > 10%% of the CPU")
     p.add_argument("--headline-clients", type=int, default=32)
     p.add_argument("--sections", default="headline,throughput,memory,channel,canary")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="headline: rounds of every server in turn (default 3)")
+    p.add_argument("--headline-models", default=",".join(HEADLINE_MODELS),
+                   help="headline models (small_cnn, ppocr_cls)")
+    p.add_argument("--rounds", type=int,
+                   help="headline: rounds of every server in turn (default 3; 1 with --quick)")
     p.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
                    help="also soak at 80%% of measured capacity for SECONDS")
     p.add_argument("--server-cpus", default="0", help="CPUs of every server (taskset -c list)")
@@ -192,10 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         except TritonUnavailable as exc:
             progress(f"headline without Triton: {exc}")
             home = None
-        out["headline"] = headline(workdir, triton_home=home, rounds=max(1, args.rounds),
+        rounds = args.rounds or (1 if args.quick else 3)
+        out["headline"] = headline(workdir, triton_home=home, rounds=max(1, rounds),
                                    clients=args.headline_clients,
                                    seconds=timing.duration_s, warmup_s=timing.warmup_s,
-                                   progress=progress)
+                                   progress=progress,
+                                   models=tuple(args.headline_models.split(",")))
         save()
         print_headline(out["headline"])
     if "throughput" in sections:

@@ -34,7 +34,7 @@ from .processes import ForeignCpu, endpoint_process, http_address, run_load_pinn
 from .suite import batch_histogram, histogram_diff, prepare
 from .triton import TritonProcess, TritonUnavailable
 
-__all__ = ["PAIRS", "Cell", "headline"]
+__all__ = ["HEADLINE_MODELS", "PAIRS", "Cell", "headline"]
 
 Progress = Callable[[str], None]
 

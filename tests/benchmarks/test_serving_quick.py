@@ -63,3 +63,27 @@ def test_quick_smoke_writes_the_keys_and_fails_no_request(tmp_path: Path) -> Non
     assert result["server_vs_triton"] is None  # --no-triton: the column is skipped, said why
     assert result["throughput"]["triton_unavailable"] == "--no-triton"
     assert result["tails_rss_ratio_8"] > 0
+
+
+def test_headline_loads_every_server_and_protocol_in_turns(tmp_path: Path) -> None:
+    """The headline section without Triton: each edgecut cell (core over gRPC and HTTPS, the
+    native transport where built, plain HTTP) loaded with stock tritonclient clients, gRPC
+    and HTTP, every request answered."""
+    out = tmp_path / "serving.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "serving.py"), "--quick", "--out", str(out),
+         "--workdir", str(tmp_path / "work"), "--sections", "headline",
+         "--headline-models", "small_cnn", "--headline-clients", "2", "--rounds", "1",
+         "--no-triton", "--seconds", "1", "--max-attempts", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    section = json.loads(out.read_text())["headline"]
+    cells = {("edgecut-core", "grpc"), ("edgecut-core", "https"), ("edgecut-plain", "http"),
+             *((("edgecut-native", "grpc"),) if native_available() else ())}
+    assert {(r["server"], r["protocol"], r["batching"]) for r in section["rows"]} == {
+        (*cell, batching) for cell in cells for batching in (False, True)}
+    for run in section["runs"]:
+        assert run["failures"] == 0 and run["requests"] > 0, run
+        assert run["mean_batch"] is not None and run["mean_batch"] >= 1, run
+    assert section["ratios"] == {}  # no Triton: nothing to divide by, and it says why
+    assert "no Triton" in section["triton_unavailable"]
