@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-triton", action="store_true")
     p.add_argument("--levels", default="1,8,32,128", help="concurrent clients")
     p.add_argument("--models", default=",".join(suite.THROUGHPUT_MODELS),
-                   help="throughput models (small_cnn, wide_mlp)")
+                   help="throughput models (small_cnn, wide_mlp, ppocr_cls)")
     p.add_argument("--seconds", type=float, help="measured window per load level (default: "
                    "2 with --quick, else 5)")
     p.add_argument("--memory-variants", default=",".join(VARIANTS))

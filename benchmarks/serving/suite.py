@@ -129,7 +129,9 @@ def _run_server_levels(server: Any, server_name: str, tls: Path, levels: list[in
                         with ForeignCpu(server.pid) as foreign:
                             result = run_load_pinned(LoadSpec(
                                 client=client, address=server.address, tls_dir=str(tls),
-                                model=model, row_shape=spec.row_shape, clients=level,
+                                model=model, row_shape=spec.row_shape,
+                                input_name=spec.input_name, output_name=spec.output_name,
+                                clients=level,
                                 duration_s=timing.duration_s, warmup_s=timing.warmup_s,
                                 check_output=check_output))
                         hist = histogram_diff(batch_histogram(server.address, tls, model), before)
