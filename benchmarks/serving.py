@@ -188,18 +188,20 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[dim]{time.time() - started:6.0f}s[/] {message}")
 
     if "headline" in sections:
-        try:
-            home = None if args.no_triton else find_triton(args.triton,
-                                                           download=args.triton_download)
-        except TritonUnavailable as exc:
-            progress(f"headline without Triton: {exc}")
-            home = None
+        home, error = None, "--no-triton" if args.no_triton else None
+        if not args.no_triton:
+            try:
+                home = find_triton(args.triton, download=args.triton_download)
+            except TritonUnavailable as exc:
+                progress(f"headline without Triton: {exc}")
+                error = str(exc)
         rounds = args.rounds or (1 if args.quick else 3)
         out["headline"] = headline(workdir, triton_home=home, rounds=max(1, rounds),
                                    clients=args.headline_clients,
                                    seconds=timing.duration_s, warmup_s=timing.warmup_s,
                                    progress=progress,
-                                   models=tuple(args.headline_models.split(",")))
+                                   models=tuple(args.headline_models.split(",")),
+                                   triton_error=error)
         save()
         print_headline(out["headline"])
     if "throughput" in sections:

@@ -114,13 +114,16 @@ def _load(target: _Target, cell: Cell, model: str, *, clients: int, seconds: flo
 
 def headline(workdir: Path, *, triton_home: Path | None, rounds: int, clients: int,
              seconds: float, warmup_s: float, progress: Progress,
-             models: tuple[str, ...] = HEADLINE_MODELS) -> dict[str, Any]:
+             models: tuple[str, ...] = HEADLINE_MODELS,
+             triton_error: str | None = None) -> dict[str, Any]:
+    """The section's JSON; without `triton_home`, `triton_error` says why (the JSON's
+    `triton_unavailable`) and the ratios are empty."""
     tls, repo, trepo = prepare(workdir, models)
     cells = [Cell("edgecut-core", "grpc"), Cell("edgecut-core", "https"),
              Cell("edgecut-plain", "http")]
     if native_available():
         cells.insert(1, Cell("edgecut-native", "grpc"))
-    triton_error = None if triton_home is not None else "no Triton (--no-triton or not found)"
+    triton_error = (triton_error or "no Triton home given") if triton_home is None else None
     with contextlib.ExitStack() as stack:
         servers: dict[str, tuple[_Target, int]] = {}
         core = stack.enter_context(endpoint_process(repo, tls, workdir=workdir, http=True,
