@@ -537,6 +537,13 @@ class Frontend {
       auto deadline = std::chrono::system_clock::now() +
                       std::chrono::microseconds(static_cast<int64_t>(grace_s * 1e6));
       server_->Shutdown(deadline);
+      {
+        // From here no operation may start: gRPC aborts the process when one is started on
+        // a completion queue that is shut down, and Python threads (a model's answer, an
+        // error) and the poller (the next write of a call) may still try.
+        std::lock_guard<std::mutex> lock(calls_mutex_);
+        queue_closed_ = true;
+      }
       queue_->Shutdown();
       if (poller_.joinable()) {
         poller_.join();
@@ -615,9 +622,10 @@ class Frontend {
                          &call->accepted);
   }
 
-  // Start the next write, or the final status once nothing is left to write. Holds calls_mutex_.
+  // Start the next write, or the final status once nothing is left to write; nothing once
+  // the queue is closed (stop(): the call is cancelled and freed there). Holds calls_mutex_.
   void pump(Call* call) {
-    if (call->writing || call->finish_sent) return;
+    if (queue_closed_ || call->writing || call->finish_sent) return;
     if (!call->outbox.empty() && !(call->final_status && call->outbox.size() == 1)) {
       call->writing = true;
       call->stream.Write(call->outbox.front(), &call->written);
@@ -662,7 +670,7 @@ class Frontend {
                   "the endpoint has " + std::to_string(max_open_calls_) +
                       " calls open already (its limit); retry later");
               pump(call);
-            } else {
+            } else if (!queue_closed_) {
               call->reading = true;
               call->stream.Read(&call->request, &call->read);
             }
@@ -903,6 +911,7 @@ class Frontend {
 
   std::mutex calls_mutex_;
   std::unordered_map<uint64_t, Call*> calls_;
+  bool queue_closed_ = false;  // under calls_mutex_: stop() shut the completion queue down
 
   std::mutex received_mutex_;
   std::condition_variable received_ready_;

@@ -101,3 +101,63 @@ def test_stop_drains_in_flight_and_queued_requests(
     stats = server.statistics()
     assert stats.failures == {"UNAVAILABLE": 1}
     assert stats.models["slow"].requests == 2 and stats.models["wide_mlp"].requests == 1
+
+
+# Run in a process of its own: what this guards against is an abort of the whole process.
+_STOP_UNDER_LOAD = r"""
+import sys, threading, time
+from pathlib import Path
+import grpc, numpy as np
+from edgecut.cloud.server import create_server
+from edgecut.protocol import grpc_service_pb2 as pb
+from edgecut.protocol.grpc_service_pb2_grpc import GRPCInferenceServiceStub
+
+repo, frontend, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+request = pb.ModelInferRequest(model_name="wide_mlp")
+request.inputs.add(name="x", datatype="FP32", shape=[1, 256])
+request.raw_input_contents.append(np.ones((1, 256), np.float32).tobytes())
+answered = refused = 0
+for _ in range(rounds):
+    server = create_server(repo, workers=4, frontend=frontend)
+    server.start()
+    stop = threading.Event()
+
+    def call() -> None:
+        global answered, refused
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = GRPCInferenceServiceStub(channel)
+            deadline = time.monotonic() + 10.0
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    stub.ModelInfer(request, timeout=5.0)
+                    answered += 1
+                except grpc.RpcError:
+                    refused += 1
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    server.stop(grace_s=0)  # cancels what is in flight while answers are being sent
+    stop.set()
+    for t in threads:
+        t.join(timeout=20)
+print(answered, refused)
+"""
+
+
+def test_stopping_at_once_under_load_never_aborts_the_process(
+        ops_repo: Path, frontend: str, tmp_path: Path) -> None:
+    """stop(grace_s=0) while calls arrive, answers go out and refusals are sent: gRPC aborts
+    the process if an operation starts on a completion queue already shut down (the native
+    transport once did it from a refusal sent during the stop). Twelve rounds."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "stop_under_load.py"
+    script.write_text(_STOP_UNDER_LOAD)
+    done = subprocess.run([sys.executable, str(script), str(ops_repo), frontend, "12"],
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answered, _ = (int(x) for x in done.stdout.split())
+    assert answered > 0
