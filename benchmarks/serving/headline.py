@@ -21,17 +21,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from statistics import median
 from typing import Any
 
 from edgecut.cloud.native_server import available as native_available
 
-from . import suite
 from .loadgen import LoadSpec
 from .models import MODELS
 from .processes import ForeignCpu, endpoint_process, http_address, run_load_pinned
-from .suite import batch_histogram, histogram_diff, prepare
+from .suite import batch_histogram, histogram_diff, prepare, quietest
 from .triton import TritonProcess, TritonUnavailable
 
 __all__ = ["HEADLINE_MODELS", "PAIRS", "Cell", "headline"]
@@ -77,27 +77,6 @@ def _spec(target: _Target, cell: Cell, model: str, clients: int, seconds: float,
                     row_shape=spec.row_shape, input_name=spec.input_name,
                     output_name=spec.output_name, clients=clients, duration_s=seconds,
                     warmup_s=warmup_s, check_output=target.check_output)
-
-
-def _quietest_load(target: _Target, cell: Cell, model: str, *, progress: Progress,
-                   **how: Any) -> dict[str, Any]:
-    """_load, again (up to suite.MAX_ATTEMPTS times) while other processes used more than
-    suite.DISTURBED of the machine's CPU during it; the quietest attempt is kept, and the
-    failures of every attempt count."""
-    best: dict[str, Any] | None = None
-    failures = 0
-    for attempt in range(1, suite.MAX_ATTEMPTS + 1):
-        run = _load(target, cell, model, **how)
-        failures += run["failures"]
-        if best is None or run["foreign_cpu"] < best["foreign_cpu"]:
-            best = run
-        best["attempts"] = attempt
-        if run["foreign_cpu"] <= suite.DISTURBED:
-            break
-        progress(f"  others used {100 * run['foreign_cpu']:.0f}% of the CPU; measuring again")
-    assert best is not None
-    best["failures"] = failures
-    return best
 
 
 def _load(target: _Target, cell: Cell, model: str, *, clients: int, seconds: float,
@@ -162,9 +141,10 @@ def headline(workdir: Path, *, triton_home: Path | None, rounds: int, clients: i
                     runs.append({"round": turn, "server": cell.server,
                                  "protocol": cell.protocol, "model": name,
                                  "batching": batching, "clients": clients,
-                                 **_quietest_load(target, cell, model, progress=progress,
-                                                  clients=clients, seconds=seconds,
-                                                  warmup_s=warmup_s, tls=tls, pid=pid)})
+                                 **quietest(partial(_load, target, cell, model,
+                                                    clients=clients, seconds=seconds,
+                                                    warmup_s=warmup_s, tls=tls, pid=pid),
+                                            progress)})
     return {"runs": runs, "rows": summarise(runs), "ratios": ratios(runs),
             "rounds": rounds, "clients": clients, "seconds": seconds,
             "triton_unavailable": triton_error}

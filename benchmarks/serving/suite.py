@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from edgecut.cloud.native_server import available as native_available
 from edgecut.protocol.pki import init_ca
 
 from .loadgen import LoadSpec
-from .models import MODELS, mlp_tail, save
+from .models import MODELS, ModelSpec, mlp_tail, save
 from .processes import (
     MALLOC_ENV,
     ForeignCpu,
@@ -123,36 +124,52 @@ def _run_server_levels(server: Any, server_name: str, tls: Path, levels: list[in
                     if client == "edgecut" and level not in levels_for_edgecut_client(levels):
                         continue
                     progress(f"{server_name} {model} {level} clients ({client} client)")
-                    best: dict | None = None
-                    for attempt in range(1, MAX_ATTEMPTS + 1):
-                        before = batch_histogram(server.address, tls, model)
-                        with ForeignCpu(server.pid) as foreign:
-                            result = run_load_pinned(LoadSpec(
-                                client=client, address=server.address, tls_dir=str(tls),
-                                model=model, row_shape=spec.row_shape,
-                                input_name=spec.input_name, output_name=spec.output_name,
-                                clients=level,
-                                duration_s=timing.duration_s, warmup_s=timing.warmup_s,
-                                check_output=check_output))
-                        hist = histogram_diff(batch_histogram(server.address, tls, model), before)
-                        row = {"server": server_name, "client": client, "model": name,
-                               "batching": batching, "clients": level,
-                               "batch_histogram": hist, "foreign_cpu": foreign.fraction,
-                               "attempts": attempt, **asdict(result)}
-                        if hist:
-                            row["ort_seconds_per_run"] = _adjacent_ort(onnx_dir, name, hist,
-                                                                       timing)
-                        # Failures from every attempt count; the timing kept is the quietest.
-                        failures = result.failures + (best["failures"] if best else 0)
-                        if best is None or row["foreign_cpu"] < best["foreign_cpu"]:
-                            best = row
-                        best["failures"], best["attempts"] = failures, attempt
-                        if foreign.fraction <= DISTURBED:
-                            break
-                        progress(f"  others used {100 * foreign.fraction:.0f}% of the CPU; "
-                                 f"measuring again")
-                    rows.append(best)
+                    rows.append(quietest(partial(
+                        _measure_row, server, server_name, tls, spec, batching, level, client,
+                        timing=timing, onnx_dir=onnx_dir, check_output=check_output), progress))
     return rows
+
+
+def _measure_row(server: Any, server_name: str, tls: Path, spec: ModelSpec, batching: bool,
+                 level: int, client: str, *, timing: Timing, onnx_dir: Path,
+                 check_output: bool) -> dict:
+    """One load level on one server: the throughput row, with the batch sizes the server
+    formed and onnxruntime alone on them right after."""
+    model = spec.name + ("_b" if batching else "_nb")
+    before = batch_histogram(server.address, tls, model)
+    with ForeignCpu(server.pid) as foreign:
+        result = run_load_pinned(LoadSpec(
+            client=client, address=server.address, tls_dir=str(tls), model=model,
+            row_shape=spec.row_shape, input_name=spec.input_name,
+            output_name=spec.output_name, clients=level, duration_s=timing.duration_s,
+            warmup_s=timing.warmup_s, check_output=check_output))
+    hist = histogram_diff(batch_histogram(server.address, tls, model), before)
+    row = {"server": server_name, "client": client, "model": spec.name, "batching": batching,
+           "clients": level, "batch_histogram": hist, "foreign_cpu": foreign.fraction,
+           **asdict(result)}
+    if hist:
+        row["ort_seconds_per_run"] = _adjacent_ort(onnx_dir, spec.name, hist, timing)
+    return row
+
+
+def quietest(measure: Callable[[], dict], progress: Progress) -> dict:
+    """`measure()` (a row with `foreign_cpu` and `failures`), again up to MAX_ATTEMPTS times
+    while other processes used more than DISTURBED of the machine's CPU during it: the
+    quietest attempt is kept, with the failures of every attempt and how many there were."""
+    best: dict | None = None
+    failures = attempts = 0
+    while attempts < MAX_ATTEMPTS:
+        row = measure()
+        attempts += 1
+        failures += row["failures"]
+        if best is None or row["foreign_cpu"] < best["foreign_cpu"]:
+            best = row
+        if row["foreign_cpu"] <= DISTURBED:
+            break
+        progress(f"  others used {100 * row['foreign_cpu']:.0f}% of the CPU; measuring again")
+    assert best is not None
+    best["failures"], best["attempts"] = failures, attempts
+    return best
 
 
 _EDGECUT_CLIENT_LEVELS: list[int] = []
