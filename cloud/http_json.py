@@ -41,11 +41,10 @@ from edgecut.errors import ProtocolError
 from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.codecs import CODEC_PARAMETER, parameter_value, set_parameter
 from edgecut.protocol.rawfields import (
-    RAW_INPUT_FIELD,
     RAW_OUTPUT_FIELD,
     InferRequestView,
+    request_with_raw_inputs,
     split_repeated_bytes,
-    varint_bytes,
 )
 from edgecut.protocol.tensors import dtype_of
 
@@ -66,8 +65,6 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_DATA = "binary_data"
 BINARY_DATA_SIZE = "binary_data_size"
 BINARY_DATA_OUTPUT = "binary_data_output"
-
-_RAW_INPUT_TAG = bytes([RAW_INPUT_FIELD << 3 | 2])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,13 +109,10 @@ def infer_request_message(body: bytes | memoryview, header_length: int | None, *
 
 
 def request_bytes(request: InferRequestView) -> bytes:
-    """The serialized ModelInferRequest an InferRequestView stands for."""
-    # raw_input_contents go after the rest, as protobuf allows any field order: the tensors
-    # are copied once, into the message, and read in place from it (rawfields).
-    parts: list[bytes | memoryview] = [request.message.SerializeToString()]
-    for data in request.raw_input_contents:
-        parts += (_RAW_INPUT_TAG, varint_bytes(len(data)), data)
-    return b"".join(parts)
+    """The serialized ModelInferRequest an InferRequestView stands for: the tensors are
+    copied once, into the message, and read in place from it (rawfields)."""
+    return request_with_raw_inputs(request.message.SerializeToString(),
+                                   request.raw_input_contents)
 
 
 def infer_request_view(body: bytes | memoryview, header_length: int | None, *,

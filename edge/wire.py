@@ -15,20 +15,18 @@ that builds the message is the one copy; gRPC sends the result as is.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 
 from edgecut.errors import ProtocolError
 from edgecut.protocol import grpc_service_pb2 as pb
 from edgecut.protocol.codecs import encode_tensor
-from edgecut.protocol.rawfields import varint_bytes
+from edgecut.protocol.rawfields import request_with_raw_inputs, varint_bytes
 from edgecut.protocol.tensors import datatype_of, dtype_of
 
 __all__ = ["array_from_contents", "encode_input", "padded_message", "request_with_raw_inputs"]
 
-# Tag of ModelInferRequest.raw_input_contents: field 7, wire type 2 (length-delimited).
-_RAW_INPUT_TAG = bytes([(7 << 3) | 2])
 # A field number no message of the protocol uses, length-delimited: parsers skip it.
 _PADDING_TAG = bytes([0xFA, 0x3F])  # field 1023, wire type 2, as a varint
 # Where a stock server puts a tensor it did not send in raw_output_contents.
@@ -55,14 +53,6 @@ def encode_input(array: np.ndarray, codec: str
     datatype = datatype_of(array.dtype)
     flat = np.ascontiguousarray(array, dtype=dtype_of(datatype)).reshape(-1).view(np.uint8)
     return memoryview(flat), datatype, tuple(int(d) for d in array.shape), {}, flat.nbytes
-
-
-def request_with_raw_inputs(header: bytes, chunks: Sequence[memoryview | bytes]) -> bytes:
-    """`header` (a serialised ModelInferRequest) with `chunks` as its raw_input_contents."""
-    parts: list[memoryview | bytes] = [header]
-    for chunk in chunks:
-        parts += [_RAW_INPUT_TAG, varint_bytes(len(chunk)), chunk]
-    return b"".join(parts)
 
 
 def padded_message(message: bytes, padding_bytes: int) -> bytes:

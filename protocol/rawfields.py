@@ -32,6 +32,7 @@ __all__ = [
     "InferRequestView",
     "parse_infer_request",
     "read_varint",
+    "request_with_raw_inputs",
     "split_repeated_bytes",
     "varint_bytes",
 ]
@@ -121,6 +122,22 @@ def varint_bytes(value: int) -> bytes:
 
 
 _SMALL_VARINTS = [bytes((i,)) for i in range(0x80)]
+_RAW_INPUT_TAG = bytes([(RAW_INPUT_FIELD << 3) | _DELIMITED])
+
+
+def request_with_raw_inputs(header: bytes, chunks: Sequence[memoryview | bytes]) -> bytes:
+    """`header` (a serialised ModelInferRequest) with `chunks` as its raw_input_contents,
+    each appended as one more field 7 (parsers take a message's fields in any order): the
+    join is the one copy of each tensor.
+
+    >>> header = pb.ModelInferRequest(model_name="m").SerializeToString()
+    >>> pb.ModelInferRequest.FromString(request_with_raw_inputs(header, [b"ab"])).raw_input_contents
+    [b'ab']
+    """
+    parts: list[memoryview | bytes] = [header]
+    for chunk in chunks:
+        parts += (_RAW_INPUT_TAG, varint_bytes(len(chunk)), chunk)
+    return b"".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
