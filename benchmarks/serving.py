@@ -45,6 +45,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks.serving import suite  # noqa: E402
+from benchmarks.serving.cgroups import CpuQuota, CpuQuotaUnavailable  # noqa: E402
 from benchmarks.serving.headline import HEADLINE_MODELS, headline  # noqa: E402
 from benchmarks.serving.memory import VARIANTS  # noqa: E402
 from benchmarks.serving.processes import CpuLayout, layout, parse_cpus, use_layout  # noqa: E402
@@ -91,14 +92,15 @@ def print_headline(section: dict) -> None:
                         f"turns; rows/s and p50/p99 ms are medians over the rounds; "
                         f"{layout().describe()}")
     for col in ("model", "batching", "server", "protocol", "rows/s", "p50", "p99",
-                "mean batch", "rows/s each round", "failed", "others' CPU max"):
+                "mean batch", "rows/s each round", "failed", "others' CPU max", "server busy"):
         table.add_column(col, justify="right")
     for r in section["rows"]:
         table.add_row(r["model"], "on" if r["batching"] else "off", r["server"], r["protocol"],
                       f"{r['rows_per_s']:.0f}", _fmt(r["p50_ms"], 1), _fmt(r["p99_ms"], 1),
                       _fmt(r["mean_batch"], 1),
                       " ".join(f"{x:.0f}" for x in r["rows_per_s_rounds"]),
-                      str(r["failures"]), f"{100 * r['foreign_cpu_max']:.0f}%")
+                      str(r["failures"]), f"{100 * r['foreign_cpu_max']:.0f}%",
+                      f"{100 * r.get('server_busy', 0.0):.0f}%")
     console.print(table)
     ratios = Table(title="edgecut / Triton, taken within each round (p99: Triton's / "
                          "edgecut's; above 1 is edgecut ahead)")
@@ -143,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-cpus", default="0", help="CPUs of every server (taskset -c list)")
     p.add_argument("--client-cpus", default="1",
                    help="CPUs of the load generators, one process per CPU (taskset -c list)")
+    p.add_argument("--server-cpu-quota", type=float, metavar="CPUS",
+                   help="limit each server to CPUS CPUs' worth of time (a cgroup CPU quota, as "
+                   "a container's CPU limit; root): on a machine too small for the clients to "
+                   "load a server on a whole core")
     p.add_argument("--no-variant-rows", action="store_true",
                    help="skip the endpoint without shared weights and the endpoint over grpcio")
     p.add_argument("--machine-note", default="none lent to this session: CPU only",
@@ -153,10 +159,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         use_layout(CpuLayout(server=parse_cpus(args.server_cpus),
-                             clients=parse_cpus(args.client_cpus)))
+                             clients=parse_cpus(args.client_cpus),
+                             server_quota=args.server_cpu_quota))
     except ValueError as exc:
-        console.print(f"--server-cpus/--client-cpus: {exc}")
+        console.print(f"--server-cpus/--client-cpus/--server-cpu-quota: {exc}")
         return 2
+    if args.server_cpu_quota:
+        try:
+            CpuQuota("check", cpus=args.server_cpu_quota).close()
+        except CpuQuotaUnavailable as exc:
+            console.print(f"--server-cpu-quota: {exc}")
+            return 2
     missing = sorted(set(layout().server + layout().clients) - os.sched_getaffinity(0))
     if missing:
         console.print(f"--server-cpus/--client-cpus: CPUs {missing} are not available here "
@@ -176,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"quick": args.quick, "complete": False, "machine": {
         "cpus": os.cpu_count(), "server_core": layout().server[0],
         "client_core": layout().clients[0], "server_cpus": list(layout().server),
-        "client_cpus": list(layout().clients), "device_machine": args.machine_note},
+        "client_cpus": list(layout().clients), "server_cpu_quota": args.server_cpu_quota,
+        "layout": layout().describe(), "device_machine": args.machine_note},
         "timing": asdict(timing)}
     for key in KEYS:
         out[key] = None

@@ -30,7 +30,14 @@ from edgecut.cloud.native_server import available as native_available
 
 from .loadgen import LoadSpec
 from .models import MODELS
-from .processes import ForeignCpu, endpoint_process, http_address, run_load_pinned
+from .processes import (
+    CpuSampler,
+    ForeignCpu,
+    endpoint_process,
+    http_address,
+    run_load_pinned,
+    server_allowance,
+)
 from .suite import batch_histogram, histogram_diff, prepare, quietest
 from .triton import TritonProcess, TritonUnavailable
 
@@ -82,11 +89,16 @@ def _spec(target: _Target, cell: Cell, model: str, clients: int, seconds: float,
 def _load(target: _Target, cell: Cell, model: str, *, clients: int, seconds: float,
           warmup_s: float, tls: Path, pid: int) -> dict[str, Any]:
     before = batch_histogram(target.grpc, target.tls, model)
-    with ForeignCpu(pid) as foreign:
+    with ForeignCpu(pid) as foreign, CpuSampler(pid) as server_cpu:
         result = run_load_pinned(_spec(target, cell, model, clients, seconds, warmup_s, tls))
     hist = histogram_diff(batch_histogram(target.grpc, target.tls, model), before)
     executions = sum(hist.values())
-    return {**asdict(result), "foreign_cpu": foreign.fraction, "batch_histogram": hist,
+    # How much of its CPUs (or quota) the server used in the measured window: well below 1,
+    # the clients, not the server, set the pace of this closed-loop load.
+    busy = server_cpu.busy(result.window_started_at, result.window_s,
+                           allowance_cpus=server_allowance())
+    return {**asdict(result), "foreign_cpu": foreign.fraction, "server_busy": busy,
+            "batch_histogram": hist,
             "mean_batch": sum(b * n for b, n in hist.items()) / executions
             if executions else None}
 
@@ -171,7 +183,8 @@ def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "mean_batch": median(r["mean_batch"] or 0.0 for r in group),
             "failures": sum(r["failures"] for r in group),
             "empty_outputs": sum(r["empty_outputs"] for r in group),
-            "foreign_cpu_max": max(r["foreign_cpu"] for r in group)})
+            "foreign_cpu_max": max(r["foreign_cpu"] for r in group),
+            "server_busy": median(r.get("server_busy", 0.0) for r in group)})
     return rows
 
 

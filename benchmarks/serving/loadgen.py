@@ -76,6 +76,9 @@ class LoadResult:
     errors: list[str] = field(default_factory=list)
     latencies_ms: list[float] | None = None  # the window's, when the spec keeps them
     processes: int = 1  # load generator processes merged into this result
+    # When the measured window opened, by the wall clock (time.time()): others' measurements
+    # of the same window (the server's CPU, processes.CpuSampler) line up with it.
+    window_started_at: float = 0.0
 
 
 def _make_call(spec: LoadSpec) -> Any:
@@ -175,12 +178,13 @@ def run_load(spec: LoadSpec) -> LoadResult:
     failures = 0
     empty = 0
     issued = 0
-    start = window_start = stop_at = 0.0
+    start = window_start = stop_at = window_wall = 0.0
 
     def open_window() -> None:  # once every client is connected
-        nonlocal start, window_start, stop_at
+        nonlocal start, window_start, stop_at, window_wall
         if spec.start_at is not None:
             time.sleep(max(0.0, spec.start_at - time.time()))
+        window_wall = time.time() + spec.warmup_s
         start = time.perf_counter()
         window_start = start + spec.warmup_s
         stop_at = window_start + spec.duration_s
@@ -259,6 +263,7 @@ def run_load(spec: LoadSpec) -> LoadResult:
         if from_schedule else 0.0,
         latencies_ms=[round(x, 4) for x in lat_ms.tolist()] if spec.keep_latencies and window
         else None,
+        window_started_at=window_wall,
     )
 
 

@@ -5,7 +5,9 @@ the server CPUs, the load generators on the client CPUs, each started under `tas
 every thread it makes stays there. By default the server has core 0 and the clients core 1;
 `use_layout(CpuLayout(server=(0, 1, 2, 3), clients=tuple(range(4, 12))))` gives the server 4
 cores (one model instance and one onnxruntime run per core) and starts one load generator
-process per client core, their windows aligned, their latencies merged.
+process per client core, their windows aligned, their latencies merged. `server_quota` also
+limits each server to that many CPUs' worth of time (cgroups.CpuQuota, a container's CPU
+limit), so that the clients are not what limits a server on a small machine.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -26,11 +29,12 @@ from typing import Any
 import numpy as np
 import psutil
 
+from .cgroups import CpuQuota
 from .loadgen import LoadResult, LoadSpec
 
-__all__ = ["MALLOC_ENV", "REPO", "CpuLayout", "ForeignCpu", "PinnedServer", "endpoint_frontend",
+__all__ = ["MALLOC_ENV", "REPO", "CpuLayout", "CpuSampler", "ForeignCpu", "PinnedServer", "endpoint_frontend",
            "endpoint_process", "http_address", "layout", "merge_loads", "ort_alone", "parse_cpus", "pinned",
-           "run_json", "run_load_pinned", "use_layout"]
+           "run_json", "run_load_pinned", "server_allowance", "server_quota", "use_layout"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,17 +45,23 @@ class CpuLayout:
 
     server: tuple[int, ...] = (0,)
     clients: tuple[int, ...] = (1,)
+    # CPUs' worth of time each server may use on its CPUs (None: all of them).
+    server_quota: float | None = None
 
     def __post_init__(self) -> None:
         if not self.server or not self.clients:
             raise ValueError("the server and the clients each need at least one CPU")
         if set(self.server) & set(self.clients):
             raise ValueError(f"server CPUs {self.server} and client CPUs {self.clients} overlap")
+        if self.server_quota is not None and not 0 < self.server_quota <= len(self.server):
+            raise ValueError(f"a server CPU quota must be above 0 and at most its "
+                             f"{len(self.server)} CPU(s), got {self.server_quota}")
 
     def describe(self) -> str:
         def one(cpus: tuple[int, ...]) -> str:
             return f"core {cpus[0]}" if len(cpus) == 1 else f"cores {_cpu_list(cpus)}"
-        return f"server on {one(self.server)}, clients on {one(self.clients)}"
+        limit = f" limited to {self.server_quota:g} CPU" if self.server_quota else ""
+        return f"server on {one(self.server)}{limit}, clients on {one(self.clients)}"
 
 
 _LAYOUT = CpuLayout()
@@ -89,6 +99,18 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 << 20), "MALLOC_TRIM_THRESHOLD_":
 
 def pinned(cmd: list[str], cpus: Sequence[int]) -> list[str]:
     return ["taskset", "-c", _cpu_list(cpus), *cmd]
+
+
+def server_allowance() -> float:
+    """The CPUs' worth of time a server may use: its quota, else its CPUs."""
+    return _LAYOUT.server_quota or float(len(_LAYOUT.server))
+
+
+def server_quota(name: str) -> CpuQuota | None:
+    """The CPU quota a server started now runs under (its own cgroup), None without one;
+    raises cgroups.CpuQuotaUnavailable where none can be set."""
+    quota = _LAYOUT.server_quota
+    return CpuQuota(name, cpus=quota) if quota else None
 
 
 def python_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -151,7 +173,8 @@ def merge_loads(parts: list[LoadResult]) -> LoadResult:
         empty_outputs=sum(p.empty_outputs for p in parts),
         # each generator's own p99; the worst of them (no raw samples are kept for it)
         p99_from_schedule_ms=max(p.p99_from_schedule_ms for p in parts),
-        errors=[e for p in parts for e in p.errors][:5], processes=len(parts))
+        errors=[e for p in parts for e in p.errors][:5], processes=len(parts),
+        window_started_at=min(p.window_started_at for p in parts))
 
 
 def ort_alone(model: Path, batch_sizes: list[int], *, seconds: float,
@@ -193,6 +216,51 @@ def _tree_cpu_s(pid: int | None) -> float:
         except psutil.Error:
             pass
     return total
+
+
+class CpuSampler:
+    """A process tree's CPU seconds, sampled every `interval_s` from a thread of its own, so
+    that its use within a window known only afterwards (a load's measured window) can be read:
+
+        with CpuSampler(server.pid) as cpu:
+            result = run_load_pinned(spec)
+        cpu.busy(result.window_started_at, result.window_s, allowance_cpus=1.0)
+    """
+
+    def __init__(self, pid: int, *, interval_s: float = 0.1) -> None:
+        self._pid = pid
+        self._interval_s = interval_s
+        self._samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="cpu-sampler", daemon=True)
+
+    def _sample(self) -> None:
+        while True:
+            self._samples.append((time.time(), _tree_cpu_s(self._pid)))
+            if self._stop.wait(self._interval_s):
+                return
+
+    def _at(self, t: float) -> float:
+        """CPU seconds at wall-clock time `t`, interpolated between the samples."""
+        samples = self._samples
+        times = [x for x, _ in samples]
+        return float(np.interp(t, times, [c for _, c in samples])) if samples else 0.0
+
+    def busy(self, start: float, seconds: float, *, allowance_cpus: float) -> float:
+        """The tree's CPU time from `start` for `seconds` over `allowance_cpus` CPUs' worth
+        (0 where the window is not covered by samples)."""
+        if not self._samples or seconds <= 0 or start < self._samples[0][0]:
+            return 0.0
+        used = self._at(start + seconds) - self._at(start)
+        return used / (seconds * allowance_cpus)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5.0)
 
 
 class ForeignCpu:
@@ -240,9 +308,11 @@ class PinnedServer:
                  env: dict[str, str] | None = None, start_timeout_s: float = 60.0) -> None:
         port_file = workdir / f"port-{time.monotonic_ns()}"
         log = workdir / f"{module.rsplit('.', 1)[-1]}-server.log"
+        self.quota = server_quota(module.rsplit(".", 1)[-1])
+        cmd = pinned([sys.executable, "-m", module, *args, "--port-file", str(port_file)],
+                     _LAYOUT.server)
         self._proc = subprocess.Popen(
-            pinned([sys.executable, "-m", module, *args, "--port-file", str(port_file)],
-                   _LAYOUT.server),
+            self.quota.wrap(cmd) if self.quota else cmd,
             cwd=REPO, env=python_env(env), stdout=subprocess.DEVNULL,
             stderr=open(log, "ab"),  # noqa: SIM115
         )
@@ -269,6 +339,8 @@ class PinnedServer:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait(timeout=5)
+        if self.quota is not None:
+            self.quota.close()
 
     def __enter__(self) -> PinnedServer:
         return self

@@ -26,7 +26,7 @@ import zipfile
 from pathlib import Path
 from types import TracebackType
 
-from .processes import layout, pinned
+from .processes import layout, pinned, server_quota
 
 __all__ = ["PYTRITON_VERSION", "TritonProcess", "TritonUnavailable", "find_triton"]
 
@@ -110,11 +110,18 @@ class TritonProcess:
                "--grpc-use-ssl=true", f"--grpc-server-cert={tls_dir / 'server.crt'}",
                f"--grpc-server-key={tls_dir / 'server.key'}",
                "--pinned-memory-pool-byte-size=0", "--log-verbose=0"]
-        self._proc = subprocess.Popen(pinned(cmd, layout().server), env=env,
+        cmd = pinned(cmd, layout().server)
+        # Its Python backend stubs (one process per model instance) start inside the quota too.
+        self.quota = server_quota("triton")
+        self._proc = subprocess.Popen(self.quota.wrap(cmd) if self.quota else cmd, env=env,
                                       stdout=subprocess.DEVNULL,
                                       stderr=open(self.log, "wb"))  # noqa: SIM115
         self.pid = self._proc.pid
-        self._wait_ready(tls_dir, start_timeout_s)
+        try:
+            self._wait_ready(tls_dir, start_timeout_s)
+        except BaseException:
+            self.stop()
+            raise
 
     def _wait_ready(self, tls_dir: Path, timeout_s: float) -> None:
         import tritonclient.grpc as tc
@@ -154,6 +161,8 @@ class TritonProcess:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait(timeout=5)
+        if self.quota is not None:
+            self.quota.close()
 
     def __enter__(self) -> TritonProcess:
         return self
