@@ -16,8 +16,11 @@ reads like gRPC's (auth_context, abort, trailing metadata): readiness, authorisa
 scheduling and batching, the drain at stop, statistics, metrics and the request log are the
 gRPC endpoint's, not a copy of them. Inference goes through `infer_later`, as the native gRPC
 transport's does: the event loop hands the decoded request to the model's scheduler and awaits
-its answer, so no thread waits for a batch. The bodies are converted in cloud/http_json.py;
-the socket and TLS under it are cloud/http_listener.py.
+its answer, so no thread waits for a batch. Plain binary-tensor requests (what
+tritonclient.http sends) take the infer lane instead, as plain gRPC calls do
+(cloud/http_lane.py): no protobuf messages, checks made once per layout, the requests that
+arrived together queued in one group and answered from the run's outputs. The bodies are
+converted in cloud/http_json.py; the socket and TLS under it are cloud/http_listener.py.
 
 Errors are a JSON body {"error": "..."} with the status that says whose problem it is
 (_HTTP_STATUS): 400 a bad request, 404 no such model, 413 over a size limit, 403 a device the
@@ -44,13 +47,16 @@ from pathlib import Path
 from typing import Any, cast
 
 import grpc
+import orjson
 from aiohttp import web
 
 from edgecut.errors import ProtocolError, UserInputError
 from edgecut.protocol import grpc_service_pb2 as pb
+from edgecut.protocol.probe import PROBE_MODEL
 
 from .http_json import (
     HEADER_LENGTH,
+    OutputChoice,
     infer_request_view,
     infer_response_body,
     message_json,
@@ -58,6 +64,7 @@ from .http_json import (
     repository_parameters,
     request_bytes,
 )
+from .http_lane import HttpLane, LaneAnswer, read_plain_http
 from .http_listener import common_name, listen, server_ssl_context
 from .native_server import CallAborted
 from .repository import ModelRepository
@@ -91,6 +98,9 @@ _HTTP_THREADS = 4
 # An unanswered call seen at stop() is cut off after this long (calls in flight were already
 # drained by EndpointServer.stop before the HTTP listener closes).
 _SHUTDOWN_S = 1.0
+# How a lane call answered on its own (ModelInferResponse bytes) is written: all outputs as
+# bytes, as a plain request asks.
+_ALL_BINARY = OutputChoice(default_binary=True)
 
 
 def http_status(code: grpc.StatusCode, retry_after_ms: int | None = None) -> int:
@@ -182,7 +192,7 @@ class HTTPFrontend:
     def __init__(self, servicer: InferenceServicer, repository: ModelRepository, *,
                  address: tuple[str, int], tls_dir: Path | None = None, mutual: bool = False,
                  max_body_bytes: int, max_open_calls: int,
-                 reload_certificates: bool = True) -> None:
+                 reload_certificates: bool = True, infer_lane: bool = True) -> None:
         self._servicer = servicer
         self._repository = repository
         self._mutual = mutual
@@ -201,6 +211,14 @@ class HTTPFrontend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
+        # infer_lane False: every request takes the per-call path (infer_later).
+        self._use_lane = infer_lane
+        self._lane: HttpLane | None = None
+
+    @property
+    def lane_calls(self) -> int:
+        """How many requests the infer lane has taken."""
+        return self._lane.lane_calls if self._lane is not None else 0
 
     @property
     def port(self) -> int:
@@ -255,6 +273,8 @@ class HTTPFrontend:
         self._thread = None
 
     async def _start(self) -> None:
+        if self._use_lane:
+            self._lane = HttpLane(self._servicer.infer_lane, asyncio.get_running_loop())
         app = web.Application(client_max_size=self._max_body_bytes,
                               middlewares=[self._errors])
         self._routes(app.router)
@@ -441,6 +461,16 @@ class HTTPFrontend:
                 raise ProtocolError(f"{HEADER_LENGTH} must be a whole number of bytes, got "
                                     f"{header_text!r}")
             header_length = int(header_text)
+        plain = self._plain(name, body, header_length)
+        if plain is not None:
+            assert self._lane is not None
+            answer = await self._lane.take(call, plain, body, model_name=name,
+                                           model_version=version)
+            if answer is None:
+                return call.error()
+            if isinstance(answer, LaneAnswer):
+                return _infer_response(request, [answer.body], answer.header_bytes)
+            return _infer_response(request, *infer_response_body(answer, _ALL_BINARY))
         loop = asyncio.get_running_loop()
         answered: asyncio.Future[bytes | None] = loop.create_future()
 
@@ -470,16 +500,34 @@ class HTTPFrontend:
         else:
             parts, header_size = await loop.run_in_executor(
                 self._executor, infer_response_body, data, choice)
-        if header_size is None:
-            response = web.Response(body=parts[0], content_type="application/json")
-        else:
-            response = web.Response(body=b"".join(parts),
-                                    content_type="application/octet-stream",
-                                    headers={HEADER_LENGTH: str(header_size)})
-        accepted = request.headers.get("Accept-Encoding", "")
-        if "gzip" in accepted or "deflate" in accepted:
-            response.enable_compression()
-        return response
+        return _infer_response(request, parts, header_size)
+
+    def _plain(self, name: str, body: bytes, header_length: int | None) -> Any:
+        """The request read as a plain one for the infer lane (cloud/http_lane.py), or None:
+        it takes the per-call path, which says what is wrong with it if anything is."""
+        if (self._lane is None or header_length is None or name == PROBE_MODEL
+                or len(body) > _INLINE_BODY_BYTES or not 0 < header_length <= len(body)):
+            return None
+        try:
+            header = orjson.loads(memoryview(body)[:header_length])
+        except orjson.JSONDecodeError:
+            return None
+        return read_plain_http(header, header_bytes=header_length, body_bytes=len(body))
+
+
+def _infer_response(request: web.Request, parts: list[bytes | memoryview],
+                    header_size: int | None) -> web.Response:
+    """An inference answer: JSON alone, or (`header_size` given) JSON and then bytes."""
+    if header_size is None:
+        response = web.Response(body=parts[0], content_type="application/json")
+    else:
+        response = web.Response(body=b"".join(parts) if len(parts) > 1 else parts[0],
+                                content_type="application/octet-stream",
+                                headers={HEADER_LENGTH: str(header_size)})
+    accepted = request.headers.get("Accept-Encoding", "")
+    if "gzip" in accepted or "deflate" in accepted:
+        response.enable_compression()
+    return response
 
 
 class _Refused(Exception):

@@ -185,6 +185,12 @@ class EndpointServer:
         return self._server.lane_calls if isinstance(self._server, NativeServer) else 0
 
     @property
+    def http_lane_calls(self) -> int:
+        """HTTP/REST inference requests the HTTP infer lane has served (the plain binary-tensor
+        ones, see cloud/http_lane.py); 0 without HTTP."""
+        return 0 if self._http is None else self._http.lane_calls
+
+    @property
     def http_port(self) -> int | None:
         """The HTTP/REST listener's port (create_server's `http_address`), else None."""
         return None if self._http is None else self._http.port
