@@ -146,9 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-cpus", default="1",
                    help="CPUs of the load generators, one process per CPU (taskset -c list)")
     p.add_argument("--server-cpu-quota", type=float, metavar="CPUS",
-                   help="limit each server to CPUS CPUs' worth of time (a cgroup CPU quota, as "
-                   "a container's CPU limit; root): on a machine too small for the clients to "
-                   "load a server on a whole core")
+                   help="limit each server to CPUS CPUs' worth of time per 100 ms (a cgroup "
+                   "CPU quota, as a container's CPU limit sets; needs root)")
     p.add_argument("--no-variant-rows", action="store_true",
                    help="skip the endpoint without shared weights and the endpoint over grpcio")
     p.add_argument("--machine-note", default="none lent to this session: CPU only",

@@ -64,12 +64,13 @@ from .http_json import (
     repository_parameters,
     request_bytes,
 )
-from .http_lane import HttpLane, LaneAnswer, read_plain_http
+from .http_lane import HttpLane, LaneAnswer, PlainHttp, read_plain_http
 from .http_listener import common_name, listen, server_ssl_context
 from .native_server import CallAborted
 from .repository import ModelRepository
 from .servicer import RETRY_AFTER_KEY, InferenceServicer
 from .status import status_for
+from .threads import name_this_thread
 
 __all__ = ["HTTPFrontend", "http_status"]
 
@@ -192,7 +193,7 @@ class HTTPFrontend:
     def __init__(self, servicer: InferenceServicer, repository: ModelRepository, *,
                  address: tuple[str, int], tls_dir: Path | None = None, mutual: bool = False,
                  max_body_bytes: int, max_open_calls: int,
-                 reload_certificates: bool = True, infer_lane: bool = True) -> None:
+                 reload_certificates: bool = True) -> None:
         self._servicer = servicer
         self._repository = repository
         self._mutual = mutual
@@ -211,9 +212,7 @@ class HTTPFrontend:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
-        # infer_lane False: every request takes the per-call path (infer_later).
-        self._use_lane = infer_lane
-        self._lane: HttpLane | None = None
+        self._lane: HttpLane | None = None  # made on the loop, in _start
 
     @property
     def lane_calls(self) -> int:
@@ -235,6 +234,9 @@ class HTTPFrontend:
         loop = self._loop = asyncio.new_event_loop()
 
         def run() -> None:
+            # Named in the kernel too, so that a profile (top -H, /proc/PID/task/*/comm)
+            # tells this thread from the interpreter's others.
+            name_this_thread("edgecut-http-loop")
             asyncio.set_event_loop(loop)
             try:
                 loop.run_until_complete(self._start())
@@ -273,8 +275,7 @@ class HTTPFrontend:
         self._thread = None
 
     async def _start(self) -> None:
-        if self._use_lane:
-            self._lane = HttpLane(self._servicer.infer_lane, asyncio.get_running_loop())
+        self._lane = HttpLane(self._servicer.infer_lane, asyncio.get_running_loop())
         app = web.Application(client_max_size=self._max_body_bytes,
                               middlewares=[self._errors])
         self._routes(app.router)
@@ -502,7 +503,7 @@ class HTTPFrontend:
                 self._executor, infer_response_body, data, choice)
         return _infer_response(request, parts, header_size)
 
-    def _plain(self, name: str, body: bytes, header_length: int | None) -> Any:
+    def _plain(self, name: str, body: bytes, header_length: int | None) -> PlainHttp | None:
         """The request read as a plain one for the infer lane (cloud/http_lane.py), or None:
         it takes the per-call path, which says what is wrong with it if anything is."""
         if (self._lane is None or header_length is None or name == PROBE_MODEL

@@ -1,9 +1,8 @@
 """A CPU quota for a server process, as a container's CPU limit gives it (`--server-cpu-quota`).
 
-On a two-core machine the stock Python clients on one core cannot load a server that has the
-other core to itself: both cores stay partly idle and every server reads the clients' limit,
-not its own. A quota smaller than a core makes the server the side that limits, as a
-Kubernetes CPU limit does (cgroup CFS bandwidth, 100 ms periods by default):
+A server in a container is often given less than a core: a Kubernetes CPU limit (`500m`) is
+a CFS bandwidth quota on its cgroup, so many milliseconds of CPU per 100 ms period. This puts
+a benchmarked server under the same limit:
 
     with CpuQuota("edgecut-core", cpus=0.4) as quota:
         subprocess.Popen(quota.wrap(cmd))                  # the process and all it starts

@@ -7,7 +7,7 @@ every thread it makes stays there. By default the server has core 0 and the clie
 cores (one model instance and one onnxruntime run per core) and starts one load generator
 process per client core, their windows aligned, their latencies merged. `server_quota` also
 limits each server to that many CPUs' worth of time (cgroups.CpuQuota, a container's CPU
-limit), so that the clients are not what limits a server on a small machine.
+limit, as Kubernetes' `resources.limits.cpu` sets one).
 """
 
 from __future__ import annotations

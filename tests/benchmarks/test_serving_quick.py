@@ -65,19 +65,32 @@ def test_quick_smoke_writes_the_keys_and_fails_no_request(tmp_path: Path) -> Non
     assert result["tails_rss_ratio_8"] > 0
 
 
+def _can_limit_cpu() -> bool:
+    """Whether this run may make CPU-limited cgroups (root, the v1 cpu hierarchy)."""
+    return os.geteuid() == 0 and Path("/sys/fs/cgroup/cpu/cgroup.procs").exists()
+
+
 def test_headline_loads_every_server_and_protocol_in_turns(tmp_path: Path) -> None:
     """The headline section without Triton: each edgecut cell (core over gRPC and HTTPS, the
     native transport where built, plain HTTP) loaded with stock tritonclient clients, gRPC
     and HTTP, every request answered."""
     out = tmp_path / "serving.json"
+    # As root, every server also runs in a CPU-limited cgroup of its own (--server-cpu-quota),
+    # here a whole core's worth, so the limit changes nothing but is set up and removed.
+    quota = ["--server-cpu-quota", "1"] if _can_limit_cpu() else []
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "serving.py"), "--quick", "--out", str(out),
          "--workdir", str(tmp_path / "work"), "--sections", "headline",
          "--headline-models", "small_cnn", "--headline-clients", "2", "--rounds", "1",
-         "--no-triton", "--seconds", "1", "--max-attempts", "1"],
+         "--no-triton", "--seconds", "1", "--max-attempts", "1", *quota],
         cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    section = json.loads(out.read_text())["headline"]
+    result = json.loads(out.read_text())
+    section = result["headline"]
+    assert result["machine"]["server_cpu_quota"] == (1.0 if quota else None)
+    if quota:
+        assert not list(Path("/sys/fs/cgroup/cpu").glob("edgecut-bench-*")), \
+            "a server's cgroup was left behind"
     cells = {("edgecut-core", "grpc"), ("edgecut-core", "https"), ("edgecut-plain", "http"),
              *((("edgecut-native", "grpc"),) if native_available() else ())}
     assert {(r["server"], r["protocol"], r["batching"]) for r in section["rows"]} == {
@@ -85,5 +98,6 @@ def test_headline_loads_every_server_and_protocol_in_turns(tmp_path: Path) -> No
     for run in section["runs"]:
         assert run["failures"] == 0 and run["requests"] > 0, run
         assert run["mean_batch"] is not None and run["mean_batch"] >= 1, run
+        assert run["server_busy"] > 0, run  # the server's CPU in the load's own window
     assert section["ratios"] == {}  # no Triton: nothing to divide by, and it says why
     assert section["triton_unavailable"] == "--no-triton"
