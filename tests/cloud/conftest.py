@@ -376,6 +376,21 @@ def ops_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
+@pytest.fixture(scope="module")
+def ops_reference(ops_repo: Path) -> Callable[[str, dict[str, np.ndarray]], list[np.ndarray]]:
+    """run(model, feeds): the outputs of one of ops_repo's models in onnxruntime, unsplit and
+    unbatched, to compare an endpoint's answers with."""
+    sessions: dict[str, ort.InferenceSession] = {}
+
+    def run(model: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if model not in sessions:
+            sessions[model] = ort.InferenceSession(str(ops_repo / model / "1" / "model.onnx"),
+                                                   providers=["CPUExecutionProvider"])
+        return list(sessions[model].run(None, feeds))
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def slow_iterations(ops_repo: Path) -> Callable[[float], int]:
     """iterations(seconds): how many Loop rounds make `slow` run about that long here, timed

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.http as httpclient
 
@@ -39,19 +38,6 @@ def server(ops_repo: Path) -> Iterator[EndpointServer]:
                                          "batch_sum": BATCHING})
     with endpoint:
         yield endpoint
-
-
-@pytest.fixture(scope="module")
-def reference(ops_repo: Path) -> Callable[[str, dict[str, np.ndarray]], list[np.ndarray]]:
-    sessions: dict[str, ort.InferenceSession] = {}
-
-    def run(model: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if model not in sessions:
-            sessions[model] = ort.InferenceSession(str(ops_repo / model / "1" / "model.onnx"),
-                                                   providers=["CPUExecutionProvider"])
-        return list(sessions[model].run(None, feeds))
-
-    return run
 
 
 def _body(x: np.ndarray, *, name: str = "x", datatype: str = "FP32",
@@ -95,7 +81,7 @@ def _untimed(header: dict[str, Any]) -> dict[str, Any]:
 
 def test_concurrent_plain_requests_take_the_lane_in_shared_batches(
         server: EndpointServer,
-        reference: Callable[[str, dict[str, np.ndarray]], list[np.ndarray]]) -> None:
+        ops_reference: Callable[[str, dict[str, np.ndarray]], list[np.ndarray]]) -> None:
     """24 tritonclient.http requests at once, of 1 or 2 rows: each through the lane, in
     batches they share, each answered with its own rows of the unbatched model's."""
     rng = np.random.default_rng(5)
@@ -126,7 +112,7 @@ def test_concurrent_plain_requests_take_the_lane_in_shared_batches(
     rows_now, batches_now = queue()
     assert rows_now - rows == sum(len(x) for x in xs) and batches_now - batches < len(xs)
     for x, (pooled, y) in zip(xs, answers, strict=True):
-        want_y, want_pooled = reference("batch_cnn", {"x": x})
+        want_y, want_pooled = ops_reference("batch_cnn", {"x": x})
         np.testing.assert_allclose(pooled, want_pooled, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-5)
 

@@ -22,7 +22,6 @@ from typing import Any
 import grpc
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 from onnx import TensorProto, helper
@@ -74,19 +73,6 @@ def servers(request: pytest.FixtureRequest, ops_repo: Path
     yield running
     for server in running.values():
         server.stop(grace_s=1.0)
-
-
-@pytest.fixture(scope="module")
-def ops_reference(ops_repo: Path) -> Callable[[str, dict[str, np.ndarray]], list[np.ndarray]]:
-    sessions: dict[str, ort.InferenceSession] = {}
-
-    def run(model: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        if model not in sessions:
-            sessions[model] = ort.InferenceSession(str(ops_repo / model / "1" / "model.onnx"),
-                                                   providers=["CPUExecutionProvider"])
-        return list(sessions[model].run(None, feeds))
-
-    return run
 
 
 def _call(server: EndpointServer, message: bytes) -> tuple[grpc.StatusCode, Any]:
