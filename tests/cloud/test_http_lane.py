@@ -8,6 +8,7 @@ outputs, the same statuses and the same messages; and with the unsplit model in 
 
 from __future__ import annotations
 
+import doctest
 import http.client
 import json
 from collections.abc import Callable, Iterator
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
+from edgecut.cloud import http_lane
 from edgecut.cloud.batching import SchedulingPolicy
 from edgecut.cloud.http_lane import read_plain_http
 from edgecut.cloud.server import EndpointServer, create_server
@@ -237,3 +239,8 @@ def test_plain_means_binary_in_and_out_and_nothing_else() -> None:
     for case in not_plain:
         assert read_plain_http(case, header_bytes=100, body_bytes=140) is None, case
     assert read_plain_http(header(), header_bytes=100, body_bytes=141) is None
+
+
+def test_the_module_docstring_example_runs() -> None:
+    result = doctest.testmod(http_lane)
+    assert result.attempted > 0 and result.failed == 0
