@@ -11,6 +11,7 @@ from __future__ import annotations
 import doctest
 import http.client
 import json
+import ssl
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -203,6 +204,43 @@ def test_requests_that_are_not_plain_take_the_per_call_path(server: EndpointServ
     assert server.http_lane_calls == before
     assert _post(server, "wide_mlp", body, headers)[0] == 200  # still serving, by the lane
     assert server.http_lane_calls == before + 1
+
+
+def test_the_lane_names_the_device_for_the_auth_file(model_repo: Path, two_devices: Any,
+                                                      tmp_path: Path) -> None:
+    """HTTPS with client certificates: a device the auth file allows gets its answer through
+    the lane, one it does not gets 403 with the per-call path's message."""
+    auth = tmp_path / "auth.toml"
+    auth.write_text('[default]\nmodels = []\n[devices.pi-a]\nmodels = ["dyn_*"]\n')
+    endpoint = create_server(model_repo, tls_dir=two_devices.directory, mutual_tls=True,
+                             auth_file=auth, workers=2, http_address="127.0.0.1:0")
+    x = np.ones((2, 16), np.float32)
+
+    def post(device: str, request_id: str = "") -> tuple[int, dict[str, Any]]:
+        context = ssl.create_default_context(cafile=str(two_devices.ca))
+        context.load_cert_chain(str(two_devices.directory / f"{device}.crt"),
+                                str(two_devices.directory / f"{device}.key"))
+        body, headers = _body(x, request_id=request_id)
+        connection = http.client.HTTPSConnection("127.0.0.1", endpoint.http_port,
+                                                 context=context, timeout=WAIT_S)
+        try:
+            connection.request("POST", "/v2/models/dyn_mlp/infer", body=body, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+        finally:
+            connection.close()
+        size = response.getheader(HEADER)
+        return response.status, json.loads(data[:int(size)] if size else data)
+
+    with endpoint:
+        status, header = post("pi-a")
+        assert status == 200 and header["outputs"][0]["shape"] == [2, 4]
+        assert endpoint.http_lane_calls == 1
+        refused = post("pi-b")
+        assert endpoint.http_lane_calls == 2
+        assert refused[0] == 403 and "device 'pi-b' may not use model 'dyn_mlp'" in \
+            refused[1]["error"]
+        assert post("pi-b", request_id="r") == refused  # the per-call path says the same
 
 
 def test_plain_means_binary_in_and_out_and_nothing_else() -> None:
