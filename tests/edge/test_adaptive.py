@@ -148,9 +148,14 @@ def test_back_in_split_mode_soon_after_the_endpoint_starts(plan_dir: Path, fleet
                                                             reference: list[np.ndarray],
                                                             free_port) -> None:
     port = free_port()
-    with Predictor(_config(plan_dir, f"localhost:{port}", fleet)) as predictor:
+    # The first failure opens the circuit, so the return is a switch of its own whenever the
+    # endpoint comes up: with the default 3, an endpoint up by the second run was never
+    # switched away from, and there was no event to see.
+    config = _config(plan_dir, f"localhost:{port}", fleet, breaker_failures=1)
+    with Predictor(config) as predictor:
         _assert_model_outputs(predictor.run(None, feed), reference)
         assert predictor.last_run().mode == "local"
+        assert predictor.statistics().breaker == "open"
         server = create_server(repository, address=f"127.0.0.1:{port}", tls_dir=fleet,
                                mutual_tls=True, workers=2, intra_op_threads=1)
         server.start()
