@@ -243,6 +243,17 @@ def test_the_lane_names_the_device_for_the_auth_file(model_repo: Path, two_devic
         assert post("pi-b", request_id="r") == refused  # the per-call path says the same
 
 
+def test_a_draining_endpoint_refuses_lane_requests_with_503(ops_repo: Path) -> None:
+    endpoint = create_server(ops_repo, workers=2, http_address="127.0.0.1:0")
+    x = np.ones((1, 256), np.float32)
+    with endpoint:
+        assert _post(endpoint, "wide_mlp", *_body(x))[0] == 200
+        endpoint._servicer.begin_drain()  # what stop() does first
+        status, header, _ = _post(endpoint, "wide_mlp", *_body(x))
+        assert endpoint.http_lane_calls == 2
+        assert status == 503 and "shutting down" in header["error"]
+
+
 def test_plain_means_binary_in_and_out_and_nothing_else() -> None:
     def header(**changes: Any) -> dict[str, Any]:
         base: dict[str, Any] = {
