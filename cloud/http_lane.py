@@ -36,22 +36,19 @@ import orjson
 
 from edgecut.protocol.timing import COMPUTE_MS_PARAMETER, QUEUE_MS_PARAMETER
 
+from .core_frontend import LANE_GROUP_MAX
 from .native_server import CallAborted
+from .plain_infer import ELEMENT_BYTES, MAX_DIM
 
 __all__ = ["HttpLane", "LaneAnswer", "PlainHttp", "read_plain_http"]
 
 logger = logging.getLogger("edgecut.cloud.server")
 
-# Bytes per element of the datatypes a plain request may carry (as cloud/plain_infer.py).
-_ELEMENT_BYTES = {"FP32": 4, "INT32": 4, "UINT32": 4, "FP16": 2, "BF16": 2, "INT16": 2,
-                  "UINT16": 2, "FP64": 8, "INT64": 8, "UINT64": 8, "UINT8": 1, "INT8": 1,
-                  "BOOL": 1}
-_MAX_DIM = 1 << 40
+# The datatypes a plain gRPC call may carry, by the name JSON gives them.
+_ELEMENT_BYTES = {name.decode(): size for name, size in ELEMENT_BYTES.items()}
 _REQUEST_KEYS = frozenset(("inputs", "outputs", "parameters", "id"))
 _INPUT_KEYS = frozenset(("name", "datatype", "shape", "parameters"))
 _OUTPUT_KEYS = frozenset(("name", "parameters"))
-# Plain calls passed on in one group at most (as the core transport's LANE_GROUP_MAX).
-LANE_GROUP_MAX = 64
 
 
 class PlainHttp(NamedTuple):
@@ -96,7 +93,7 @@ def read_plain_http(header: Any, *, header_bytes: int, body_bytes: int) -> Plain
         element = _ELEMENT_BYTES.get(datatype) if isinstance(datatype, str) else None
         size = sizes.get("binary_data_size")
         if (element is None or type(size) is not int
-                or not all(type(d) is int and 0 <= d < _MAX_DIM for d in shape)):
+                or not all(type(d) is int and 0 <= d < MAX_DIM for d in shape)):
             return None
         if size != element * math.prod(shape) or (rows is not None and shape[0] != rows):
             return None
@@ -227,9 +224,11 @@ class HttpLane:
         call i gets the next rows[i]. Lane calls have no request id, so nothing is kept."""
         columns = []
         for name, datatype, inner, buffer in outputs:
-            view = memoryview(buffer).cast("B")
-            columns.append((name, datatype, tuple(int(d) for d in inner), view,
-                            len(view) // max(1, sum(rows)) if rows else 0))
+            view = memoryview(buffer)
+            row_bytes = view.itemsize * math.prod(inner)
+            # C-contiguous: its rows in turn, as bytes
+            columns.append((name, datatype, tuple(int(d) for d in inner), view.cast("B"),
+                            row_bytes))
         timed = bool(queue_ms) and bool(compute_ms)
         answers = []
         first = 0

@@ -28,13 +28,14 @@ from edgecut.errors import ProtocolError
 from edgecut.protocol.rawfields import read_varint, varint_bytes
 from edgecut.protocol.timing import COMPUTE_MS_PARAMETER, QUEUE_MS_PARAMETER
 
-__all__ = ["PlainInfer", "PlainReader", "ResponseWriter", "read_plain_infer"]
+__all__ = ["ELEMENT_BYTES", "MAX_DIM", "PlainInfer", "PlainReader", "ResponseWriter", "read_plain_infer"]
 
-# Bytes per element of the datatypes a plain request may carry (infer_wire::element_size).
-_ELEMENT_BYTES = {b"FP32": 4, b"INT32": 4, b"UINT32": 4, b"FP16": 2, b"BF16": 2, b"INT16": 2,
+# Bytes per element of the datatypes a plain request may carry (infer_wire::element_size),
+# and the largest dimension one may have.
+ELEMENT_BYTES = {b"FP32": 4, b"INT32": 4, b"UINT32": 4, b"FP16": 2, b"BF16": 2, b"INT16": 2,
                   b"UINT16": 2, b"FP64": 8, b"INT64": 8, b"UINT64": 8, b"UINT8": 1, b"INT8": 1,
                   b"BOOL": 1}
-_MAX_DIM = 1 << 40
+MAX_DIM = 1 << 40
 _DELIMITED, _VARINT, _FIXED64 = 2, 0, 1
 
 
@@ -195,10 +196,10 @@ def _layout(described: Sequence[bytes]) -> _Layout | None:
     rows = inputs[0][2][0] if inputs[0][2] else None
     sizes = []
     for input_name, datatype, shape in inputs:
-        size = _ELEMENT_BYTES.get(datatype, 0)
+        size = ELEMENT_BYTES.get(datatype, 0)
         if not size or not shape or not input_name or shape[0] != rows:
             return None
-        if any(d >= _MAX_DIM for d in shape):
+        if any(d >= MAX_DIM for d in shape):
             return None
         sizes.append(size * math.prod(shape))
     return tuple(inputs), tuple(outputs), sizes

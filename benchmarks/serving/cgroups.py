@@ -64,7 +64,7 @@ class CpuQuota:
             else:
                 (self.group / "cpu.max").write_text(f"{quota_us} {period_us}")
         except OSError as exc:
-            self._remove()
+            self.close()
             raise CpuQuotaUnavailable(f"cannot make a CPU-limited cgroup at {self.group} "
                                       f"(root is needed): {exc}") from exc
         self._procs = str(self.group / "cgroup.procs")
@@ -84,12 +84,9 @@ class CpuQuota:
                 stats[key] = int(value)
         return stats.get("nr_periods", 0), stats.get("nr_throttled", 0)
 
-    def describe(self) -> str:
-        return f"{self.cpus:g} CPU (cgroup {self.version}, {self.period_us // 1000} ms periods)"
-
-    def _remove(self) -> None:
-        # Only an empty group can go: its processes have ended by now (the caller stopped
-        # them), but the kernel may take a moment to let the last one go.
+    def close(self) -> None:
+        """Remove the group. Only an empty one can go: its processes have ended by now (the
+        caller stopped them), but the kernel may take a moment to let the last one go."""
         for _ in range(50):
             try:
                 self.group.rmdir()
@@ -98,9 +95,6 @@ class CpuQuota:
                 return
             except OSError:
                 time.sleep(0.1)
-
-    def close(self) -> None:
-        self._remove()
 
     def __enter__(self) -> CpuQuota:
         return self
